@@ -1,0 +1,161 @@
+//! Running a WASI command (a `wasi:cli/run` component or a preview 1 module) to completion.
+
+use crate::capabilities::Capabilities;
+use crate::cpu::{CpuMeter, run_metered};
+use crate::engine::{Code, Loaded, Runtime};
+use crate::instance::{
+    Guarded, InstanceGuard, InstanceIo, InstanceState, P1State, finish, new_store,
+};
+use crate::limits::Limits;
+use crate::output::GuestOutput;
+use crate::stats::{FailureCause, Stats, StatsSnapshot};
+use std::sync::Arc;
+use wasmtime::Store;
+use wasmtime_wasi::I32Exit;
+use wasmtime_wasi::cli::StdinStream;
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+/// Exit code of a command that trapped (including memory and fuel limits): 128 + SIGABRT, as a native
+/// process that aborts.
+pub const EXIT_TRAP: i32 = 134;
+/// Exit code of a command stopped by its timeout, as with `timeout(1)`.
+pub const EXIT_TIMEOUT: i32 = 124;
+
+/// The standard streams of a command run.
+#[derive(Default)]
+pub struct CommandIo {
+    /// Standard input; `None` is empty.
+    pub stdin: Option<Box<dyn StdinStream + Sync>>,
+    /// Standard output.
+    pub stdout: GuestOutput,
+    /// Standard error; the runtime's own message about a trap goes here too.
+    pub stderr: GuestOutput,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone)]
+pub struct CommandExit {
+    /// The exit code: the guest's own, or [`EXIT_TRAP`] / [`EXIT_TIMEOUT`].
+    pub code: i32,
+    /// Set when the runtime stopped the guest, with the detail.
+    pub failure: Option<(FailureCause, String)>,
+    /// CPU, fuel and memory figures of the run.
+    pub stats: StatsSnapshot,
+}
+
+/// Runs `app` to completion under `limits` with `caps`, returning its exit status.
+pub async fn run_command(
+    runtime: &Runtime,
+    app: &Loaded,
+    limits: &Limits,
+    caps: &Capabilities,
+    io: CommandIo,
+) -> Result<CommandExit, crate::Error> {
+    let link_error = |e: wasmtime::Error| crate::Error::Link {
+        name: app.name().to_string(),
+        detail: format!("{e:#}"),
+    };
+    if app.kind().is_http() {
+        return Err(crate::Error::Link {
+            name: app.name().to_string(),
+            detail: "it is a wasi:http service, not a command; serve it instead".into(),
+        });
+    }
+    caps.validate()?;
+    let meter = Arc::new(CpuMeter::new(Arc::new(Stats::default()), limits.cpu));
+    let guard = InstanceGuard::new(meter.clone(), limits, runtime.config().max_table_elements);
+    let instance_io = InstanceIo {
+        caps,
+        stdout: &io.stdout,
+        stderr: &io.stderr,
+        stdin: io.stdin,
+    };
+    let setup_error = |e: wasmtime::Error| {
+        crate::Error::Capability(format!("cannot set up {}: {e:#}", app.name()))
+    };
+    let outcome = match app.code() {
+        Code::Component(component) => {
+            let pre = CommandPre::new(
+                runtime
+                    .component_linker()
+                    .instantiate_pre(component)
+                    .map_err(link_error)?,
+            )
+            .map_err(link_error)?;
+            let mut store = new_store(
+                runtime.engine(),
+                InstanceState::new(instance_io, guard).map_err(setup_error)?,
+            );
+            let run = async {
+                let command = pre.instantiate_async(&mut store).await?;
+                command.wasi_cli_run().call_run(&mut store).await
+            };
+            let result = run_metered(&meter, limits.request_timeout, run).await;
+            conclude(
+                store,
+                result.map(|status| if status.is_ok() { 0 } else { 1 }),
+            )
+        }
+        Code::Module(module) => {
+            let pre = runtime
+                .module_linker()
+                .instantiate_pre(module)
+                .map_err(link_error)?;
+            let mut store = new_store(
+                runtime.engine(),
+                P1State::new(instance_io, guard).map_err(setup_error)?,
+            );
+            let run = async {
+                let instance = pre.instantiate_async(&mut store).await?;
+                let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                start.call_async(&mut store, ()).await
+            };
+            let result = run_metered(&meter, limits.request_timeout, run).await;
+            conclude(store, result.map(|()| 0))
+        }
+    };
+    let (code, failure) = match outcome {
+        Ok(code) => (code, None),
+        Err((cause, detail)) => {
+            // After the store is gone, so the guest's own last lines come first.
+            io.stderr.write_line(&format!(
+                "wasmhttp: {} stopped: {}: {detail}",
+                app.name(),
+                cause.reason()
+            ));
+            let code = if cause == FailureCause::Timeout {
+                EXIT_TIMEOUT
+            } else {
+                EXIT_TRAP
+            };
+            (code, Some((cause, detail)))
+        }
+    };
+    Ok(CommandExit {
+        code,
+        failure,
+        stats: meter.stats().snapshot(),
+    })
+}
+
+/// Turns a run's result into an exit code or a failure, then drops the store (flushing guest output).
+fn conclude<T: Guarded>(
+    mut store: Store<T>,
+    result: wasmtime::Result<i32>,
+) -> Result<i32, (FailureCause, String)> {
+    // `exit(n)` unwinds as an error but is a normal end for a command.
+    let result = match result {
+        Err(e) => match e.downcast_ref::<I32Exit>() {
+            Some(exit) => Ok(exit.0),
+            None => Err(e),
+        },
+        ok => ok,
+    };
+    let failure = finish(&mut store, &result);
+    drop(store);
+    match (result, failure) {
+        (Ok(code), None) => Ok(code),
+        (_, Some(failure)) => Err(failure),
+        (Err(e), None) => Err((FailureCause::Trap, format!("{e:#}"))),
+    }
+}

@@ -1,0 +1,303 @@
+//! The wasmtime engine shared by every guest of a process, its linkers, its compile cache and the epoch clock.
+
+use crate::cache::CompileCache;
+use crate::classify::{self, Encoding, WasmKind};
+use crate::instance::{InstanceState, P1State};
+use crate::source::Source;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig};
+
+/// Process-wide engine settings. Per-service limits live in [`crate::Limits`]; these only size the
+/// machinery every service shares.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Instance slots in the pooling allocator: the most instances alive at once across all services.
+    pub max_instances: u32,
+    /// The largest linear memory any single instance may grow to; per-service limits can only lower it.
+    pub max_instance_memory: u64,
+    /// Largest table, in elements.
+    pub max_table_elements: usize,
+    /// Where compiled code is cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Size cap of the compile cache, in bytes.
+    pub cache_max_bytes: u64,
+    /// Epoch clock period: the granularity of deadlines and CPU throttling.
+    pub epoch_tick: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_instances: 256,
+            max_instance_memory: 1 << 30,
+            max_table_elements: 100_000,
+            cache_dir: None,
+            cache_max_bytes: 512 << 20,
+            epoch_tick: Duration::from_millis(5),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The per-user default cache directory: `$XDG_CACHE_HOME/wasmhttp` or `~/.cache/wasmhttp`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|base| base.join("wasmhttp"))
+    }
+
+    fn wasmtime_config(&self) -> Config {
+        let mut pool = PoolingAllocationConfig::new();
+        let slots = self.max_instances;
+        // A Rust wasip2 component instantiates a handful of core modules (main, shims, fixups).
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(8))
+            .total_memories(slots)
+            .total_tables(slots.saturating_mul(4))
+            .total_stacks(slots)
+            .max_memory_size(self.max_instance_memory as usize)
+            .table_elements(self.max_table_elements)
+            .max_tables_per_module(4)
+            // Resetting a few small pages with memset is cheaper than an madvise per request.
+            .linear_memory_keep_resident(64 << 10)
+            .table_keep_resident(16 << 10)
+            .max_unused_warm_slots(16);
+        let mut config = Config::new();
+        config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .consume_fuel(true)
+            .epoch_interruption(true);
+        config
+    }
+}
+
+/// The shared engine. Cheap to clone; every service and command of a process should use one.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: Engine,
+    cache: Option<CompileCache>,
+    component_linker: Linker<InstanceState>,
+    module_linker: wasmtime::Linker<P1State>,
+    config: EngineConfig,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A compiled, classified guest, ready to be served or run.
+#[derive(Clone)]
+pub struct Loaded {
+    kind: WasmKind,
+    name: String,
+    digest: String,
+    code: Code,
+    from_cache: bool,
+    load_time: Duration,
+}
+
+#[derive(Clone)]
+pub(crate) enum Code {
+    Component(Component),
+    Module(Module),
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("kind", &self.kind)
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .field("from_cache", &self.from_cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Loaded {
+    /// What kind of guest this is.
+    pub fn kind(&self) -> WasmKind {
+        self.kind
+    }
+    /// The source's name, for messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// `sha256:<hex>` of the wasm bytes.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+    /// Whether the code came from the compile cache rather than the compiler.
+    pub fn from_cache(&self) -> bool {
+        self.from_cache
+    }
+    /// How long compiling or deserializing took.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+    pub(crate) fn code(&self) -> &Code {
+        &self.code
+    }
+}
+
+impl Runtime {
+    /// Builds the engine, the linkers and the cache, and starts the epoch clock thread.
+    pub fn new(config: EngineConfig) -> Result<Self, crate::Error> {
+        let engine = Engine::new(&config.wasmtime_config())
+            .map_err(|e| crate::Error::Engine(format!("{e:#}")))?;
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(CompileCache::open(dir, config.cache_max_bytes, &engine)?),
+            None => None,
+        };
+        let link_error = |e: wasmtime::Error| crate::Error::Engine(format!("linking WASI: {e:#}"));
+        let mut component_linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut component_linker).map_err(link_error)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component_linker)
+            .map_err(link_error)?;
+        let mut module_linker = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut P1State| &mut s.wasi)
+            .map_err(link_error)?;
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_clock(engine.clone(), config.epoch_tick, ticker_stop.clone())?;
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                engine,
+                cache,
+                component_linker,
+                module_linker,
+                config,
+                ticker_stop,
+            }),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// The compile cache, if enabled.
+    pub fn cache(&self) -> Option<&CompileCache> {
+        self.inner.cache.as_ref()
+    }
+
+    /// The settings this runtime was built with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn component_linker(&self) -> &Linker<InstanceState> {
+        &self.inner.component_linker
+    }
+
+    pub(crate) fn module_linker(&self) -> &wasmtime::Linker<P1State> {
+        &self.inner.module_linker
+    }
+
+    /// Compiles (or fetches from the cache) and classifies a binary.
+    pub fn load(&self, source: &Source) -> Result<Loaded, crate::Error> {
+        let started = Instant::now();
+        let engine = &self.inner.engine;
+        let name = source.name();
+        let invalid = |e: wasmtime::Error| crate::Error::Invalid {
+            name: name.to_string(),
+            detail: format!("{e:#}"),
+        };
+        let (code, from_cache) = match classify::encoding(name, source.bytes())? {
+            Encoding::Component => {
+                // SAFETY: `deserialize` runs only on payloads whose sha256 matched the one written next to them,
+                // and the cache only ever stores `Component::serialize` output of an engine with the same
+                // compatibility hash (part of the entry's name) in a directory private to this user.
+                let cached = self.cached(source, |bytes| unsafe {
+                    Component::deserialize(engine, bytes)
+                });
+                match cached {
+                    Some(c) => (Code::Component(c), true),
+                    None => {
+                        let c = Component::new(engine, source.bytes()).map_err(invalid)?;
+                        self.store(source, c.serialize());
+                        (Code::Component(c), false)
+                    }
+                }
+            }
+            Encoding::CoreModule => {
+                // SAFETY: as above, for `Module::serialize` output.
+                let cached = self.cached(source, |bytes| unsafe {
+                    Module::deserialize(engine, bytes)
+                });
+                match cached {
+                    Some(m) => (Code::Module(m), true),
+                    None => {
+                        let m = Module::new(engine, source.bytes()).map_err(invalid)?;
+                        self.store(source, m.serialize());
+                        (Code::Module(m), false)
+                    }
+                }
+            }
+        };
+        let kind = match &code {
+            Code::Component(c) => classify::component_kind(name, engine, c)?,
+            Code::Module(m) => classify::module_kind(name, m)?,
+        };
+        let load_time = started.elapsed();
+        tracing::debug!(name, %kind, from_cache, ?load_time, "loaded guest");
+        Ok(Loaded {
+            kind,
+            name: name.to_string(),
+            digest: source.digest().to_string(),
+            code,
+            from_cache,
+            load_time,
+        })
+    }
+
+    fn cached<T>(
+        &self,
+        source: &Source,
+        deserialize: impl FnOnce(&[u8]) -> wasmtime::Result<T>,
+    ) -> Option<T> {
+        self.inner.cache.as_ref()?.get(source.digest(), deserialize)
+    }
+
+    fn store(&self, source: &Source, serialized: wasmtime::Result<Vec<u8>>) {
+        let Some(cache) = &self.inner.cache else {
+            return;
+        };
+        match serialized {
+            Ok(bytes) => cache.put(source.digest(), &bytes),
+            Err(e) => tracing::warn!(
+                name = source.name(),
+                "cannot serialize compiled code: {e:#}"
+            ),
+        }
+    }
+}
+
+/// Advances the engine's epoch every `tick` until `stop` is set (when the last `Runtime` clone drops).
+fn spawn_epoch_clock(
+    engine: Engine,
+    tick: Duration,
+    stop: Arc<AtomicBool>,
+) -> Result<(), crate::Error> {
+    std::thread::Builder::new()
+        .name("wasmhttp-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                engine.increment_epoch();
+            }
+        })
+        .map(drop)
+        .map_err(|e| crate::Error::Engine(format!("cannot start the epoch clock thread: {e}")))
+}

@@ -1,0 +1,250 @@
+//! Per-instance state: the WASI contexts, and the guard that enforces limits inside the store.
+
+use crate::capabilities::{Capabilities, OutboundPolicy};
+use crate::cpu::CpuMeter;
+use crate::limits::Limits;
+use crate::output::GuestOutput;
+use crate::stats::FailureCause;
+use std::sync::Arc;
+use std::time::Instant;
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::cli::StdinStream;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+/// Enforces one instance's limits from inside wasmtime and releases what it held when the store drops.
+pub(crate) struct InstanceGuard {
+    meter: Arc<CpuMeter>,
+    memory_per_instance: Option<u64>,
+    memory_total: Option<u64>,
+    max_table_elements: usize,
+    held: u64,
+    fuel_granted: u64,
+    deadline: Option<Instant>,
+    memory_denied: bool,
+    timed_out: bool,
+}
+
+impl InstanceGuard {
+    pub(crate) fn new(meter: Arc<CpuMeter>, limits: &Limits, max_table_elements: usize) -> Self {
+        meter.stats().instance_started();
+        InstanceGuard {
+            memory_per_instance: limits.effective_instance_memory(),
+            memory_total: limits.memory_total,
+            max_table_elements,
+            held: 0,
+            fuel_granted: limits.fuel_per_request.unwrap_or(u64::MAX),
+            deadline: limits.request_timeout.map(|t| Instant::now() + t),
+            memory_denied: false,
+            timed_out: false,
+            meter,
+        }
+    }
+
+    /// Called by wasmtime each epoch tick while guest code runs.
+    fn on_epoch(&mut self) -> wasmtime::Result<UpdateDeadline> {
+        let now = Instant::now();
+        if self.deadline.is_some_and(|d| now >= d) {
+            self.timed_out = true;
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        let Some(mut wait) = self.meter.throttle_for() else {
+            // Yielding every tick lets the executor run other requests and fire host-side timeouts.
+            return Ok(UpdateDeadline::Yield(1));
+        };
+        if let Some(deadline) = self.deadline {
+            wait = wait.min(deadline - now);
+        }
+        let meter = self.meter.clone();
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(async move {
+                tokio::time::sleep(wait).await;
+                meter.stats().throttled(wait);
+            }),
+        ))
+    }
+
+    /// Why the instance failed with `error`, judged from the error and what the guard saw.
+    pub(crate) fn failure_cause(&self, error: &wasmtime::Error) -> FailureCause {
+        if self.memory_denied {
+            return FailureCause::Memory;
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => FailureCause::Cpu,
+            Some(Trap::Interrupt) if self.timed_out => FailureCause::Timeout,
+            Some(_) => FailureCause::Trap,
+            None if error.downcast_ref::<crate::cpu::HostTimeout>().is_some() => {
+                FailureCause::Timeout
+            }
+            // The pooling allocator refuses instantiation when every slot is taken.
+            None if format!("{error:#}").contains("maximum concurrent") => FailureCause::Overload,
+            None => FailureCause::Trap,
+        }
+    }
+
+    fn record_fuel(&self, remaining: u64) {
+        self.meter
+            .stats()
+            .add_fuel(self.fuel_granted.saturating_sub(remaining));
+    }
+}
+
+impl Drop for InstanceGuard {
+    fn drop(&mut self) {
+        let stats = self.meter.stats();
+        stats.release_memory(self.held);
+        stats.instance_finished();
+    }
+}
+
+impl ResourceLimiter for InstanceGuard {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let grow = (desired as u64).saturating_sub(current as u64);
+        let over_instance = self
+            .memory_per_instance
+            .is_some_and(|cap| self.held + grow > cap);
+        if over_instance || !self.meter.stats().try_grow_memory(grow, self.memory_total) {
+            self.memory_denied = true;
+            return Ok(false);
+        }
+        self.held += grow;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= self.max_table_elements)
+    }
+}
+
+/// Store data with a guard; lets one setup function serve components and preview 1 modules.
+pub(crate) trait Guarded: Send + 'static {
+    fn guard(&mut self) -> &mut InstanceGuard;
+}
+
+/// A store with the guard wired in as limiter, fuel meter and epoch callback.
+pub(crate) fn new_store<T: Guarded>(engine: &wasmtime::Engine, data: T) -> Store<T> {
+    let mut store = Store::new(engine, data);
+    let fuel = store.data_mut().guard().fuel_granted;
+    store.limiter(|s| s.guard());
+    store
+        .set_fuel(fuel)
+        .expect("the engine is configured to consume fuel");
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|mut ctx| ctx.data_mut().guard().on_epoch());
+    store
+}
+
+/// Records fuel use and returns the failure cause (if `result` is an error).
+pub(crate) fn finish<T: Guarded, R>(
+    store: &mut Store<T>,
+    result: &wasmtime::Result<R>,
+) -> Option<(FailureCause, String)> {
+    let remaining = store.get_fuel().unwrap_or(0);
+    let guard = store.data_mut().guard();
+    guard.record_fuel(remaining);
+    let error = result.as_ref().err()?;
+    let cause = guard.failure_cause(error);
+    guard.meter.stats().failed(cause);
+    Some((cause, format!("{error:#}")))
+}
+
+/// Store data of a component instance (HTTP service or command).
+pub(crate) struct InstanceState {
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    hooks: OutboundPolicy,
+    guard: InstanceGuard,
+}
+
+/// The WASI pieces an instance is built from.
+pub(crate) struct InstanceIo<'a> {
+    pub caps: &'a Capabilities,
+    pub stdout: &'a GuestOutput,
+    pub stderr: &'a GuestOutput,
+    pub stdin: Option<Box<dyn StdinStream + Sync>>,
+}
+
+impl InstanceIo<'_> {
+    fn builder(self) -> wasmtime::Result<WasiCtxBuilder> {
+        let mut builder = self
+            .caps
+            .wasi_builder(self.stdout.instance_stream(), self.stderr.instance_stream())?;
+        if let Some(stdin) = self.stdin {
+            builder.stdin(stdin);
+        }
+        Ok(builder)
+    }
+}
+
+impl InstanceState {
+    pub(crate) fn new(io: InstanceIo<'_>, guard: InstanceGuard) -> wasmtime::Result<Self> {
+        let hooks = io.caps.outbound_policy();
+        Ok(InstanceState {
+            wasi: io.builder()?.build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks,
+            guard,
+        })
+    }
+}
+
+impl Guarded for InstanceState {
+    fn guard(&mut self) -> &mut InstanceGuard {
+        &mut self.guard
+    }
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for InstanceState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Store data of a WASI preview 1 module.
+pub(crate) struct P1State {
+    pub(crate) wasi: WasiP1Ctx,
+    guard: InstanceGuard,
+}
+
+impl P1State {
+    pub(crate) fn new(io: InstanceIo<'_>, guard: InstanceGuard) -> wasmtime::Result<Self> {
+        Ok(P1State {
+            wasi: io.builder()?.build_p1(),
+            guard,
+        })
+    }
+}
+
+impl Guarded for P1State {
+    fn guard(&mut self) -> &mut InstanceGuard {
+        &mut self.guard
+    }
+}

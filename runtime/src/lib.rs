@@ -1,0 +1,45 @@
+//! The wasmhttp runtime: runs WASI HTTP services and commands under hard limits enforced inside wasmtime.
+//!
+//! It knows nothing about containerd or OCI. Callers hand it wasm bytes ([`Source`]), a [`Limits`] value
+//! and a [`Capabilities`] value, and either serve HTTP ([`Service`]) or run a command ([`run_command`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use wasmhttp_runtime::*;
+//! let runtime = Runtime::new(EngineConfig::default())?;
+//! let app = runtime.load(&Source::from_file("hello.wasm".as_ref())?)?;
+//! let limits = Limits { memory_total: Some(64 << 20), ..Limits::default() };
+//! let service = Service::new(&runtime, &app, limits, Capabilities::default(), GuestOutput::stdout(), GuestOutput::stderr())?;
+//! let handle = service.serve(std::net::TcpListener::bind("127.0.0.1:8080")?)?;
+//! handle.shutdown(std::time::Duration::from_secs(5)).await;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod admission;
+mod cache;
+mod capabilities;
+mod classify;
+mod command;
+mod cpu;
+mod engine;
+mod error;
+mod handler;
+mod instance;
+mod limits;
+mod output;
+mod service;
+mod source;
+mod stats;
+
+pub use cache::CompileCache;
+pub use capabilities::{Capabilities, Preopen};
+pub use classify::WasmKind;
+pub use command::{CommandExit, CommandIo, EXIT_TIMEOUT, EXIT_TRAP, run_command};
+pub use engine::{EngineConfig, Loaded, Runtime};
+pub use error::Error;
+pub use limits::{DEFAULT_MAX_REQUEST_BODY, Limits, parse_cpus, parse_duration, parse_memory};
+pub use output::GuestOutput;
+pub use service::{HttpOptions, Service, ServiceHandle};
+pub use source::Source;
+pub use stats::{FailureCause, StatsSnapshot};

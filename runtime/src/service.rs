@@ -1,0 +1,268 @@
+//! Serving a wasi:http component: the accept loop, per-connection HTTP/1.1, live controls, and drain.
+
+use crate::admission::Admission;
+use crate::capabilities::Capabilities;
+use crate::cpu::CpuMeter;
+use crate::engine::{Code, Loaded, Runtime};
+use crate::handler::handle;
+use crate::instance::InstanceState;
+use crate::limits::Limits;
+use crate::output::GuestOutput;
+use crate::stats::{Stats, StatsSnapshot};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// HTTP protocol bounds applied to every connection.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Largest request head (request line + headers) accepted; larger ones get 431. At least 8 KiB.
+    pub max_header_bytes: usize,
+    /// Time a client has to send a complete request head before the connection is closed.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            max_header_bytes: 64 << 10,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A wasi:http component, linked and ready to serve under its limits.
+pub struct Service {
+    shared: Arc<Shared>,
+    http: HttpOptions,
+}
+
+/// State every request of a service reaches.
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) runtime: Runtime,
+    pub(crate) pre: ProxyPre<InstanceState>,
+    limits: RwLock<Arc<Limits>>,
+    pub(crate) meter: Arc<CpuMeter>,
+    pub(crate) admission: Arc<Admission>,
+    pub(crate) caps: Capabilities,
+    pub(crate) stdout: GuestOutput,
+    pub(crate) stderr: GuestOutput,
+    /// Cancels in-flight instances when a drain runs out of time.
+    pub(crate) cancel: CancellationToken,
+    /// Every connection and instance task, so a drain can wait for them.
+    pub(crate) tasks: TaskTracker,
+}
+
+impl Shared {
+    pub(crate) fn limits(&self) -> Arc<Limits> {
+        self.limits
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Service {
+    /// Links `app` (which must be an HTTP service) against WASI and wasi:http.
+    pub fn new(
+        runtime: &Runtime,
+        app: &Loaded,
+        limits: Limits,
+        caps: Capabilities,
+        stdout: GuestOutput,
+        stderr: GuestOutput,
+    ) -> Result<Self, crate::Error> {
+        let link_error = |e: wasmtime::Error| crate::Error::Link {
+            name: app.name().to_string(),
+            detail: format!("{e:#}"),
+        };
+        let Code::Component(component) = app.code() else {
+            return Err(crate::Error::Link {
+                name: app.name().to_string(),
+                detail: format!("it is a {}, not a wasi:http service", app.kind()),
+            });
+        };
+        if !app.kind().is_http() {
+            return Err(crate::Error::Link {
+                name: app.name().to_string(),
+                detail: format!(
+                    "it is a {}, not a wasi:http service; run it as a command",
+                    app.kind()
+                ),
+            });
+        }
+        caps.validate()?;
+        let pre = runtime
+            .component_linker()
+            .instantiate_pre(component)
+            .map_err(link_error)?;
+        let pre = ProxyPre::new(pre).map_err(link_error)?;
+        let meter = Arc::new(CpuMeter::new(Arc::new(Stats::default()), limits.cpu));
+        Ok(Service {
+            shared: Arc::new(Shared {
+                name: app.name().to_string(),
+                runtime: runtime.clone(),
+                pre,
+                limits: RwLock::new(Arc::new(limits)),
+                meter,
+                admission: Arc::default(),
+                caps,
+                stdout,
+                stderr,
+                cancel: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+            }),
+            http: HttpOptions::default(),
+        })
+    }
+
+    /// Replaces the HTTP protocol bounds.
+    pub fn with_http_options(mut self, http: HttpOptions) -> Self {
+        self.http = http;
+        self
+    }
+
+    /// Starts serving on `listener` (which may have been created in another network namespace).
+    /// Must be called from within a tokio runtime.
+    pub fn serve(self, listener: std::net::TcpListener) -> std::io::Result<ServiceHandle> {
+        listener.set_nonblocking(true)?;
+        let local_addr = listener.local_addr()?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let (drain_tx, drain_rx) = watch::channel(None);
+        let (done_tx, done_rx) = watch::channel(false);
+        let shared = self.shared.clone();
+        tokio::spawn(accept_loop(listener, shared, self.http, drain_rx, done_tx));
+        Ok(ServiceHandle {
+            shared: self.shared,
+            local_addr,
+            drain: drain_tx,
+            done: done_rx,
+        })
+    }
+}
+
+/// Controls for a running service. Dropping the handle does not stop the service; call [`Self::shutdown`].
+pub struct ServiceHandle {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    drain: watch::Sender<Option<Duration>>,
+    done: watch::Receiver<bool>,
+}
+
+impl ServiceHandle {
+    /// The address the service listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.meter.stats().snapshot()
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Arc<Limits> {
+        self.shared.limits()
+    }
+
+    /// Applies new limits to the requests admitted from now on; running instances keep the limits they
+    /// started with.
+    pub fn update_limits(&self, limits: Limits) {
+        self.shared.meter.set_rate(limits.cpu);
+        *self
+            .shared
+            .limits
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Arc::new(limits);
+    }
+
+    /// Stops admitting new requests (they wait in the queue, or get 503 when it is full) or resumes.
+    pub fn set_paused(&self, paused: bool) {
+        self.shared.admission.set_paused(paused);
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish for up to `grace`, then cancels the rest
+    /// (they get 503). Returns when every connection and instance is gone. `Duration::ZERO` stops at once.
+    pub async fn shutdown(&self, grace: Duration) {
+        // Only the first request to drain sets the grace; later calls just wait.
+        self.drain
+            .send_if_modified(|current| current.is_none() && current.replace(grace).is_none());
+        self.finished().await;
+    }
+
+    /// Waits until the service has stopped (after a shutdown).
+    pub async fn finished(&self) {
+        let mut done = self.done.clone();
+        // An error means the accept loop is gone, which also means finished.
+        let _ = done.wait_for(|finished| *finished).await;
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    options: HttpOptions,
+    mut drain: watch::Receiver<Option<Duration>>,
+    done: watch::Sender<bool>,
+) {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Some(options.header_read_timeout))
+        .max_header_size(options.max_header_bytes)
+        .max_buf_size(options.max_header_bytes.max(8192))
+        .keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let grace = loop {
+        tokio::select! {
+            changed = drain.changed() => {
+                break changed.ok().and_then(|()| *drain.borrow()).unwrap_or(Duration::ZERO);
+            }
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _peer)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(service = %shared.name, "accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let request_shared = shared.clone();
+                let service = hyper::service::service_fn(move |request| handle(request_shared.clone(), request));
+                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                let cancel = shared.cancel.clone();
+                shared.tasks.spawn(async move {
+                    tokio::select! {
+                        result = connection => if let Err(e) = result { tracing::debug!("connection ended: {e}") },
+                        // Cancelled requests still get their 503 written before the connection goes.
+                        () = async { cancel.cancelled().await; tokio::time::sleep(Duration::from_millis(500)).await } => {}
+                    }
+                });
+            }
+        }
+    };
+    drop(listener);
+    tracing::info!(service = %shared.name, ?grace, "draining");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        let (running, waiting) = shared.admission.load();
+        tracing::warn!(service = %shared.name, running, waiting, "drain deadline passed; cancelling what is left");
+    }
+    shared.admission.close();
+    shared.cancel.cancel();
+    shared.tasks.close();
+    shared.tasks.wait().await;
+    let _ = done.send(true);
+}

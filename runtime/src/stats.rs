@@ -1,0 +1,183 @@
+//! Counters a running service updates lock-free and callers read at any time.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Why a request did not get the guest's own response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureCause {
+    /// The guest trapped (panic, unreachable, bad memory access…).
+    Trap,
+    /// The per-request fuel budget ran out.
+    Cpu,
+    /// The request ran past its deadline.
+    Timeout,
+    /// An instance needed more memory than the limits allow.
+    Memory,
+    /// No instance slot was free (concurrency limit, full queue, or paused/draining).
+    Overload,
+}
+
+impl FailureCause {
+    /// The short reason sent to clients and written to the log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            FailureCause::Trap => "guest trapped",
+            FailureCause::Cpu => "cpu budget exceeded",
+            FailureCause::Timeout => "deadline exceeded",
+            FailureCause::Memory => "memory limit exceeded",
+            FailureCause::Overload => "over capacity",
+        }
+    }
+}
+
+/// Live counters of one service or command; see [`StatsSnapshot`] for what each means.
+#[derive(Debug, Default)]
+pub struct Stats {
+    requests_served: AtomicU64,
+    failed: [AtomicU64; 5],
+    fuel_consumed: AtomicU64,
+    cpu_time_ns: AtomicU64,
+    throttled_periods: AtomicU64,
+    throttled_ns: AtomicU64,
+    memory_current: AtomicU64,
+    memory_peak: AtomicU64,
+    in_flight: AtomicU64,
+}
+
+/// A consistent-enough copy of [`Stats`] (each field is read atomically, not all at once).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Requests answered by the guest itself (any status it chose).
+    pub requests_served: u64,
+    /// Requests that ended in a guest trap → 500.
+    pub failed_trap: u64,
+    /// Requests stopped for exhausting their fuel → 500.
+    pub failed_cpu: u64,
+    /// Requests that ran past their deadline → 504.
+    pub failed_timeout: u64,
+    /// Requests whose instance hit a memory limit → 500.
+    pub failed_memory: u64,
+    /// Requests refused for lack of capacity → 503.
+    pub failed_overload: u64,
+    /// Fuel consumed by all finished instances.
+    pub fuel_consumed: u64,
+    /// CPU time spent running guest instances (host calls included).
+    pub cpu_time: Duration,
+    /// Times an instance was parked because the CPU budget was empty.
+    pub throttled_periods: u64,
+    /// Time instances spent parked by the CPU budget.
+    pub throttled_time: Duration,
+    /// Linear memory and tables held by live instances now, in bytes.
+    pub memory_current: u64,
+    /// The most `memory_current` has been.
+    pub memory_peak: u64,
+    /// Instances running now.
+    pub in_flight: u64,
+}
+
+impl Stats {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let failed = |cause: FailureCause| self.failed[cause as usize].load(Relaxed);
+        StatsSnapshot {
+            requests_served: self.requests_served.load(Relaxed),
+            failed_trap: failed(FailureCause::Trap),
+            failed_cpu: failed(FailureCause::Cpu),
+            failed_timeout: failed(FailureCause::Timeout),
+            failed_memory: failed(FailureCause::Memory),
+            failed_overload: failed(FailureCause::Overload),
+            fuel_consumed: self.fuel_consumed.load(Relaxed),
+            cpu_time: Duration::from_nanos(self.cpu_time_ns.load(Relaxed)),
+            throttled_periods: self.throttled_periods.load(Relaxed),
+            throttled_time: Duration::from_nanos(self.throttled_ns.load(Relaxed)),
+            memory_current: self.memory_current.load(Relaxed),
+            memory_peak: self.memory_peak.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn served(&self) {
+        self.requests_served.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn failed(&self, cause: FailureCause) {
+        self.failed[cause as usize].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn add_fuel(&self, fuel: u64) {
+        self.fuel_consumed.fetch_add(fuel, Relaxed);
+    }
+
+    pub(crate) fn add_cpu(&self, cpu: Duration) {
+        self.cpu_time_ns.fetch_add(cpu.as_nanos() as u64, Relaxed);
+    }
+
+    pub(crate) fn throttled(&self, parked: Duration) {
+        self.throttled_periods.fetch_add(1, Relaxed);
+        self.throttled_ns
+            .fetch_add(parked.as_nanos() as u64, Relaxed);
+    }
+
+    pub(crate) fn instance_started(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn instance_finished(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+    }
+
+    /// Charges `bytes` against `total` (if any); returns false, charging nothing, when it would not fit.
+    pub(crate) fn try_grow_memory(&self, bytes: u64, total: Option<u64>) -> bool {
+        let mut current = self.memory_current.load(Relaxed);
+        loop {
+            let next = current.saturating_add(bytes);
+            if total.is_some_and(|t| next > t) {
+                return false;
+            }
+            match self
+                .memory_current
+                .compare_exchange_weak(current, next, Relaxed, Relaxed)
+            {
+                Ok(_) => {
+                    self.memory_peak.fetch_max(next, Relaxed);
+                    return true;
+                }
+                Err(seen) => current = seen,
+            }
+        }
+    }
+
+    pub(crate) fn release_memory(&self, bytes: u64) {
+        self.memory_current.fetch_sub(bytes, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_total_is_never_exceeded() {
+        let stats = Stats::default();
+        assert!(stats.try_grow_memory(60, Some(100)));
+        assert!(!stats.try_grow_memory(41, Some(100)));
+        assert!(stats.try_grow_memory(40, Some(100)));
+        stats.release_memory(50);
+        let snap = stats.snapshot();
+        assert_eq!((snap.memory_current, snap.memory_peak), (50, 100));
+    }
+
+    #[test]
+    fn failures_are_counted_by_cause() {
+        let stats = Stats::default();
+        stats.failed(FailureCause::Overload);
+        stats.failed(FailureCause::Memory);
+        stats.failed(FailureCause::Memory);
+        let snap = stats.snapshot();
+        assert_eq!(
+            (snap.failed_overload, snap.failed_memory, snap.failed_trap),
+            (1, 2, 0)
+        );
+    }
+}

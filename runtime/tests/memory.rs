@@ -1,0 +1,129 @@
+//! The memory limit holds inside the engine: over-limit requests get 500 and the process does not grow past
+//! the limit. Alone in its own test binary so the RSS it samples is this test's.
+
+mod common;
+
+use common::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+use wasmhttp_runtime::*;
+
+const MIB: u64 = 1 << 20;
+
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 4096
+}
+
+/// Runs `work` while a thread samples RSS every millisecond; returns the peak growth over the start.
+async fn peak_growth<F: Future>(work: F) -> (F::Output, u64) {
+    let baseline = rss();
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(baseline));
+    let sampler = std::thread::spawn({
+        let (stop, peak) = (stop.clone(), peak.clone());
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(rss(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    });
+    let output = work.await;
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    (
+        output,
+        peak.load(Ordering::Relaxed).saturating_sub(baseline),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_gives_500_and_bounds_the_process() {
+    let runtime = runtime();
+    let limit = 64 * MIB;
+    let limited = serve(
+        &runtime,
+        "mem-hog",
+        Limits {
+            memory_total: Some(limit),
+            ..Limits::default()
+        },
+        Capabilities::default(),
+    );
+    let addr = limited.addr;
+    assert_eq!(
+        get_async(addr, "/?mib=16").await.status,
+        200,
+        "under the limit"
+    );
+
+    let (reply, growth) = peak_growth(get_async(addr, "/?mib=100")).await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (500, "memory limit exceeded\n"),
+        "{reply:?}"
+    );
+    assert!(
+        growth < limit + 8 * MIB,
+        "process grew {} MiB with a 64 MiB limit",
+        growth / MIB
+    );
+
+    // Concurrent requests share the one total: together they never hold more than the limit.
+    let (replies, growth) = peak_growth(async {
+        let tasks: Vec<_> = (0..10)
+            .map(|_| tokio::spawn(get_async(addr, "/?mib=20")))
+            .collect();
+        let mut statuses = Vec::new();
+        for task in tasks {
+            statuses.push(task.await.unwrap().status);
+        }
+        statuses
+    })
+    .await;
+    assert!(
+        replies.iter().all(|s| *s == 200 || *s == 500),
+        "{replies:?}"
+    );
+    assert!(replies.contains(&200), "{replies:?}");
+    assert!(
+        growth < limit + 8 * MIB,
+        "concurrent requests grew the process by {} MiB",
+        growth / MIB
+    );
+    let stats = limited.handle.stats();
+    assert!(
+        stats.memory_peak <= limit,
+        "peak linear memory {} over the limit",
+        stats.memory_peak
+    );
+    assert!(stats.failed_memory >= 1, "{stats:?}");
+    assert_eq!(
+        get_async(addr, "/?mib=16").await.status,
+        200,
+        "still serving after the limit was hit"
+    );
+
+    // The same request without a limit really does grow the process: the measurement above can fail.
+    let unlimited = serve(
+        &runtime,
+        "mem-hog",
+        Limits::default(),
+        Capabilities::default(),
+    );
+    let (reply, growth) = peak_growth(get_async(unlimited.addr, "/?mib=100")).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(
+        growth > 90 * MIB,
+        "an unlimited 100 MiB request grew the process by only {} MiB",
+        growth / MIB
+    );
+}
