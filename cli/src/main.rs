@@ -1,6 +1,7 @@
 //! `wasmhttp`: the developer command line. `wasmhttp run` serves or runs a wasm binary under limits
 //! through the same runtime calls the containerd shim makes.
 
+mod image;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -20,7 +21,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve a wasi:http component, or run a WASI command to completion.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
+    /// Build OCI images of wasm services.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 fn main() -> ExitCode {
@@ -49,7 +53,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
+        Command::Image(command) => image::run(command).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -174,14 +174,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("wasmhttp: draining (up to {:?})", args.drain_timeout);
         handle.shutdown(args.drain_timeout).await;
         let stats = handle.stats();
+        let mean_instantiate = stats.instantiate_time.checked_div(stats.instantiations.max(1) as u32).unwrap_or_default();
         eprintln!(
-            "wasmhttp: stopped after {} requests ({} trap, {} cpu, {} timeout, {} memory, {} overload)",
+            "wasmhttp: stopped after {} requests ({} trap, {} cpu, {} timeout, {} memory, {} overload); mean instantiation {:.1} µs",
             stats.requests_served,
             stats.failed_trap,
             stats.failed_cpu,
             stats.failed_timeout,
             stats.failed_memory,
-            stats.failed_overload
+            stats.failed_overload,
+            mean_instantiate.as_secs_f64() * 1e6
         );
         anyhow::Ok(())
     })?;

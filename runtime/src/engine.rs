@@ -146,6 +146,14 @@ impl Loaded {
     pub fn load_time(&self) -> Duration {
         self.load_time
     }
+    /// Bytes of compiled machine code held for this guest (shared by all its instances).
+    pub fn code_size(&self) -> u64 {
+        let range = match &self.code {
+            Code::Component(c) => c.image_range(),
+            Code::Module(m) => m.image_range(),
+        };
+        (range.end as usize - range.start as usize) as u64
+    }
     pub(crate) fn code(&self) -> &Code {
         &self.code
     }

@@ -130,7 +130,9 @@ async fn run_instance(
     };
     let result = {
         let run = async {
+            let started = std::time::Instant::now();
             let proxy = shared.pre.instantiate_async(&mut store).await?;
+            shared.meter.stats().instantiated(started.elapsed());
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, request, response_out)

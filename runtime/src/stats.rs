@@ -38,6 +38,8 @@ pub struct Stats {
     failed: [AtomicU64; 5],
     fuel_consumed: AtomicU64,
     cpu_time_ns: AtomicU64,
+    instantiations: AtomicU64,
+    instantiate_ns: AtomicU64,
     throttled_periods: AtomicU64,
     throttled_ns: AtomicU64,
     memory_current: AtomicU64,
@@ -64,6 +66,10 @@ pub struct StatsSnapshot {
     pub fuel_consumed: u64,
     /// CPU time spent running guest instances (host calls included).
     pub cpu_time: Duration,
+    /// Instances created.
+    pub instantiations: u64,
+    /// Time spent creating instances (sum over `instantiations`).
+    pub instantiate_time: Duration,
     /// Times an instance was parked because the CPU budget was empty.
     pub throttled_periods: u64,
     /// Time instances spent parked by the CPU budget.
@@ -89,6 +95,8 @@ impl Stats {
             failed_overload: failed(FailureCause::Overload),
             fuel_consumed: self.fuel_consumed.load(Relaxed),
             cpu_time: Duration::from_nanos(self.cpu_time_ns.load(Relaxed)),
+            instantiations: self.instantiations.load(Relaxed),
+            instantiate_time: Duration::from_nanos(self.instantiate_ns.load(Relaxed)),
             throttled_periods: self.throttled_periods.load(Relaxed),
             throttled_time: Duration::from_nanos(self.throttled_ns.load(Relaxed)),
             memory_current: self.memory_current.load(Relaxed),
@@ -111,6 +119,12 @@ impl Stats {
 
     pub(crate) fn add_cpu(&self, cpu: Duration) {
         self.cpu_time_ns.fetch_add(cpu.as_nanos() as u64, Relaxed);
+    }
+
+    pub(crate) fn instantiated(&self, took: Duration) {
+        self.instantiations.fetch_add(1, Relaxed);
+        self.instantiate_ns
+            .fetch_add(took.as_nanos() as u64, Relaxed);
     }
 
     pub(crate) fn throttled(&self, parked: Duration) {

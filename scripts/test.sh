@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs every test: installs prerequisites, builds the example guests and the workspace, checks format and
+# lints, then runs the unit, integration and end-to-end tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh curl containerd iproute2
+bash examples/build.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo build --workspace --locked
+cargo test --workspace --locked --no-fail-fast

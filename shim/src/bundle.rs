@@ -1,0 +1,381 @@
+//! Reading an OCI bundle (config.json + rootfs) into what the runtime needs. Every error names the file
+//! or key at fault.
+
+use crate::error::{Result, ShimError};
+use crate::limits::apply_resources;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use std::path::{Path, PathBuf};
+use wasmhttp_runtime::{Capabilities, Limits, Preopen, Source};
+
+/// Annotation CRI puts on every container of a pod.
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+/// Annotation CRI uses to mark the pod sandbox container.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// Port an HTTP service listens on when `PORT` is not in the environment.
+pub const DEFAULT_PORT: u16 = 8080;
+
+/// A rootfs mount containerd hands to Create (overlay or bind).
+#[derive(Debug, Clone, Default)]
+pub struct RootfsMount {
+    /// `overlay`, `bind`, …
+    pub kind: String,
+    /// Source path (bind mounts).
+    pub source: String,
+    /// Mount options (`lowerdir=…`, `upperdir=…`, `ro`, …).
+    pub options: Vec<String>,
+}
+
+/// Where an HTTP service's listener lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// No network namespace in the spec (`ctr run --net-host`): the host's.
+    Host,
+    /// The namespace at this path (a pod's, or one the operator made).
+    Namespace(PathBuf),
+    /// A network namespace entry without a path: a fresh, empty namespace, as runc would make.
+    Fresh,
+}
+
+/// What a container runs.
+#[derive(Debug)]
+pub enum Payload {
+    /// A pod sandbox: nothing to execute, it lives until killed.
+    Sandbox,
+    /// A wasm binary from the rootfs.
+    Wasm(Source),
+}
+
+/// Everything Create learns from the bundle.
+#[derive(Debug)]
+pub struct Workload {
+    /// What to run.
+    pub payload: Payload,
+    /// Limits from `linux.resources`.
+    pub limits: Limits,
+    /// Args, env and preopened mounts for the guest.
+    pub capabilities: Capabilities,
+    /// The port from `PORT` (HTTP services only).
+    pub port: u16,
+    /// Where the listener goes.
+    pub network: Network,
+}
+
+/// Reads `config.json` from a bundle directory.
+pub fn read_spec(bundle: &Path) -> Result<Spec> {
+    let path = bundle.join("config.json");
+    Spec::load(&path).map_err(|e| {
+        ShimError::InvalidArgument(format!("cannot read bundle config {}: {e}", path.display()))
+    })
+}
+
+/// The shim grouping key: containers of one pod share a shim.
+pub fn grouping_key(bundle: &Path, id: &str) -> String {
+    read_spec(bundle)
+        .ok()
+        .and_then(|spec| spec.annotations().as_ref()?.get(SANDBOX_ID).cloned())
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// Reads the bundle into a [`Workload`]. `rootfs` are the mounts containerd passed to Create (empty when the
+/// bundle's own `root.path` already holds the files).
+pub fn load(bundle: &Path, rootfs: &[RootfsMount], base_limits: &Limits) -> Result<Workload> {
+    let spec = read_spec(bundle)?;
+    let config = bundle.join("config.json");
+    let invalid =
+        |what: String| ShimError::InvalidArgument(format!("{}: {what}", config.display()));
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let network = network_of(&spec);
+    let limits = apply_resources(
+        base_limits,
+        spec.linux().as_ref().and_then(|l| l.resources().as_ref()),
+    );
+    if annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("sandbox") {
+        return Ok(Workload {
+            payload: Payload::Sandbox,
+            limits,
+            capabilities: Capabilities::default(),
+            port: 0,
+            network,
+        });
+    }
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| invalid("no process section".into()))?;
+    let args = process.args().clone().unwrap_or_default();
+    let entry = args.first().filter(|a| !a.is_empty()).ok_or_else(|| {
+        invalid(
+            "process.args is empty: args[0] must be the path of the .wasm file in the image".into(),
+        )
+    })?;
+    let env: Vec<(String, String)> = process
+        .env()
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    let port = match env.iter().find(|(k, _)| k == "PORT") {
+        None => DEFAULT_PORT,
+        Some((_, v)) => v.parse().map_err(|_| {
+            invalid(format!(
+                "process.env PORT={v:?} is not a port number (1-65535)"
+            ))
+        })?,
+    };
+    let roots = rootfs_dirs(bundle, &spec, rootfs);
+    let wasm_path = find_in_rootfs(&roots, entry).ok_or_else(|| {
+        invalid(format!(
+            "process.args[0] {entry} does not exist in the container's rootfs ({})",
+            roots
+                .iter()
+                .map(|r| r.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    let bytes = std::fs::read(&wasm_path).map_err(|e| {
+        invalid(format!(
+            "process.args[0] {entry}: cannot read {}: {e}",
+            wasm_path.display()
+        ))
+    })?;
+    let mut guest_args = args.clone();
+    guest_args[0] = entry.rsplit('/').next().unwrap_or(entry).to_string();
+    Ok(Workload {
+        payload: Payload::Wasm(Source::from_bytes(entry.clone(), bytes)),
+        limits,
+        capabilities: Capabilities {
+            preopens: preopens(&spec),
+            env,
+            args: guest_args,
+            allowed_outbound_hosts: Vec::new(),
+        },
+        port,
+        network,
+    })
+}
+
+fn network_of(spec: &Spec) -> Network {
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    match namespaces
+        .iter()
+        .find(|ns| ns.typ() == LinuxNamespaceType::Network)
+    {
+        None => Network::Host,
+        Some(ns) => match ns.path() {
+            Some(path) if !path.as_os_str().is_empty() => Network::Namespace(path.clone()),
+            _ => Network::Fresh,
+        },
+    }
+}
+
+/// The directories that make up the rootfs, topmost first.
+fn rootfs_dirs(bundle: &Path, spec: &Spec, mounts: &[RootfsMount]) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for mount in mounts {
+        if mount.kind == "overlay" {
+            // Reading the layers directly needs no mount, so nothing is left mounted behind us.
+            for option in &mount.options {
+                if let Some(upper) = option.strip_prefix("upperdir=") {
+                    dirs.insert(0, PathBuf::from(upper));
+                } else if let Some(lower) = option.strip_prefix("lowerdir=") {
+                    dirs.extend(lower.split(':').map(PathBuf::from));
+                }
+            }
+        } else if !mount.source.is_empty() {
+            dirs.push(PathBuf::from(&mount.source));
+        }
+    }
+    if dirs.is_empty() {
+        let root = spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .unwrap_or_else(|| "rootfs".into());
+        dirs.push(if root.is_absolute() {
+            root
+        } else {
+            bundle.join(root)
+        });
+    }
+    dirs
+}
+
+fn find_in_rootfs(roots: &[PathBuf], entry: &str) -> Option<PathBuf> {
+    let relative = entry.trim_start_matches('/');
+    if relative.is_empty() || relative.split('/').any(|part| part == "..") {
+        return None;
+    }
+    roots
+        .iter()
+        .map(|root| root.join(relative))
+        .find(|path| path.is_file())
+}
+
+/// Bind mounts of directories become preopens; the kernel filesystems a container normally gets do not.
+fn preopens(spec: &Spec) -> Vec<Preopen> {
+    let mounts = spec.mounts().clone().unwrap_or_default();
+    mounts
+        .iter()
+        .filter_map(|mount| {
+            let options = mount.options().clone().unwrap_or_default();
+            let is_bind = mount.typ().as_deref() == Some("bind")
+                || options.iter().any(|o| o == "bind" || o == "rbind");
+            let source = mount.source().as_ref()?;
+            if !is_bind || !source.is_dir() {
+                return None;
+            }
+            Some(Preopen {
+                host: source.clone(),
+                guest: mount.destination().display().to_string(),
+                read_only: options.iter().any(|o| o == "ro"),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(config: &str, files: &[(&str, &[u8])]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), config).unwrap();
+        for (name, bytes) in files {
+            let path = dir.path().join("rootfs").join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        }
+        dir
+    }
+
+    fn config(args: &str, extra: &str) -> String {
+        format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},
+               "process":{{"user":{{"uid":0,"gid":0}},"cwd":"/","args":{args},"env":["PORT=9000","GREETING=hi"]}}
+               {extra}}}"#
+        )
+    }
+
+    #[test]
+    fn a_wasm_bundle_is_read_with_env_port_limits_and_network() {
+        let extra = r#","linux":{"resources":{"memory":{"limit":1048576}},
+            "namespaces":[{"type":"network","path":"/var/run/netns/x"}]},
+            "mounts":[{"destination":"/data","type":"bind","source":"/tmp","options":["rbind","ro"]},
+                      {"destination":"/proc","type":"proc","source":"proc"}]"#;
+        let dir = bundle(
+            &config(r#"["/app.wasm","--flag"]"#, extra),
+            &[("app.wasm", b"\0asm\x01\0\0\0")],
+        );
+        let workload = load(dir.path(), &[], &Limits::default()).unwrap();
+        assert!(matches!(workload.payload, Payload::Wasm(_)));
+        assert_eq!(workload.port, 9000);
+        assert_eq!(workload.capabilities.args, ["app.wasm", "--flag"]);
+        assert!(
+            workload
+                .capabilities
+                .env
+                .contains(&("GREETING".into(), "hi".into()))
+        );
+        assert_eq!(workload.limits.memory_total, Some(1 << 20));
+        assert_eq!(
+            workload.network,
+            Network::Namespace("/var/run/netns/x".into())
+        );
+        assert_eq!(
+            workload.capabilities.preopens,
+            [Preopen {
+                host: "/tmp".into(),
+                guest: "/data".into(),
+                read_only: true
+            }]
+        );
+    }
+
+    #[test]
+    fn bad_bundles_are_named_in_the_error() {
+        let dir = bundle(&config("[]", ""), &[]);
+        let err = load(dir.path(), &[], &Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("config.json: process.args is empty"), "{err}");
+
+        let dir = bundle(&config(r#"["/missing.wasm"]"#, ""), &[]);
+        let err = load(dir.path(), &[], &Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("process.args[0] /missing.wasm does not exist"),
+            "{err}"
+        );
+
+        let dir = bundle(&config(r#"["/../etc/passwd"]"#, ""), &[]);
+        assert!(
+            load(dir.path(), &[], &Limits::default()).is_err(),
+            "no escaping the rootfs"
+        );
+
+        let dir = bundle("{not json", &[]);
+        let err = load(dir.path(), &[], &Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot read bundle config") && err.contains("config.json"),
+            "{err}"
+        );
+
+        let dir = bundle(
+            &config(r#"["/a.wasm"]"#, "").replace("PORT=9000", "PORT=web"),
+            &[("a.wasm", b"x")],
+        );
+        let err = load(dir.path(), &[], &Limits::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PORT=\"web\" is not a port number"), "{err}");
+    }
+
+    #[test]
+    fn the_sandbox_container_needs_no_binary_and_overlay_layers_are_searched() {
+        let sandbox = config(
+            r#"["/pause"]"#,
+            r#","annotations":{"io.kubernetes.cri.container-type":"sandbox","io.kubernetes.cri.sandbox-id":"pod1"}"#,
+        );
+        let dir = bundle(&sandbox, &[]);
+        assert!(matches!(
+            load(dir.path(), &[], &Limits::default()).unwrap().payload,
+            Payload::Sandbox
+        ));
+        assert_eq!(grouping_key(dir.path(), "c1"), "pod1");
+
+        let layers = tempfile::tempdir().unwrap();
+        let (lower, upper) = (layers.path().join("lower"), layers.path().join("upper"));
+        std::fs::create_dir_all(&lower).unwrap();
+        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::write(lower.join("app.wasm"), b"lower").unwrap();
+        let mount = RootfsMount {
+            kind: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                format!("lowerdir={}", lower.display()),
+                format!("upperdir={}", upper.display()),
+            ],
+        };
+        let dir = bundle(&config(r#"["/app.wasm"]"#, ""), &[]);
+        let Payload::Wasm(source) = load(dir.path(), &[mount], &Limits::default())
+            .unwrap()
+            .payload
+        else {
+            panic!()
+        };
+        assert_eq!(source.bytes(), b"lower");
+        assert_eq!(grouping_key(dir.path(), "c1"), "c1");
+    }
+}

@@ -1,0 +1,400 @@
+//! One container's life: created → running (↔ paused) → stopped, whatever it runs.
+
+use crate::bundle::{Network, Payload, Workload};
+use crate::error::{Result, ShimError};
+use crate::events::{Event, Events};
+use crate::limits::apply_resources;
+use containerd_shim::protos::events::task::TaskExit;
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use oci_spec::runtime::LinuxResources;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use wasmhttp_runtime::{
+    Capabilities, CommandIo, GuestOutput, Limits, Loaded, Runtime, Service, ServiceHandle,
+    StatsSnapshot,
+};
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Exit {
+    /// Exit status as containerd reports it (128 + signal when killed).
+    pub code: u32,
+    /// When it ended.
+    pub at: SystemTime,
+}
+
+impl Exit {
+    /// The protobuf timestamp of `at`.
+    pub fn timestamp(&self) -> Timestamp {
+        let since = self
+            .at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        Timestamp {
+            seconds: since.as_secs() as i64,
+            nanos: since.subsec_nanos() as i32,
+            ..Default::default()
+        }
+    }
+}
+
+/// The task status containerd sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Created, not started.
+    Created,
+    /// Running.
+    Running,
+    /// Not admitting requests.
+    Paused,
+    /// Ended.
+    Stopped,
+}
+
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per container, moved once at Start"
+)]
+enum Prepared {
+    Sandbox,
+    Service {
+        service: Service,
+        port: u16,
+        network: Network,
+    },
+    Command {
+        runtime: Runtime,
+        app: Loaded,
+        limits: Limits,
+        caps: Capabilities,
+        stdout: GuestOutput,
+        stderr: GuestOutput,
+    },
+}
+
+enum Active {
+    Sandbox,
+    Service(Arc<ServiceHandle>),
+    Command(AbortHandle),
+}
+
+enum State {
+    Created(Box<Prepared>),
+    Running(Active),
+    Paused(Active),
+    Stopped,
+}
+
+/// What Create hands over besides the workload.
+pub struct CreateOptions {
+    /// The shared engine.
+    pub runtime: Runtime,
+    /// Guest stdout.
+    pub stdout: GuestOutput,
+    /// Guest stderr.
+    pub stderr: GuestOutput,
+    /// Where task events go.
+    pub events: Events,
+}
+
+/// One container of this shim.
+pub struct Container {
+    id: String,
+    state: Mutex<State>,
+    limits: Mutex<Limits>,
+    code_size: u64,
+    killed_by: AtomicU32,
+    exit: watch::Sender<Option<Exit>>,
+    events: Events,
+}
+
+impl Container {
+    /// Loads (compiles or fetches from the cache) and links the workload; nothing runs yet.
+    pub fn create(id: &str, workload: Workload, options: CreateOptions) -> Result<Self> {
+        let CreateOptions {
+            runtime,
+            stdout,
+            stderr,
+            events,
+        } = options;
+        let limits = workload.limits.clone();
+        let (prepared, code_size) = match workload.payload {
+            Payload::Sandbox => (Prepared::Sandbox, 0),
+            Payload::Wasm(source) => {
+                let app = runtime
+                    .load(&source)
+                    .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+                let code_size = app.code_size();
+                let prepared = if app.kind().is_http() {
+                    let service = Service::new(
+                        &runtime,
+                        &app,
+                        limits.clone(),
+                        workload.capabilities,
+                        stdout,
+                        stderr,
+                    )
+                    .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+                    Prepared::Service {
+                        service,
+                        port: workload.port,
+                        network: workload.network,
+                    }
+                } else {
+                    Prepared::Command {
+                        runtime,
+                        app,
+                        limits: limits.clone(),
+                        caps: workload.capabilities,
+                        stdout,
+                        stderr,
+                    }
+                };
+                (prepared, code_size)
+            }
+        };
+        Ok(Container {
+            id: id.to_string(),
+            state: Mutex::new(State::Created(Box::new(prepared))),
+            limits: Mutex::new(limits),
+            code_size,
+            killed_by: AtomicU32::new(0),
+            exit: watch::channel(None).0,
+            events,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Current status.
+    pub fn status(&self) -> Status {
+        match &*self.lock() {
+            State::Created(_) => Status::Created,
+            State::Running(_) => Status::Running,
+            State::Paused(_) => Status::Paused,
+            State::Stopped => Status::Stopped,
+        }
+    }
+
+    /// The exit, once there is one.
+    pub fn exit(&self) -> Option<Exit> {
+        *self.exit.borrow()
+    }
+
+    /// Starts serving or running. A service's listener is bound before this returns, so a port in use fails
+    /// Start itself.
+    pub fn start(self: &Arc<Self>) -> Result<()> {
+        let mut state = self.lock();
+        let State::Created(_) = &*state else {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {} was already started",
+                self.id
+            )));
+        };
+        let State::Created(prepared) = std::mem::replace(&mut *state, State::Stopped) else {
+            unreachable!()
+        };
+        let active = match *prepared {
+            Prepared::Sandbox => Active::Sandbox,
+            Prepared::Service {
+                service,
+                port,
+                network,
+            } => {
+                let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+                let listener =
+                    crate::netns::listen(addr, &network).map_err(ShimError::FailedPrecondition)?;
+                let handle = Arc::new(
+                    service
+                        .serve(listener)
+                        .map_err(|e| ShimError::Internal(format!("cannot serve: {e}")))?,
+                );
+                let (this, watched) = (self.clone(), handle.clone());
+                tokio::spawn(async move {
+                    watched.finished().await;
+                    this.finish(128 + this.killed_by.load(Ordering::SeqCst));
+                });
+                Active::Service(handle)
+            }
+            Prepared::Command {
+                runtime,
+                app,
+                limits,
+                caps,
+                stdout,
+                stderr,
+            } => {
+                let this = self.clone();
+                let task = tokio::spawn(async move {
+                    let io = CommandIo {
+                        stdin: None,
+                        stdout,
+                        stderr,
+                    };
+                    let code = match wasmhttp_runtime::run_command(
+                        &runtime, &app, &limits, &caps, io,
+                    )
+                    .await
+                    {
+                        Ok(exit) => exit.code as u32,
+                        Err(e) => {
+                            tracing::error!(container = %this.id, "command failed to start: {e}");
+                            wasmhttp_runtime::EXIT_TRAP as u32
+                        }
+                    };
+                    this.finish(code);
+                });
+                Active::Command(task.abort_handle())
+            }
+        };
+        *state = State::Running(active);
+        Ok(())
+    }
+
+    /// Records the exit once and publishes it; later calls are ignored.
+    fn finish(&self, code: u32) {
+        let exit = Exit {
+            code,
+            at: SystemTime::now(),
+        };
+        let first = self
+            .exit
+            .send_if_modified(|current| current.is_none() && current.replace(exit).is_none());
+        if !first {
+            return;
+        }
+        *self.lock() = State::Stopped;
+        tracing::info!(container = %self.id, code, "exited");
+        self.events.send(Event::Exit(TaskExit {
+            container_id: self.id.clone(),
+            id: self.id.clone(),
+            pid: std::process::id(),
+            exit_status: code,
+            exited_at: Some(exit.timestamp()).into(),
+            ..Default::default()
+        }));
+    }
+
+    /// Delivers a signal: SIGKILL stops at once, anything else drains for up to `grace` first.
+    pub fn kill(&self, signal: u32, grace: Duration) -> Result<()> {
+        let state = self.lock();
+        let active = match &*state {
+            State::Running(active) | State::Paused(active) => active,
+            State::Created(_) => {
+                drop(state);
+                self.finish(128 + signal);
+                return Ok(());
+            }
+            State::Stopped => {
+                return Err(ShimError::NotFound(format!(
+                    "container {} is not running",
+                    self.id
+                )));
+            }
+        };
+        let _ = self
+            .killed_by
+            .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+        match active {
+            Active::Service(handle) => {
+                let handle = handle.clone();
+                let grace = if signal == nix::sys::signal::Signal::SIGKILL as u32 {
+                    Duration::ZERO
+                } else {
+                    grace
+                };
+                tokio::spawn(async move { handle.shutdown(grace).await });
+            }
+            Active::Command(task) => {
+                task.abort();
+                drop(state);
+                self.finish(128 + signal);
+            }
+            Active::Sandbox => {
+                drop(state);
+                self.finish(128 + signal);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the exit.
+    pub async fn wait(&self) -> Exit {
+        let mut exit = self.exit.subscribe();
+        match exit.wait_for(Option::is_some).await {
+            Ok(exit) => exit.expect("waited for Some"),
+            // The sender lives in `self`, so it cannot be gone while we hold `&self`.
+            Err(_) => unreachable!("exit channel closed while the container exists"),
+        }
+    }
+
+    /// Stops or restarts admitting requests.
+    pub fn set_paused(&self, paused: bool) -> Result<()> {
+        let mut state = self.lock();
+        let active = match (&*state, paused) {
+            (State::Running(active), true) | (State::Paused(active), false) => active,
+            _ => {
+                let expected = if paused { "running" } else { "paused" };
+                return Err(ShimError::FailedPrecondition(format!(
+                    "container {} is not {expected}",
+                    self.id
+                )));
+            }
+        };
+        match active {
+            Active::Command(_) => {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "container {} runs a command, which cannot be paused",
+                    self.id
+                )));
+            }
+            Active::Service(handle) => handle.set_paused(paused),
+            Active::Sandbox => {}
+        }
+        let (State::Running(active) | State::Paused(active)) =
+            std::mem::replace(&mut *state, State::Stopped)
+        else {
+            unreachable!("matched above")
+        };
+        *state = if paused {
+            State::Paused(active)
+        } else {
+            State::Running(active)
+        };
+        Ok(())
+    }
+
+    /// Applies new OCI resources to the next requests.
+    pub fn update(&self, resources: &LinuxResources) -> Result<Limits> {
+        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        *limits = apply_resources(&limits, Some(resources));
+        if let State::Running(Active::Service(h)) | State::Paused(Active::Service(h)) =
+            &*self.lock()
+        {
+            h.update_limits(limits.clone());
+        }
+        Ok(limits.clone())
+    }
+
+    /// Usage figures, the limits in force and the code size, for Stats.
+    pub fn usage(&self) -> (StatsSnapshot, Limits, u64) {
+        let stats = match &*self.lock() {
+            State::Running(Active::Service(h)) | State::Paused(Active::Service(h)) => h.stats(),
+            _ => StatsSnapshot::default(),
+        };
+        (
+            stats,
+            self.limits
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            self.code_size,
+        )
+    }
+}

@@ -1,0 +1,127 @@
+//! `containerd-shim-wasmhttp-v1`: the containerd shim v2 for runtime type `io.containerd.wasmhttp.v1`.
+//!
+//! containerd starts this binary with `start` for a new container; it spawns (or, for another container of
+//! the same pod, reuses) a long-lived shim process that serves the Task API over ttrpc and runs every
+//! container's wasm through the wasmhttp runtime. Logs go to containerd's log pipe; stdout stays clean.
+
+mod bundle;
+mod container;
+mod error;
+mod events;
+mod limits;
+mod metrics;
+mod netns;
+mod server;
+mod stdio;
+mod task;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::{ExitSignal, Shim, run, spawn};
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::util::timestamp;
+use containerd_shim::{Config, DeleteResponse, Error, Flags, StartOpts};
+use std::sync::Arc;
+
+/// The runtime type containerd knows us by.
+pub const RUNTIME_ID: &str = "io.containerd.wasmhttp.v1";
+
+struct WasmShim {
+    exit: Arc<ExitSignal>,
+    namespace: String,
+}
+
+#[async_trait]
+impl Shim for WasmShim {
+    type T = task::TaskService;
+
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        WasmShim {
+            exit: Arc::default(),
+            namespace: args.namespace.clone(),
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
+        start_server(opts).await
+    }
+
+    async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
+        // containerd calls this when the shim process died (say, SIGKILL): the task ended as if killed.
+        Ok(DeleteResponse {
+            exit_status: 137,
+            exited_at: Some(timestamp()?).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        task::TaskService::new(
+            events::Events::new(publisher, self.namespace.clone()),
+            self.exit.clone(),
+        )
+    }
+}
+
+/// Spawns the long-lived shim server (or finds the one already serving this pod) and returns its address.
+async fn start_server(opts: StartOpts) -> Result<String, Error> {
+    // containerd runs `start` in the bundle directory; containers of one pod share a shim process.
+    let cwd = std::env::current_dir().map_err(|e| Error::IoError {
+        context: "bundle directory".into(),
+        err: e,
+    })?;
+    let grouping = bundle::grouping_key(&cwd, &opts.id);
+    let address = spawn(opts, &grouping, Vec::new()).await?;
+    containerd_shim::util::write_str_to_file("address", &address).await?;
+    Ok(address)
+}
+
+/// The `start` action, answered with the bare socket address: containerd 1.6 reads nothing else, and 1.7
+/// and 2.x fall back to it, whereas the library's JSON reply is understood only from 1.7 on.
+async fn start_for_every_containerd(flags: Flags) -> Result<(), Error> {
+    let opts = StartOpts {
+        id: flags.id,
+        publish_binary: flags.publish_binary,
+        address: flags.address,
+        ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
+        namespace: flags.namespace,
+        debug: flags.debug,
+        ..Default::default()
+    };
+    let address = start_server(opts).await?;
+    let mut stdout = tokio::io::stdout();
+    tokio::io::AsyncWriteExt::write_all(&mut stdout, address.as_bytes())
+        .await
+        .map_err(|e| Error::IoError {
+            context: "write the shim address".into(),
+            err: e,
+        })?;
+    tokio::io::AsyncWriteExt::flush(&mut stdout)
+        .await
+        .map_err(|e| Error::IoError {
+            context: "flush the shim address".into(),
+            err: e,
+        })
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<_> = std::env::args_os().collect();
+    let flags = match containerd_shim::parse(&args[1..]) {
+        Ok(flags) if !flags.version && !flags.info => flags,
+        // -v, -info and parse errors: the library answers them.
+        _ => return run::<WasmShim>(RUNTIME_ID, None).await,
+    };
+    let result = match flags.action.as_str() {
+        "start" => start_for_every_containerd(flags).await,
+        "delete" => return run::<WasmShim>(RUNTIME_ID, None).await,
+        _ => server::serve(flags).await,
+    };
+    if let Err(e) = result {
+        eprintln!("{RUNTIME_ID}: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,108 @@
+//! The long-lived shim server: the ttrpc Task service on the socket containerd chose.
+//!
+//! containerd-shim's own bootstrap serves only `containerd.task.v3.Task` (containerd 2.x); containerd 1.6
+//! and 1.7 call `containerd.task.v2.Task`, which is the same API under its older name. This serves both.
+
+use crate::task::TaskService;
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::protos::shim_async::create_task;
+use containerd_shim::protos::ttrpc::r#async::transport::Listener;
+use containerd_shim::protos::ttrpc::asynchronous::Server;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{Error, Flags};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+
+const V3: &str = "containerd.task.v3.Task";
+const V2: &str = "containerd.task.v2.Task";
+
+fn io_error(context: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |err| Error::IoError {
+        context: context.to_string(),
+        err,
+    }
+}
+
+/// Serves until Shutdown leaves no container.
+pub async fn serve(flags: Flags) -> Result<(), Error> {
+    let path = flags.socket.trim_start_matches("unix://").to_string();
+    if path.is_empty() {
+        return Err(Error::InvalidArgument("shim socket cannot be empty".into()));
+    }
+    containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)?;
+    let Some(listener) = bind(Path::new(&path))? else {
+        // Another container of this pod started the server already; containerd uses that one.
+        containerd_shim::util::write_str_to_file("address", &flags.socket).await?;
+        signal_started()?;
+        return Ok(());
+    };
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS")?;
+    let publisher = RemotePublisher::new(&ttrpc_address).await?;
+    let exit = Arc::new(ExitSignal::default());
+    let events = crate::events::Events::new(publisher, flags.namespace.clone());
+    let task: Arc<dyn containerd_shim::Task + Send + Sync> =
+        Arc::new(TaskService::new(events, exit.clone()));
+    let mut services = create_task(task.clone());
+    let mut older = create_task(task);
+    if let Some(service) = older.remove(V3) {
+        services.insert(V2.to_string(), service);
+    }
+    let listener = Listener::try_from(listener).map_err(io_error("creating the ttrpc listener"))?;
+    let mut server = Server::new()
+        .add_listener(listener)
+        .register_service(services);
+    server.start().await?;
+    signal_started()?;
+    tokio::spawn(ignore_termination_signals());
+    tracing::info!("shim serving on {}", flags.socket);
+    exit.wait().await;
+    tracing::info!("shim shutting down");
+    server.shutdown().await.unwrap_or_default();
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+/// Binds the socket, or returns `None` when a live server already owns it (a stale file is replaced).
+fn bind(path: &Path) -> Result<Option<UnixListener>, Error> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_error("creating the socket directory"))?;
+    }
+    match UnixListener::bind(path) {
+        Ok(listener) => Ok(Some(listener)),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if UnixStream::connect(path).is_ok() {
+                return Ok(None);
+            }
+            std::fs::remove_file(path).map_err(io_error("removing a stale shim socket"))?;
+            UnixListener::bind(path)
+                .map(Some)
+                .map_err(io_error("binding the shim socket"))
+        }
+        Err(e) => Err(io_error("binding the shim socket")(e)),
+    }
+}
+
+/// containerd waits for the `start` child's stdout to close; pointing stdout at stderr closes it while
+/// keeping fd 1 valid.
+fn signal_started() -> Result<(), Error> {
+    nix::unistd::dup2_stdout(std::io::stderr())
+        .map_err(|e| io_error("pointing stdout at stderr")(e.into()))
+}
+
+/// containerd ends a shim through Shutdown, not signals; a stray SIGTERM/SIGINT must not kill running services.
+async fn ignore_termination_signals() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("ignoring SIGTERM: containerd stops the shim with Shutdown"),
+            _ = int.recv() => tracing::info!("ignoring SIGINT"),
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The containerd Task service: each call checks its request, then asks the container.
+
+use crate::bundle::{self, RootfsMount};
+use crate::container::{Container, CreateOptions, Status};
+use crate::error::{Result, ShimError};
+use crate::events::{Event, Events};
+use async_trait::async_trait;
+use containerd_shim::api::*;
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskIO, TaskPaused, TaskResumed, TaskStart,
+};
+use containerd_shim::protos::types::task::{ProcessInfo, Status as TaskStatus};
+use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use wasmhttp_runtime::{EngineConfig, Limits, Runtime};
+
+/// Where the shim caches compiled code unless `WASMHTTP_CACHE_DIR` (in containerd's environment) says otherwise.
+pub const DEFAULT_CACHE_DIR: &str = "/var/lib/wasmhttp/cache";
+/// How long SIGTERM lets in-flight requests finish.
+pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
+
+/// Every container of this shim process, and the engine they share.
+pub struct TaskService {
+    runtime: OnceLock<Runtime>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    events: Events,
+    exit: Arc<ExitSignal>,
+}
+
+impl TaskService {
+    /// A service publishing to `events`; `exit` is signalled on Shutdown once no container is left.
+    pub fn new(events: Events, exit: Arc<ExitSignal>) -> Self {
+        TaskService {
+            runtime: OnceLock::new(),
+            containers: Mutex::default(),
+            events,
+            exit,
+        }
+    }
+
+    fn runtime(&self) -> Result<Runtime> {
+        if let Some(runtime) = self.runtime.get() {
+            return Ok(runtime.clone());
+        }
+        let cache_dir = std::env::var_os("WASMHTTP_CACHE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or(DEFAULT_CACHE_DIR.into());
+        let runtime = Runtime::new(EngineConfig {
+            cache_dir: Some(cache_dir),
+            ..EngineConfig::default()
+        })
+        .map_err(|e| ShimError::Internal(e.to_string()))?;
+        Ok(self.runtime.get_or_init(|| runtime).clone())
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Container>> {
+        self.containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ShimError::NotFound(format!("container {id} not found in this shim")))
+    }
+
+    async fn create_container(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
+        if req.terminal {
+            return Err(ShimError::InvalidArgument(
+                "wasmhttp does not support terminals (ctr run -t)".into(),
+            ));
+        }
+        if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
+            return Err(ShimError::Unimplemented(
+                "wasmhttp does not support checkpoint/restore".into(),
+            ));
+        }
+        if self.get(&req.id).is_ok() {
+            return Err(ShimError::AlreadyExists(format!(
+                "container {} already exists",
+                req.id
+            )));
+        }
+        let runtime = self.runtime()?;
+        let events = self.events.clone();
+        let rootfs: Vec<RootfsMount> = req
+            .rootfs
+            .iter()
+            .map(|m| RootfsMount {
+                kind: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        let (id, bundle_dir, stdout, stderr) = (
+            req.id.clone(),
+            PathBuf::from(&req.bundle),
+            req.stdout.clone(),
+            req.stderr.clone(),
+        );
+        // Loading compiles (or deserializes) the wasm and opening fifos blocks: keep both off the executor.
+        let container = tokio::task::spawn_blocking(move || -> Result<Container> {
+            let workload = bundle::load(&bundle_dir, &rootfs, &Limits::default())?;
+            let open = |path: &str| {
+                crate::stdio::open_output(path)
+                    .map_err(|e| ShimError::InvalidArgument(format!("cannot open {path}: {e}")))
+            };
+            let options = CreateOptions {
+                runtime,
+                stdout: open(&stdout)?,
+                stderr: open(&stderr)?,
+                events,
+            };
+            Container::create(&id, workload, options)
+        })
+        .await
+        .map_err(|e| ShimError::Internal(format!("create task failed: {e}")))??;
+        self.containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(req.id.clone(), Arc::new(container));
+        self.events.send(Event::Create(TaskCreate {
+            container_id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            rootfs: req.rootfs.clone(),
+            io: Some(TaskIO {
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+                ..Default::default()
+            })
+            .into(),
+            pid: std::process::id(),
+            ..Default::default()
+        }));
+        Ok(CreateTaskResponse {
+            pid: std::process::id(),
+            ..Default::default()
+        })
+    }
+}
+
+fn no_exec(exec_id: &str) -> Result<()> {
+    if exec_id.is_empty() {
+        Ok(())
+    } else {
+        Err(ShimError::Unimplemented(
+            "wasmhttp does not support exec; use an httpGet probe instead".into(),
+        ))
+    }
+}
+
+fn unsupported<T>(what: &str) -> TtrpcResult<T> {
+    Err(ShimError::Unimplemented(format!("wasmhttp does not support {what}")).into())
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> TtrpcResult<CreateTaskResponse> {
+        Ok(self.create_container(req).await?)
+    }
+
+    async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        no_exec(&req.exec_id)?;
+        let container = self.get(&req.id)?;
+        // Published first, so containerd sees start before the exit of a command that ends at once.
+        self.events.send(Event::Start(TaskStart {
+            container_id: req.id.clone(),
+            pid: std::process::id(),
+            ..Default::default()
+        }));
+        container.start()?;
+        Ok(StartResponse {
+            pid: std::process::id(),
+            ..Default::default()
+        })
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        no_exec(&req.exec_id)?;
+        self.get(&req.id)?.kill(req.signal, DEFAULT_DRAIN)?;
+        Ok(Empty::new())
+    }
+
+    async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        no_exec(&req.exec_id)?;
+        let container = self.get(&req.id)?;
+        if matches!(container.status(), Status::Running | Status::Paused) {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {} is running; kill it first",
+                req.id
+            ))
+            .into());
+        }
+        let exit = container.exit();
+        self.containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&req.id);
+        let (code, at) = exit
+            .map(|e| (e.code, Some(e.timestamp())))
+            .unwrap_or((0, None));
+        self.events.send(Event::Delete(TaskDelete {
+            container_id: req.id.clone(),
+            id: req.id.clone(),
+            pid: std::process::id(),
+            exit_status: code,
+            exited_at: at.clone().into(),
+            ..Default::default()
+        }));
+        Ok(DeleteResponse {
+            pid: std::process::id(),
+            exit_status: code,
+            exited_at: at.into(),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        no_exec(&req.exec_id)?;
+        let exit = self.get(&req.id)?.wait().await;
+        Ok(WaitResponse {
+            exit_status: exit.code,
+            exited_at: Some(exit.timestamp()).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+        no_exec(&req.exec_id)?;
+        let container = self.get(&req.id)?;
+        let status = match container.status() {
+            Status::Created => TaskStatus::CREATED,
+            Status::Running => TaskStatus::RUNNING,
+            Status::Paused => TaskStatus::PAUSED,
+            Status::Stopped => TaskStatus::STOPPED,
+        };
+        let exit = container.exit();
+        Ok(StateResponse {
+            id: req.id,
+            pid: std::process::id(),
+            status: status.into(),
+            exit_status: exit.map_or(0, |e| e.code),
+            exited_at: exit.map(|e| e.timestamp()).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+        self.get(&req.id)?;
+        Ok(PidsResponse {
+            processes: vec![ProcessInfo {
+                pid: std::process::id(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+        self.get(&req.id)?.set_paused(true)?;
+        self.events.send(Event::Paused(TaskPaused {
+            container_id: req.id,
+            ..Default::default()
+        }));
+        Ok(Empty::new())
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+        self.get(&req.id)?.set_paused(false)?;
+        self.events.send(Event::Resumed(TaskResumed {
+            container_id: req.id,
+            ..Default::default()
+        }));
+        Ok(Empty::new())
+    }
+
+    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        let container = self.get(&req.id)?;
+        let resources = req
+            .resources
+            .as_ref()
+            .map(|any| any.value.as_slice())
+            .unwrap_or_default();
+        // containerd marshals the spec's LinuxResources as JSON inside the Any.
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(resources)
+            .map_err(|e| {
+                ShimError::InvalidArgument(format!(
+                    "update: resources are not OCI LinuxResources JSON: {e}"
+                ))
+            })?;
+        let limits = container.update(&resources)?;
+        tracing::info!(container = %req.id, ?limits, "limits updated");
+        Ok(Empty::new())
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        let (stats, limits, code_size) = self.get(&req.id)?.usage();
+        let metrics = crate::metrics::encode(
+            &stats,
+            &limits,
+            code_size,
+            crate::metrics::host_uses_cgroup_v2(),
+        )
+        .map_err(ShimError::Internal)?;
+        Ok(StatsResponse {
+            stats: Some(metrics).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ConnectRequest,
+    ) -> TtrpcResult<ConnectResponse> {
+        self.get(&req.id)?;
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
+        if self
+            .containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            tracing::info!("no containers left; shim exiting");
+            self.exit.signal();
+        }
+        Ok(Empty::new())
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, _req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        unsupported("exec (there is no shell in a wasm container); use an httpGet probe instead")
+    }
+
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: CheckpointTaskRequest,
+    ) -> TtrpcResult<Empty> {
+        unsupported("checkpoint")
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, _req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        unsupported("terminals (resize pty)")
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, _req: CloseIORequest) -> TtrpcResult<Empty> {
+        unsupported("stdin (close io)")
+    }
+}

@@ -1,0 +1,134 @@
+//! The `wasmhttp` command line, run as a user runs it.
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Output, Stdio};
+use wasmhttp_tests::{KillOnDrop, binary, example, get};
+
+fn wasmhttp(args: &[&str]) -> Output {
+    Command::new(binary("wasmhttp"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr_lines(output: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn bad_flags_missing_files_and_invalid_wasm_exit_nonzero_with_one_line() {
+    let hello = example("hello");
+    let hello = hello.to_str().unwrap();
+    for (args, code, expected) in [
+        (vec!["run", "--memory", "lots", hello], 2, "--memory"),
+        (vec!["run", "--cpus", "0", hello], 2, "--cpus"),
+        (vec!["run", "--env", "NOEQUALS", hello], 2, "KEY=VALUE"),
+        (vec!["run", "--bogus", hello], 2, "--bogus"),
+        (
+            vec!["run", "/no/such/app.wasm"],
+            1,
+            "cannot read /no/such/app.wasm",
+        ),
+        (vec!["run", "Cargo.toml"], 1, "is not a WebAssembly binary"),
+        (
+            vec!["run", "--dir", "/no/such/dir:/data", hello],
+            1,
+            "/no/such/dir",
+        ),
+    ] {
+        let output = Command::new(binary("wasmhttp"))
+            .args(&args)
+            .current_dir(wasmhttp_tests::workspace())
+            .output()
+            .unwrap();
+        let lines = stderr_lines(&output);
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {lines:?}");
+        assert_eq!(
+            lines.len(),
+            1,
+            "{args:?} must explain itself in one line: {lines:?}"
+        );
+        assert!(
+            lines[0].starts_with("wasmhttp: ") && lines[0].contains(expected),
+            "{args:?}: {lines:?}"
+        );
+    }
+}
+
+#[test]
+fn a_command_runs_with_args_and_env_and_returns_its_exit_code() {
+    let output = wasmhttp(&[
+        "run",
+        "--no-cache",
+        "--env",
+        "WHO=tests",
+        example("hello-cli").to_str().unwrap(),
+        "--",
+        "5",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(5), "{output:?}");
+    assert!(
+        stdout.contains("arg[0]=hello-cli.wasm\narg[1]=5\nenv WHO=tests\n"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_service_serves_with_limits_and_drains_on_sigterm() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut child = KillOnDrop(
+        Command::new(binary("wasmhttp"))
+            .args([
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--memory",
+                "64Mi",
+                "--cpus",
+                "1",
+                "--max-concurrency",
+                "8",
+            ])
+            .args([
+                "--timeout",
+                "2s",
+                "--cache-dir",
+                cache.path().to_str().unwrap(),
+                example("hello").to_str().unwrap(),
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    let reply = get(addr, "/");
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "Hello from wasmhttp!\n")
+    );
+    kill(Pid::from_raw(child.0.id() as i32), Signal::SIGTERM).unwrap();
+    let status = child.0.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    assert!(status.success(), "{status:?}: {rest}");
+    assert!(rest.contains("stopped after 1 requests"), "{rest}");
+    assert!(
+        std::fs::read_dir(cache.path()).unwrap().count() > 0,
+        "the compile cache was filled"
+    );
+}

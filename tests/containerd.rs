@@ -1,0 +1,403 @@
+//! The shim through a real containerd (Debian's 1.6) driven with `ctr`, as an operator drives it.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use wasmhttp_tests::containerd::Containerd;
+use wasmhttp_tests::{KillOnDrop, binary, example, get};
+
+const RUNTIME: &str = "io.containerd.wasmhttp.v1";
+
+/// Builds an image of an example with `wasmhttp image build` and imports it; returns its reference.
+fn import_example(containerd: &Containerd, name: &str) -> String {
+    let reference = format!("docker.io/wasmhttp-test/{name}:latest");
+    let tar = containerd.dir.path().join(format!("{name}.tar"));
+    let built = Command::new(binary("wasmhttp"))
+        .args([
+            "image",
+            "build",
+            example(name).to_str().unwrap(),
+            "-t",
+            &reference,
+            "-o",
+            tar.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "image build: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    containerd.ctr_ok(&["image", "import", tar.to_str().unwrap()]);
+    reference
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_200(addr: SocketAddr) -> String {
+    let started = Instant::now();
+    loop {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            let reply = get(addr, "/");
+            if reply.status == 200 {
+                return reply.body;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{addr} never answered 200"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `ctr run -d` of an HTTP service on the host network, on `port`.
+fn run_service(containerd: &Containerd, image: &str, id: &str, port: u16, extra: &[&str]) {
+    let port_env = format!("PORT={port}");
+    let fifo_dir = containerd.fifo_dir();
+    let mut args = vec![
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--net-host",
+        "--fifo-dir",
+        &fifo_dir,
+        "--env",
+        &port_env,
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[image, id]);
+    containerd.ctr_ok(&args);
+}
+
+fn task_status(containerd: &Containerd, id: &str) -> String {
+    let listing = containerd.ctr_ok(&["task", "ls"]);
+    listing
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(id))
+        .and_then(|line| line.split_whitespace().nth(2))
+        .unwrap_or("MISSING")
+        .to_string()
+}
+
+fn wait_for_status(containerd: &Containerd, id: &str, status: &str) {
+    let started = Instant::now();
+    while task_status(containerd, id) != status {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{id} never became {status}: {}",
+            task_status(containerd, id)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn hello_lifecycle_run_serve_metrics_kill_delete() {
+    let containerd = Containerd::start();
+    let image = import_example(&containerd, "hello");
+    let port = free_port();
+    run_service(
+        &containerd,
+        &image,
+        "hello1",
+        port,
+        &["--memory-limit", "67108864"],
+    );
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    assert_eq!(wait_for_200(addr), "Hello from wasmhttp!\n");
+    assert_eq!(task_status(&containerd, "hello1"), "RUNNING");
+
+    let metrics = containerd.ctr_ok(&["task", "metrics", "hello1"]);
+    let value = |key: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in {metrics}"))
+    };
+    assert!(value("memory.usage_in_bytes") > 0, "{metrics}");
+    assert_eq!(value("memory.limit_in_bytes"), 64 << 20, "{metrics}");
+    assert!(value("cpuacct.usage") > 0, "{metrics}");
+
+    containerd.ctr_ok(&["task", "kill", "hello1"]);
+    wait_for_status(&containerd, "hello1", "STOPPED");
+    let deleted = containerd.ctr(&["task", "delete", "hello1"]);
+    let said = String::from_utf8_lossy(&deleted.stderr);
+    assert!(
+        said.contains("143"),
+        "SIGTERM gives exit status 143: {said}"
+    );
+    containerd.ctr_ok(&["container", "rm", "hello1"]);
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "the listener is gone"
+    );
+}
+
+#[test]
+fn a_command_returns_its_exit_code_and_output_through_ctr() {
+    let containerd = Containerd::start();
+    let image = import_example(&containerd, "hello-cli");
+    let fifo_dir = containerd.fifo_dir();
+    let output = containerd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--fifo-dir",
+        &fifo_dir,
+        "--env",
+        "WHO=ctr",
+        &image,
+        "cli1",
+        "/app.wasm",
+        "42",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(42),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("arg[1]=42") && stdout.contains("env WHO=ctr"),
+        "{stdout}"
+    );
+    assert!(
+        containerd
+            .ctr_ok(&["container", "ls", "-q"])
+            .trim()
+            .is_empty(),
+        "--rm removed it"
+    );
+}
+
+#[test]
+fn guest_logs_reach_the_log_file_and_two_services_run_at_once() {
+    let containerd = Containerd::start();
+    let logger = import_example(&containerd, "logger");
+    let hello = import_example(&containerd, "hello");
+    let log = containerd.dir.path().join("logger.log");
+    let log_uri = format!("file://{}", log.display());
+    let (p1, p2) = (free_port(), free_port());
+    run_service(
+        &containerd,
+        &logger,
+        "logger1",
+        p1,
+        &["--log-uri", &log_uri],
+    );
+    run_service(&containerd, &hello, "hello2", p2, &[]);
+    wait_for_200(([127, 0, 0, 1], p1).into());
+    assert_eq!(
+        wait_for_200(([127, 0, 0, 1], p2).into()),
+        "Hello from wasmhttp!\n"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("logger stdout: GET /") && text.contains("logger stderr: GET /"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_images_fail_create_with_the_reason_and_exec_is_refused() {
+    let containerd = Containerd::start();
+    let image = import_example(&containerd, "hello");
+    let fifo_dir = containerd.fifo_dir();
+    let output = containerd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--fifo-dir",
+        &fifo_dir,
+        &image,
+        "bad1",
+        "/missing.wasm",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("process.args[0] /missing.wasm does not exist"),
+        "{stderr}"
+    );
+    let _ = containerd.ctr(&["container", "rm", "bad1"]);
+
+    let port = free_port();
+    run_service(&containerd, &image, "hello3", port, &[]);
+    wait_for_200(([127, 0, 0, 1], port).into());
+    let exec = containerd.ctr(&["task", "exec", "--exec-id", "sh", "hello3", "/bin/sh"]);
+    let stderr = String::from_utf8_lossy(&exec.stderr);
+    assert!(
+        !exec.status.success() && stderr.contains("does not support exec"),
+        "{stderr}"
+    );
+
+    containerd.ctr_ok(&["task", "pause", "hello3"]);
+    assert_eq!(task_status(&containerd, "hello3"), "PAUSED");
+    containerd.ctr_ok(&["task", "resume", "hello3"]);
+    assert_eq!(task_status(&containerd, "hello3"), "RUNNING");
+    assert_eq!(get(([127, 0, 0, 1], port).into(), "/").status, 200);
+}
+
+#[test]
+fn a_killed_shim_is_reported_exited_and_a_containerd_restart_keeps_services() {
+    let mut containerd = Containerd::start();
+    let image = import_example(&containerd, "hello");
+    let (p1, p2) = (free_port(), free_port());
+    run_service(&containerd, &image, "victim", p1, &[]);
+    wait_for_200(([127, 0, 0, 1], p1).into());
+    let shims = containerd.shim_pids();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    let events_log = containerd.dir.path().join("events.log");
+    let events = KillOnDrop(
+        Command::new("ctr")
+            .arg("--address")
+            .arg(containerd.socket())
+            .args(["events"])
+            .stdout(std::fs::File::create(&events_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // containerd notices the dead shim, runs its `delete` action, and reports the task exited (killed: 137).
+    let started = Instant::now();
+    let exit_line = loop {
+        let text = std::fs::read_to_string(&events_log).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains("/tasks/exit") && l.contains("victim"))
+        {
+            break line.to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no exit event for the killed shim: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(events);
+    assert!(exit_line.contains("\"exit_status\":137"), "{exit_line}");
+    let _ = containerd.ctr(&["task", "delete", "victim"]);
+    containerd.ctr_ok(&["container", "rm", "victim"]);
+    assert!(
+        containerd
+            .ctr_ok(&["container", "ls", "-q"])
+            .trim()
+            .is_empty()
+    );
+
+    run_service(&containerd, &image, "survivor", p2, &[]);
+    let addr: SocketAddr = ([127, 0, 0, 1], p2).into();
+    wait_for_200(addr);
+    containerd.restart();
+    assert_eq!(
+        get(addr, "/").status,
+        200,
+        "the service kept answering across the restart"
+    );
+    assert_eq!(task_status(&containerd, "survivor"), "RUNNING");
+}
+
+#[test]
+fn in_a_network_namespace_the_service_answers_there_and_not_on_the_host() {
+    let containerd = Containerd::start();
+    let image = import_example(&containerd, "hello");
+    let netns = NetNs::create("wasmhttp-test-ns", "10.213.77");
+    let fifo_dir = containerd.fifo_dir();
+    let ns_path = format!("/var/run/netns/{}", netns.name);
+    let port = free_port();
+    let port_env = format!("PORT={port}");
+    containerd.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        RUNTIME,
+        "--with-ns",
+        &format!("network:{ns_path}"),
+        "--fifo-dir",
+        &fifo_dir,
+        "--env",
+        &port_env,
+        &image,
+        "nsd1",
+    ]);
+    assert_eq!(
+        wait_for_200(format!("{}.2:{port}", netns.prefix).parse().unwrap()),
+        "Hello from wasmhttp!\n"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "not listening on the host"
+    );
+}
+
+/// A network namespace with a veth pair: host side `<prefix>.1`, namespace side `<prefix>.2`; removed on drop.
+struct NetNs {
+    name: String,
+    prefix: String,
+}
+
+impl NetNs {
+    fn create(name: &str, prefix: &str) -> Self {
+        let ip = |args: &str| {
+            let status = Command::new("ip")
+                .args(args.split_whitespace())
+                .status()
+                .expect("ip (iproute2) is installed");
+            assert!(status.success(), "ip {args}");
+        };
+        remove_netns(name);
+        ip(&format!("netns add {name}"));
+        let netns = NetNs {
+            name: name.into(),
+            prefix: prefix.into(),
+        };
+        ip(&format!("link add whtest0 type veth peer name whtest1"));
+        ip(&format!("link set whtest1 netns {name}"));
+        ip(&format!("addr add {prefix}.1/24 dev whtest0"));
+        ip("link set whtest0 up");
+        ip(&format!(
+            "netns exec {name} ip addr add {prefix}.2/24 dev whtest1"
+        ));
+        ip(&format!("netns exec {name} ip link set whtest1 up"));
+        ip(&format!("netns exec {name} ip link set lo up"));
+        assert!(Path::new(&format!("/var/run/netns/{name}")).exists());
+        netns
+    }
+}
+
+/// Removes the test's veth and namespace if they exist (a crashed earlier run may have left them).
+fn remove_netns(name: &str) {
+    for args in [vec!["link", "del", "whtest0"], vec!["netns", "del", name]] {
+        let _ = Command::new("ip")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        remove_netns(&self.name);
+    }
+}
