@@ -371,7 +371,7 @@ impl NetNs {
             name: name.into(),
             prefix: prefix.into(),
         };
-        ip(&format!("link add whtest0 type veth peer name whtest1"));
+        ip("link add whtest0 type veth peer name whtest1");
         ip(&format!("link set whtest1 netns {name}"));
         ip(&format!("addr add {prefix}.1/24 dev whtest0"));
         ip("link set whtest0 up");
