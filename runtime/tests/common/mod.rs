@@ -1,6 +1,7 @@
 //! Helpers shared by the runtime's integration tests: example binaries, a served instance, and a raw
 //! HTTP/1.1 client over real loopback sockets.
-#![allow(dead_code)]
+// Each test binary includes this module and uses a different subset of it.
+#![allow(dead_code, unused_imports)]
 
 use std::io::Write;
 use std::net::SocketAddr;
