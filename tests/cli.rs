@@ -132,3 +132,31 @@ fn a_service_serves_with_limits_and_drains_on_sigterm() {
         "the compile cache was filled"
     );
 }
+
+#[test]
+fn install_copies_the_shim_and_registers_the_runtime_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "version = 2\n").unwrap();
+    let shim = binary("containerd-shim-wasmhttp-v1");
+    let install = || {
+        Command::new(binary("wasmhttp"))
+            .args(["install", "--containerd-config", config.to_str().unwrap()])
+            .args(["--bin-dir", dir.path().join("bin").to_str().unwrap(), "--shim", shim.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let first = install();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(dir.path().join("bin/containerd-shim-wasmhttp-v1").is_file());
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("runtime_type = \"io.containerd.wasmhttp.v1\""), "{text}");
+    let second = install();
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already has runtime wasmhttp"));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), text);
+
+    std::fs::write(&config, "version = [\n").unwrap();
+    let refused = install();
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not valid TOML"));
+}

@@ -2,6 +2,7 @@
 //! through the same runtime calls the containerd shim makes.
 
 mod image;
+mod install;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,8 @@ enum Command {
     /// Build OCI images of wasm services.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Install the containerd shim and register the runtime in containerd's config.
+    Install(install::InstallArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(*args),
         Command::Image(command) => image::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Install(args) => install::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
