@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh curl containerd
 bash examples/build.sh >/dev/null
-cargo build --release --locked -q -p wasmhttp-cli -p containerd-shim-wasmhttp
-bin="$PWD/target/release"
+# The same build the tests use, so running both compiles wasmtime once.
+cargo build --workspace --locked -q
+bin="$PWD/target/debug"
 
 port="${PORT:-8080}"
 work="$(mktemp -d /tmp/wasmhttp-demo.XXXXXX)"

@@ -142,15 +142,27 @@ fn install_copies_the_shim_and_registers_the_runtime_once() {
     let install = || {
         Command::new(binary("wasmhttp"))
             .args(["install", "--containerd-config", config.to_str().unwrap()])
-            .args(["--bin-dir", dir.path().join("bin").to_str().unwrap(), "--shim", shim.to_str().unwrap()])
+            .args([
+                "--bin-dir",
+                dir.path().join("bin").to_str().unwrap(),
+                "--shim",
+                shim.to_str().unwrap(),
+            ])
             .output()
             .unwrap()
     };
     let first = install();
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     assert!(dir.path().join("bin/containerd-shim-wasmhttp-v1").is_file());
     let text = std::fs::read_to_string(&config).unwrap();
-    assert!(text.contains("runtime_type = \"io.containerd.wasmhttp.v1\""), "{text}");
+    assert!(
+        text.contains("runtime_type = \"io.containerd.wasmhttp.v1\""),
+        "{text}"
+    );
     let second = install();
     assert!(String::from_utf8_lossy(&second.stderr).contains("already has runtime wasmhttp"));
     assert_eq!(std::fs::read_to_string(&config).unwrap(), text);

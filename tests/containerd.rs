@@ -248,6 +248,12 @@ fn bad_images_fail_create_with_the_reason_and_exec_is_refused() {
 
     containerd.ctr_ok(&["task", "pause", "hello3"]);
     assert_eq!(task_status(&containerd, "hello3"), "PAUSED");
+    let paused = get(([127, 0, 0, 1], port).into(), "/");
+    assert_eq!(
+        (paused.status, paused.body.as_str()),
+        (503, "over capacity\n"),
+        "a paused service admits nothing"
+    );
     containerd.ctr_ok(&["task", "resume", "hello3"]);
     assert_eq!(task_status(&containerd, "hello3"), "RUNNING");
     assert_eq!(get(([127, 0, 0, 1], port).into(), "/").status, 200);
@@ -262,6 +268,8 @@ fn a_killed_shim_is_reported_exited_and_a_containerd_restart_keeps_services() {
     wait_for_200(([127, 0, 0, 1], p1).into());
     let shims = containerd.shim_pids();
     assert_eq!(shims.len(), 1, "{shims:?}");
+    let shim_socket = shim_socket_of(shims[0]);
+    assert!(shim_socket.exists());
     let events_log = containerd.dir.path().join("events.log");
     let events = KillOnDrop(
         Command::new("ctr")
@@ -298,6 +306,11 @@ fn a_killed_shim_is_reported_exited_and_a_containerd_restart_keeps_services() {
     assert!(exit_line.contains("\"exit_status\":137"), "{exit_line}");
     let _ = containerd.ctr(&["task", "delete", "victim"]);
     containerd.ctr_ok(&["container", "rm", "victim"]);
+    assert!(
+        !shim_socket.exists(),
+        "the dead shim's socket {} is removed",
+        shim_socket.display()
+    );
     assert!(
         containerd
             .ctr_ok(&["container", "ls", "-q"])
@@ -348,6 +361,20 @@ fn in_a_network_namespace_the_service_answers_there_and_not_on_the_host() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "not listening on the host"
     );
+}
+
+/// The ttrpc socket a shim process serves (its `-socket unix://PATH` argument).
+fn shim_socket_of(pid: i32) -> std::path::PathBuf {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let at = args
+        .iter()
+        .position(|a| a == "-socket")
+        .expect("a -socket argument");
+    args[at + 1].trim_start_matches("unix://").into()
 }
 
 /// A network namespace with a veth pair: host side `<prefix>.1`, namespace side `<prefix>.2`; removed on drop.

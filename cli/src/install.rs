@@ -41,7 +41,11 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
             args.containerd_config.display(),
             backup.display()
         ),
-        None => eprintln!("wasmhttp: {} already has runtime {}", args.containerd_config.display(), args.runtime_class_name),
+        None => eprintln!(
+            "wasmhttp: {} already has runtime {}",
+            args.containerd_config.display(),
+            args.runtime_class_name
+        ),
     }
     eprintln!("wasmhttp: restart containerd to load the new configuration");
     Ok(())
@@ -49,14 +53,20 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
 
 fn install_binary(shim: &Path, bin_dir: &Path) -> anyhow::Result<()> {
     if !shim.is_file() {
-        bail!("shim binary {} not found (pass --shim PATH)", shim.display());
+        bail!(
+            "shim binary {} not found (pass --shim PATH)",
+            shim.display()
+        );
     }
-    std::fs::create_dir_all(bin_dir).with_context(|| format!("cannot create {}", bin_dir.display()))?;
+    std::fs::create_dir_all(bin_dir)
+        .with_context(|| format!("cannot create {}", bin_dir.display()))?;
     let target = bin_dir.join(SHIM_BINARY);
     // Copy then rename, so a running containerd never starts a half-copied shim.
     let tmp = bin_dir.join(format!(".{SHIM_BINARY}.tmp"));
-    std::fs::copy(shim, &tmp).with_context(|| format!("cannot copy {} to {}", shim.display(), tmp.display()))?;
-    std::fs::rename(&tmp, &target).with_context(|| format!("cannot install {}", target.display()))?;
+    std::fs::copy(shim, &tmp)
+        .with_context(|| format!("cannot copy {} to {}", shim.display(), tmp.display()))?;
+    std::fs::rename(&tmp, &target)
+        .with_context(|| format!("cannot install {}", target.display()))?;
     eprintln!("wasmhttp: installed {}", target.display());
     Ok(())
 }
@@ -69,17 +79,33 @@ pub fn configure(config: &Path, runtime_name: &str) -> anyhow::Result<Option<Pat
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", config.display())),
     };
     let mut doc: DocumentMut = match &original {
-        Some(text) => text
-            .parse()
-            .with_context(|| format!("refusing to edit {}: it is not valid TOML", config.display()))?,
+        Some(text) => text.parse().with_context(|| {
+            format!(
+                "refusing to edit {}: it is not valid TOML",
+                config.display()
+            )
+        })?,
         None => "version = 2\n".parse()?,
     };
     let version = doc.get("version").and_then(Item::as_integer).unwrap_or(1);
     let path: &[&str] = match version {
         1 => &["plugins", "cri", "containerd", "runtimes"],
-        2 => &["plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes"],
-        3 => &["plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes"],
-        other => bail!("refusing to edit {}: unknown containerd config version {other}", config.display()),
+        2 => &[
+            "plugins",
+            "io.containerd.grpc.v1.cri",
+            "containerd",
+            "runtimes",
+        ],
+        3 => &[
+            "plugins",
+            "io.containerd.cri.v1.runtime",
+            "containerd",
+            "runtimes",
+        ],
+        other => bail!(
+            "refusing to edit {}: unknown containerd config version {other}",
+            config.display()
+        ),
     };
     let mut table = doc.as_table_mut();
     for key in path {
@@ -88,28 +114,43 @@ pub fn configure(config: &Path, runtime_name: &str) -> anyhow::Result<Option<Pat
             t.set_implicit(true);
             Item::Table(t)
         });
-        table = entry
-            .as_table_mut()
-            .with_context(|| format!("refusing to edit {}: `{key}` is not a table", config.display()))?;
+        table = entry.as_table_mut().with_context(|| {
+            format!(
+                "refusing to edit {}: `{key}` is not a table",
+                config.display()
+            )
+        })?;
     }
-    let runtime = table.entry(runtime_name).or_insert_with(|| Item::Table(Table::new()));
-    let runtime = runtime
-        .as_table_mut()
-        .with_context(|| format!("refusing to edit {}: runtime `{runtime_name}` is not a table", config.display()))?;
+    let runtime = table
+        .entry(runtime_name)
+        .or_insert_with(|| Item::Table(Table::new()));
+    let runtime = runtime.as_table_mut().with_context(|| {
+        format!(
+            "refusing to edit {}: runtime `{runtime_name}` is not a table",
+            config.display()
+        )
+    })?;
     if runtime.get("runtime_type").and_then(Item::as_str) == Some(RUNTIME_TYPE) {
         return Ok(None);
     }
     runtime.insert("runtime_type", value(RUNTIME_TYPE));
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
     let backup = config.with_extension(format!("toml.bak.{stamp}"));
     if let Some(text) = &original {
-        std::fs::write(&backup, text).with_context(|| format!("cannot write backup {}", backup.display()))?;
+        std::fs::write(&backup, text)
+            .with_context(|| format!("cannot write backup {}", backup.display()))?;
     }
-    let dir = config.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = config
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     std::io::Write::write_all(&mut tmp, doc.to_string().as_bytes())?;
-    tmp.persist(config).with_context(|| format!("cannot write {}", config.display()))?;
+    tmp.persist(config)
+        .with_context(|| format!("cannot write {}", config.display()))?;
     Ok(Some(backup))
 }
 
@@ -121,18 +162,33 @@ mod tests {
     fn version_2_and_3_configs_get_their_section_once() {
         let dir = tempfile::tempdir().unwrap();
         for (version, section) in [
-            (2, r#"plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmhttp"#),
-            (3, r#"plugins."io.containerd.cri.v1.runtime".containerd.runtimes.wasmhttp"#),
+            (
+                2,
+                r#"plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmhttp"#,
+            ),
+            (
+                3,
+                r#"plugins."io.containerd.cri.v1.runtime".containerd.runtimes.wasmhttp"#,
+            ),
         ] {
             let config = dir.path().join(format!("v{version}.toml"));
-            let original = format!("version = {version}\n# keep me\n[grpc]\n  address = \"/run/x.sock\"\n");
+            let original =
+                format!("version = {version}\n# keep me\n[grpc]\n  address = \"/run/x.sock\"\n");
             std::fs::write(&config, &original).unwrap();
             let backup = configure(&config, "wasmhttp").unwrap().expect("changed");
             assert_eq!(std::fs::read_to_string(&backup).unwrap(), original);
             let text = std::fs::read_to_string(&config).unwrap();
             assert!(text.contains(&format!("[{section}]")), "{text}");
-            assert!(text.contains("runtime_type = \"io.containerd.wasmhttp.v1\"") && text.contains("# keep me"), "{text}");
-            assert_eq!(configure(&config, "wasmhttp").unwrap(), None, "second run changes nothing");
+            assert!(
+                text.contains("runtime_type = \"io.containerd.wasmhttp.v1\"")
+                    && text.contains("# keep me"),
+                "{text}"
+            );
+            assert_eq!(
+                configure(&config, "wasmhttp").unwrap(),
+                None,
+                "second run changes nothing"
+            );
             assert_eq!(std::fs::read_to_string(&config).unwrap(), text);
         }
     }
@@ -143,9 +199,19 @@ mod tests {
         let config = dir.path().join("config.toml");
         std::fs::write(&config, "version = 2\n[plugins\n").unwrap();
         let err = configure(&config, "wasmhttp").unwrap_err().to_string();
-        assert!(err.contains("refusing to edit") && err.contains("not valid TOML"), "{err}");
-        assert_eq!(std::fs::read_to_string(&config).unwrap(), "version = 2\n[plugins\n");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no backup or temp file left");
+        assert!(
+            err.contains("refusing to edit") && err.contains("not valid TOML"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&config).unwrap(),
+            "version = 2\n[plugins\n"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no backup or temp file left"
+        );
     }
 
     #[test]
@@ -154,6 +220,9 @@ mod tests {
         let config = dir.path().join("etc/config.toml");
         configure(&config, "wasmhttp").unwrap();
         let text = std::fs::read_to_string(&config).unwrap();
-        assert!(text.starts_with("version = 2") && text.contains("io.containerd.wasmhttp.v1"), "{text}");
+        assert!(
+            text.starts_with("version = 2") && text.contains("io.containerd.wasmhttp.v1"),
+            "{text}"
+        );
     }
 }

@@ -275,3 +275,77 @@ async fn updated_limits_apply_to_the_next_request() {
     });
     assert_eq!(get_async(served.addr, "/?ms=300").await.status, 504);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_rate_throttles_instead_of_failing() {
+    let limits = Limits {
+        cpu: Some(0.25),
+        ..Limits::default()
+    };
+    let served = serve(&runtime(), "cpu-burn", limits, Capabilities::default());
+    let started = Instant::now();
+    // cpu-burn spins for 800 ms of wall time; at a quarter of a core it may only compute for about 200 ms.
+    let reply = get_async(served.addr, "/?ms=800").await;
+    let wall = started.elapsed();
+    assert_eq!(reply.status, 200, "throttled, not failed: {reply:?}");
+    let stats = served.handle.stats();
+    assert!(stats.throttled_periods > 0, "{stats:?}");
+    let allowed = wall.mul_f64(0.25) + Duration::from_millis(25 + 60);
+    assert!(
+        stats.cpu_time <= allowed,
+        "used {:?} of CPU in {wall:?} at 0.25 CPU",
+        stats.cpu_time
+    );
+    assert!(
+        stats.cpu_time >= Duration::from_millis(120),
+        "the guest did run: {:?}",
+        stats.cpu_time
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_head_is_disconnected() {
+    use std::io::{Read, Write};
+    let runtime = runtime();
+    let app = runtime.load(&example("hello")).unwrap();
+    let options = HttpOptions {
+        header_read_timeout: Duration::from_millis(200),
+        ..HttpOptions::default()
+    };
+    let service = Service::new(
+        &runtime,
+        &app,
+        Limits::default(),
+        Capabilities::default(),
+        GuestOutput::discard(),
+        GuestOutput::discard(),
+    )
+    .unwrap()
+    .with_http_options(options);
+    let handle = service
+        .serve(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .unwrap();
+    let addr = handle.local_addr();
+    let closed_after = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: slow").unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        started.elapsed()
+    })
+    .await
+    .unwrap();
+    assert!(
+        closed_after < Duration::from_secs(2),
+        "the slow client was held for {closed_after:?}"
+    );
+    assert_eq!(
+        get_async(addr, "/").await.status,
+        200,
+        "other clients are still served"
+    );
+}

@@ -63,6 +63,13 @@ impl Events {
         Events { queue }
     }
 
+    /// Events that go to a channel instead of containerd, for tests.
+    #[cfg(test)]
+    pub fn captured() -> (Self, mpsc::UnboundedReceiver<Event>) {
+        let (queue, received) = mpsc::unbounded_channel();
+        (Events { queue }, received)
+    }
+
     /// Queues an event.
     pub fn send(&self, event: Event) {
         // The receiver lives as long as the runtime; a send can only fail during process teardown.

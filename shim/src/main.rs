@@ -46,7 +46,14 @@ impl Shim for WasmShim {
     }
 
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
-        // containerd calls this when the shim process died (say, SIGKILL): the task ended as if killed.
+        // containerd calls this when the shim process died (say, SIGKILL): the task ended as if killed, and
+        // the dead server's socket must not be left behind.
+        if let Ok(address) = containerd_shim::util::read_file_to_str("address").await {
+            let path = address.trim().trim_start_matches("unix://").to_string();
+            if !path.is_empty() && std::os::unix::net::UnixStream::connect(&path).is_err() {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
         Ok(DeleteResponse {
             exit_status: 137,
             exited_at: Some(timestamp()?).into(),
