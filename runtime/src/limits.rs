@@ -20,9 +20,10 @@ use std::time::Duration;
 /// swaps it for the next requests.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
-    /// Maximum linear memory plus table bytes one instance may hold.
+    /// Maximum linear memory, in bytes, one instance may hold (tables are capped by element count in
+    /// [`crate::EngineConfig`]).
     pub memory_per_instance: Option<u64>,
-    /// Maximum linear memory plus table bytes held by all live instances together.
+    /// Maximum linear memory, in bytes, held by all live instances together.
     pub memory_total: Option<u64>,
     /// Sustained CPU rate, in CPU-seconds per second (0.5 = half a core).
     pub cpu: Option<f64>,
