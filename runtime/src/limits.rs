@@ -16,7 +16,7 @@ use std::time::Duration;
 /// Resource limits for one service (all of its instances together) or one command run.
 ///
 /// `None` means "no limit of this kind". The struct is plain data: callers build it from whatever
-/// configuration they have (CLI flags, an OCI spec) and hand it over; [`crate::Service::update_limits`]
+/// configuration they have (CLI flags, an OCI spec) and hand it over; [`crate::ServiceHandle::update_limits`]
 /// swaps it for the next requests.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
