@@ -59,24 +59,27 @@ fn wait_for_200(addr: SocketAddr) -> String {
     }
 }
 
+/// `ctr run <mode> --runtime io.containerd.wasmhttp.v1 --fifo-dir <private> ARGS…`: the runtime and a fifo
+/// directory inside the test's temp dir, so no fifo is left in /run.
+fn ctr_run(containerd: &Containerd, mode: &str, args: &[&str]) -> std::process::Output {
+    let fifo_dir = containerd.fifo_dir();
+    let mut all = vec!["run", mode, "--runtime", RUNTIME, "--fifo-dir", &fifo_dir];
+    all.extend_from_slice(args);
+    containerd.ctr(&all)
+}
+
 /// `ctr run -d` of an HTTP service on the host network, on `port`.
 fn run_service(containerd: &Containerd, image: &str, id: &str, port: u16, extra: &[&str]) {
     let port_env = format!("PORT={port}");
-    let fifo_dir = containerd.fifo_dir();
-    let mut args = vec![
-        "run",
-        "-d",
-        "--runtime",
-        RUNTIME,
-        "--net-host",
-        "--fifo-dir",
-        &fifo_dir,
-        "--env",
-        &port_env,
-    ];
+    let mut args = vec!["--net-host", "--env", &port_env];
     args.extend_from_slice(extra);
     args.extend_from_slice(&[image, id]);
-    containerd.ctr_ok(&args);
+    let output = ctr_run(containerd, "-d", &args);
+    assert!(
+        output.status.success(),
+        "ctr run -d {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn task_status(containerd: &Containerd, id: &str) -> String {
@@ -149,21 +152,11 @@ fn hello_lifecycle_run_serve_metrics_kill_delete() {
 fn a_command_returns_its_exit_code_and_output_through_ctr() {
     let containerd = Containerd::start();
     let image = import_example(&containerd, "hello-cli");
-    let fifo_dir = containerd.fifo_dir();
-    let output = containerd.ctr(&[
-        "run",
+    let output = ctr_run(
+        &containerd,
         "--rm",
-        "--runtime",
-        RUNTIME,
-        "--fifo-dir",
-        &fifo_dir,
-        "--env",
-        "WHO=ctr",
-        &image,
-        "cli1",
-        "/app.wasm",
-        "42",
-    ]);
+        &["--env", "WHO=ctr", &image, "cli1", "/app.wasm", "42"],
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         output.status.code(),
@@ -216,18 +209,7 @@ fn guest_logs_reach_the_log_file_and_two_services_run_at_once() {
 fn bad_images_fail_create_with_the_reason_and_exec_is_refused() {
     let containerd = Containerd::start();
     let image = import_example(&containerd, "hello");
-    let fifo_dir = containerd.fifo_dir();
-    let output = containerd.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--fifo-dir",
-        &fifo_dir,
-        &image,
-        "bad1",
-        "/missing.wasm",
-    ]);
+    let output = ctr_run(&containerd, "--rm", &[&image, "bad1", "/missing.wasm"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
@@ -335,24 +317,20 @@ fn in_a_network_namespace_the_service_answers_there_and_not_on_the_host() {
     let containerd = Containerd::start();
     let image = import_example(&containerd, "hello");
     let netns = NetNs::create("wasmhttp-test-ns", "10.213.77");
-    let fifo_dir = containerd.fifo_dir();
     let ns_path = format!("/var/run/netns/{}", netns.name);
     let port = free_port();
     let port_env = format!("PORT={port}");
-    containerd.ctr_ok(&[
-        "run",
+    let network = format!("network:{ns_path}");
+    let output = ctr_run(
+        &containerd,
         "-d",
-        "--runtime",
-        RUNTIME,
-        "--with-ns",
-        &format!("network:{ns_path}"),
-        "--fifo-dir",
-        &fifo_dir,
-        "--env",
-        &port_env,
-        &image,
-        "nsd1",
-    ]);
+        &["--with-ns", &network, "--env", &port_env, &image, "nsd1"],
+    );
+    assert!(
+        output.status.success(),
+        "ctr run -d --with-ns failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(
         wait_for_200(format!("{}.2:{port}", netns.prefix).parse().unwrap()),
         "Hello from wasmhttp!\n"

@@ -76,10 +76,7 @@ impl Shim for WasmShim {
 /// Spawns the long-lived shim server (or finds the one already serving this pod) and returns its address.
 async fn start_server(opts: StartOpts) -> Result<String, Error> {
     // containerd runs `start` in the bundle directory; containers of one pod share a shim process.
-    let cwd = std::env::current_dir().map_err(|e| Error::IoError {
-        context: "bundle directory".into(),
-        err: e,
-    })?;
+    let cwd = std::env::current_dir().map_err(server::io_error("bundle directory"))?;
     let grouping = bundle::grouping_key(&cwd, &opts.id);
     let address = spawn(opts, &grouping, Vec::new()).await?;
     containerd_shim::util::write_str_to_file("address", &address).await?;
@@ -102,16 +99,10 @@ async fn start_for_every_containerd(flags: Flags) -> Result<(), Error> {
     let mut stdout = tokio::io::stdout();
     tokio::io::AsyncWriteExt::write_all(&mut stdout, address.as_bytes())
         .await
-        .map_err(|e| Error::IoError {
-            context: "write the shim address".into(),
-            err: e,
-        })?;
+        .map_err(server::io_error("write the shim address"))?;
     tokio::io::AsyncWriteExt::flush(&mut stdout)
         .await
-        .map_err(|e| Error::IoError {
-            context: "flush the shim address".into(),
-            err: e,
-        })
+        .map_err(server::io_error("flush the shim address"))
 }
 
 #[tokio::main]

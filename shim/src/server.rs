@@ -17,7 +17,8 @@ use std::sync::Arc;
 const V3: &str = "containerd.task.v3.Task";
 const V2: &str = "containerd.task.v2.Task";
 
-fn io_error(context: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
+/// Wraps an I/O error with what the shim was doing, in containerd-shim's error type.
+pub fn io_error(context: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |err| Error::IoError {
         context: context.to_string(),
         err,
