@@ -1,108 +1,11 @@
 //! The shim through a real containerd (Debian's 1.6) driven with `ctr`, as an operator drives it.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use wasmhttp_tests::containerd::Containerd;
-use wasmhttp_tests::{KillOnDrop, binary, example, get};
-
-const RUNTIME: &str = "io.containerd.wasmhttp.v1";
-
-/// Builds an image of an example with `wasmhttp image build` and imports it; returns its reference.
-fn import_example(containerd: &Containerd, name: &str) -> String {
-    let reference = format!("docker.io/wasmhttp-test/{name}:latest");
-    let tar = containerd.dir.path().join(format!("{name}.tar"));
-    let built = Command::new(binary("wasmhttp"))
-        .args([
-            "image",
-            "build",
-            example(name).to_str().unwrap(),
-            "-t",
-            &reference,
-            "-o",
-            tar.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "image build: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    containerd.ctr_ok(&["image", "import", tar.to_str().unwrap()]);
-    reference
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_200(addr: SocketAddr) -> String {
-    let started = Instant::now();
-    loop {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            let reply = get(addr, "/");
-            if reply.status == 200 {
-                return reply.body;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{addr} never answered 200"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// `ctr run <mode> --runtime io.containerd.wasmhttp.v1 --fifo-dir <private> ARGS…`: the runtime and a fifo
-/// directory inside the test's temp dir, so no fifo is left in /run.
-fn ctr_run(containerd: &Containerd, mode: &str, args: &[&str]) -> std::process::Output {
-    let fifo_dir = containerd.fifo_dir();
-    let mut all = vec!["run", mode, "--runtime", RUNTIME, "--fifo-dir", &fifo_dir];
-    all.extend_from_slice(args);
-    containerd.ctr(&all)
-}
-
-/// `ctr run -d` of an HTTP service on the host network, on `port`.
-fn run_service(containerd: &Containerd, image: &str, id: &str, port: u16, extra: &[&str]) {
-    let port_env = format!("PORT={port}");
-    let mut args = vec!["--net-host", "--env", &port_env];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&[image, id]);
-    let output = ctr_run(containerd, "-d", &args);
-    assert!(
-        output.status.success(),
-        "ctr run -d {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn task_status(containerd: &Containerd, id: &str) -> String {
-    let listing = containerd.ctr_ok(&["task", "ls"]);
-    listing
-        .lines()
-        .find(|line| line.split_whitespace().next() == Some(id))
-        .and_then(|line| line.split_whitespace().nth(2))
-        .unwrap_or("MISSING")
-        .to_string()
-}
-
-fn wait_for_status(containerd: &Containerd, id: &str, status: &str) {
-    let started = Instant::now();
-    while task_status(containerd, id) != status {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{id} never became {status}: {}",
-            task_status(containerd, id)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use wasmhttp_tests::containerd::*;
+use wasmhttp_tests::{KillOnDrop, get};
 
 #[test]
 fn hello_lifecycle_run_serve_metrics_kill_delete() {

@@ -93,6 +93,8 @@ impl RunArgs {
             memory_per_instance: self.memory_per_instance,
             memory_total: self.memory,
             cpu: self.cpus,
+            // One service per process: there is nothing to share the CPU with.
+            cpu_shares: None,
             fuel_per_request: self.fuel,
             max_concurrency: self.max_concurrency,
             queue_depth: self.queue,

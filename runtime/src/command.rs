@@ -62,7 +62,11 @@ pub async fn run_command(
         });
     }
     caps.validate()?;
-    let meter = Arc::new(CpuMeter::new(Arc::new(Stats::default()), limits.cpu));
+    let meter = Arc::new(CpuMeter::new(
+        Arc::new(Stats::default()),
+        limits.cpu,
+        Some((runtime.cpu_shares(), limits.effective_cpu_shares())),
+    ));
     let guard = InstanceGuard::new(meter.clone(), limits, runtime.config().max_table_elements);
     let instance_io = InstanceIo {
         caps,

@@ -9,83 +9,205 @@ use crate::stats::Stats;
 use nix::time::{ClockId, clock_gettime};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// The bucket holds at most this much CPU time per CPU of rate: one CFS period's worth.
 const BURST_WINDOW: Duration = Duration::from_millis(100);
+/// A service that used CPU this recently counts as contending for it.
+const ACTIVE_WINDOW: Duration = Duration::from_millis(50);
+/// How long a computed share stays valid; recomputing takes the group's lock.
+const SHARE_REFRESH: Duration = Duration::from_millis(10);
+/// The weight of a service that sets none (cgroup v1's default `cpu.shares`).
+pub const DEFAULT_CPU_SHARES: u64 = 1024;
 
-/// CPU meter of one service: totals into its stats, and an optional rate limit.
+/// The services of one [`crate::Runtime`] that divide the host's CPUs by weight when they contend
+/// (`cpu.shares`). A service alone on the CPU is not slowed by its weight, as under CFS.
+pub(crate) struct CpuShares {
+    capacity: f64,
+    origin: Instant,
+    members: Mutex<Vec<Weak<Member>>>,
+}
+
+/// One service's place in [`CpuShares`].
+struct Member {
+    weight: AtomicU64,
+    /// Milliseconds since the group's origin when the service last used CPU (`u64::MAX`: never).
+    busy_at: AtomicU64,
+    /// Milliseconds since the origin when `share` was computed (`u64::MAX`: never).
+    share_at: AtomicU64,
+    /// The share in CPU-seconds per second as `f64` bits; NaN when nobody else contends.
+    share: AtomicU64,
+}
+
+impl CpuShares {
+    /// A group dividing `capacity` CPUs.
+    pub(crate) fn new(capacity: f64) -> Self {
+        CpuShares {
+            capacity,
+            origin: Instant::now(),
+            members: Mutex::default(),
+        }
+    }
+
+    fn join(&self, weight: u64) -> Arc<Member> {
+        let member = Arc::new(Member {
+            weight: AtomicU64::new(weight.max(1)),
+            busy_at: AtomicU64::new(u64::MAX),
+            share_at: AtomicU64::new(u64::MAX),
+            share: AtomicU64::new(f64::NAN.to_bits()),
+        });
+        let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+        members.retain(|m| m.strong_count() > 0);
+        members.push(Arc::downgrade(&member));
+        member
+    }
+
+    fn millis(&self, now: Instant) -> u64 {
+        now.duration_since(self.origin).as_millis() as u64
+    }
+
+    /// `member`'s CPU rate while others contend, or `None` when it has the CPUs to itself.
+    fn share_of(&self, member: &Member, now: Instant) -> Option<f64> {
+        let now_ms = self.millis(now);
+        let computed = member.share_at.load(Relaxed);
+        if computed != u64::MAX
+            && now_ms.saturating_sub(computed) < SHARE_REFRESH.as_millis() as u64
+        {
+            let share = f64::from_bits(member.share.load(Relaxed));
+            return (!share.is_nan()).then_some(share);
+        }
+        let active = ACTIVE_WINDOW.as_millis() as u64;
+        let own = member.weight.load(Relaxed);
+        let (mut total, mut contended) = (own, false);
+        for other in self
+            .members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let Some(other) = other.upgrade() else {
+                continue;
+            };
+            let busy_at = other.busy_at.load(Relaxed);
+            if std::ptr::eq(&*other, member)
+                || busy_at == u64::MAX
+                || now_ms.saturating_sub(busy_at) > active
+            {
+                continue;
+            }
+            contended = true;
+            total += other.weight.load(Relaxed);
+        }
+        let share = contended.then(|| self.capacity * own as f64 / total as f64);
+        member
+            .share
+            .store(share.unwrap_or(f64::NAN).to_bits(), Relaxed);
+        member.share_at.store(now_ms, Relaxed);
+        share
+    }
+}
+
+/// CPU meter of one service: totals into its stats, a rate limit (quota) and a weight (shares).
 pub(crate) struct CpuMeter {
     stats: Arc<Stats>,
-    bucket: Mutex<Option<Bucket>>,
+    bucket: Mutex<Bucket>,
+    group: Option<(Arc<CpuShares>, Arc<Member>)>,
 }
 
 struct Bucket {
-    /// CPU-seconds per second.
-    rate: f64,
+    /// The quota in CPU-seconds per second, if any.
+    quota: Option<f64>,
     /// Available CPU-seconds; negative while in debt.
     tokens: f64,
     refilled: Instant,
 }
 
 impl Bucket {
-    fn refill(&mut self, now: Instant) {
-        let earned = now.duration_since(self.refilled).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + earned).min(self.rate * BURST_WINDOW.as_secs_f64());
+    /// Earns tokens at `rate` since the last refill; with no rate there is nothing to owe.
+    fn refill(&mut self, now: Instant, rate: Option<f64>) {
+        self.tokens = match rate {
+            None => 0.0,
+            Some(rate) => {
+                let earned = now.duration_since(self.refilled).as_secs_f64() * rate;
+                (self.tokens + earned).min(rate * BURST_WINDOW.as_secs_f64())
+            }
+        };
         self.refilled = now;
     }
 }
 
 impl CpuMeter {
-    pub(crate) fn new(stats: Arc<Stats>, rate: Option<f64>) -> Self {
-        let meter = CpuMeter {
+    /// A meter with quota `rate`; with a `group`, it also gets at most its weighted share under contention.
+    pub(crate) fn new(
+        stats: Arc<Stats>,
+        rate: Option<f64>,
+        group: Option<(Arc<CpuShares>, u64)>,
+    ) -> Self {
+        CpuMeter {
             stats,
-            bucket: Mutex::new(None),
-        };
-        meter.set_rate(rate);
-        meter
+            bucket: Mutex::new(Bucket {
+                quota: rate,
+                // Capped to one burst window at the first refill.
+                tokens: f64::INFINITY,
+                refilled: Instant::now(),
+            }),
+            group: group.map(|(group, weight)| {
+                let member = group.join(weight);
+                (group, member)
+            }),
+        }
     }
 
-    /// Changes the rate for everything that runs from now on (`None` lifts the limit).
-    pub(crate) fn set_rate(&self, rate: Option<f64>) {
+    /// Changes the quota and weight for everything that runs from now on (`None` lifts the quota).
+    pub(crate) fn set_rate(&self, rate: Option<f64>, weight: u64) {
+        let now = Instant::now();
         let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        match (rate, bucket.as_mut()) {
-            (None, _) => *bucket = None,
-            (Some(rate), Some(b)) => {
-                b.refill(Instant::now());
-                b.rate = rate;
-            }
-            (Some(rate), None) => {
-                *bucket = Some(Bucket {
-                    rate,
-                    tokens: rate * BURST_WINDOW.as_secs_f64(),
-                    refilled: Instant::now(),
-                })
-            }
+        let current = self.rate_with(bucket.quota, now);
+        bucket.refill(now, current);
+        bucket.quota = rate;
+        if let Some((_, member)) = &self.group {
+            member.weight.store(weight.max(1), Relaxed);
+            member.share_at.store(u64::MAX, Relaxed);
         }
     }
 
     fn charge(&self, used: Duration) {
         self.stats.add_cpu(used);
-        if let Some(bucket) = self
-            .bucket
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-        {
-            bucket.refill(Instant::now());
+        let now = Instant::now();
+        if let Some((group, member)) = &self.group {
+            member.busy_at.store(group.millis(now), Relaxed);
+        }
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let rate = self.rate_with(bucket.quota, now);
+        bucket.refill(now, rate);
+        if rate.is_some() {
             bucket.tokens -= used.as_secs_f64();
+        }
+    }
+
+    /// The rate in force: the quota, lowered to the weighted share while other services contend.
+    fn rate_with(&self, quota: Option<f64>, now: Instant) -> Option<f64> {
+        let share = self
+            .group
+            .as_ref()
+            .and_then(|(group, member)| group.share_of(member, now));
+        match (quota, share) {
+            (Some(q), Some(s)) => Some(q.min(s)),
+            (q, s) => q.or(s),
         }
     }
 
     /// How long to park so the bucket is out of debt, or `None` to keep running.
     pub(crate) fn throttle_for(&self) -> Option<Duration> {
-        let mut guard = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-        let bucket = guard.as_mut()?;
-        bucket.refill(Instant::now());
-        (bucket.tokens < 0.0).then(|| Duration::from_secs_f64(-bucket.tokens / bucket.rate))
+        let now = Instant::now();
+        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let rate = self.rate_with(bucket.quota, now)?;
+        bucket.refill(now, Some(rate));
+        (bucket.tokens < 0.0).then(|| Duration::from_secs_f64(-bucket.tokens / rate))
     }
 
     pub(crate) fn stats(&self) -> &Stats {
@@ -108,17 +230,24 @@ impl std::error::Error for HostTimeout {}
 
 /// Runs a guest future metered by `meter` and bounded by `timeout`.
 pub(crate) async fn run_metered<R>(
-    meter: &CpuMeter,
+    meter: &Arc<CpuMeter>,
     timeout: Option<Duration>,
     run: impl Future<Output = wasmtime::Result<R>>,
 ) -> wasmtime::Result<R> {
-    let metered = Metered::new(run, meter);
+    Metered::new(with_timeout(timeout, run), meter.clone()).await
+}
+
+/// Bounds a guest future by `timeout` (the caller meters it).
+pub(crate) async fn with_timeout<R>(
+    timeout: Option<Duration>,
+    run: impl Future<Output = wasmtime::Result<R>>,
+) -> wasmtime::Result<R> {
     match timeout {
         // A little slack lets the epoch deadline (which knows the guest was computing) fire first.
-        Some(t) => tokio::time::timeout(t + Duration::from_millis(20), metered)
+        Some(t) => tokio::time::timeout(t + Duration::from_millis(20), run)
             .await
             .unwrap_or_else(|_| Err(wasmtime::Error::new(HostTimeout))),
-        None => metered.await,
+        None => run.await,
     }
 }
 
@@ -129,14 +258,15 @@ fn thread_cpu_time() -> Duration {
         .unwrap_or_default()
 }
 
-/// A future whose every poll is charged to a [`CpuMeter`].
-pub(crate) struct Metered<'a, F> {
+/// A future whose every poll is charged to a [`CpuMeter`]. Wrapping whole tasks (a connection, an
+/// instance from setup to teardown) charges the host work a request causes, as a cgroup would.
+pub(crate) struct Metered<F> {
     inner: Pin<Box<F>>,
-    meter: &'a CpuMeter,
+    meter: Arc<CpuMeter>,
 }
 
-impl<'a, F: Future> Metered<'a, F> {
-    pub(crate) fn new(inner: F, meter: &'a CpuMeter) -> Self {
+impl<F: Future> Metered<F> {
+    pub(crate) fn new(inner: F, meter: Arc<CpuMeter>) -> Self {
         Metered {
             inner: Box::pin(inner),
             meter,
@@ -144,7 +274,7 @@ impl<'a, F: Future> Metered<'a, F> {
     }
 }
 
-impl<F: Future> Future for Metered<'_, F> {
+impl<F: Future> Future for Metered<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
@@ -161,7 +291,7 @@ mod tests {
 
     #[test]
     fn debt_is_paid_back_at_the_rate() {
-        let meter = CpuMeter::new(Arc::new(Stats::default()), Some(0.5));
+        let meter = CpuMeter::new(Arc::new(Stats::default()), Some(0.5), None);
         assert_eq!(
             meter.throttle_for(),
             None,
@@ -174,7 +304,7 @@ mod tests {
             wait > Duration::from_millis(180) && wait <= Duration::from_millis(200),
             "{wait:?}"
         );
-        meter.set_rate(None);
+        meter.set_rate(None, DEFAULT_CPU_SHARES);
         assert_eq!(meter.throttle_for(), None);
         assert_eq!(
             meter.stats().snapshot().cpu_time,
@@ -184,13 +314,13 @@ mod tests {
 
     #[test]
     fn metering_counts_cpu_not_waiting() {
-        let meter = CpuMeter::new(Arc::new(Stats::default()), None);
+        let meter = Arc::new(CpuMeter::new(Arc::new(Stats::default()), None, None));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap();
         rt.block_on(async {
-            Metered::new(tokio::time::sleep(Duration::from_millis(50)), &meter).await
+            Metered::new(tokio::time::sleep(Duration::from_millis(50)), meter.clone()).await
         });
         assert!(meter.stats().snapshot().cpu_time < Duration::from_millis(20));
         rt.block_on(Metered::new(
@@ -200,8 +330,43 @@ mod tests {
                     std::hint::black_box(0u64);
                 }
             },
-            &meter,
+            meter.clone(),
         ));
         assert!(meter.stats().snapshot().cpu_time >= Duration::from_millis(25));
+    }
+
+    #[test]
+    fn contending_services_split_the_cpus_by_weight() {
+        let group = Arc::new(CpuShares::new(2.0));
+        let meter = |weight| {
+            CpuMeter::new(
+                Arc::new(Stats::default()),
+                None,
+                Some((group.clone(), weight)),
+            )
+        };
+        let (heavy, light) = (meter(1024), meter(512));
+        heavy.charge(Duration::from_millis(1));
+        let now = Instant::now();
+        assert_eq!(heavy.rate_with(None, now), None, "alone, no share applies");
+        light.charge(Duration::from_millis(1));
+        std::thread::sleep(SHARE_REFRESH + Duration::from_millis(2));
+        let now = Instant::now();
+        let heavy_rate = heavy.rate_with(None, now).unwrap();
+        let light_rate = light.rate_with(None, now).unwrap();
+        assert!((heavy_rate - 4.0 / 3.0).abs() < 1e-9, "{heavy_rate}");
+        assert!((light_rate - 2.0 / 3.0).abs() < 1e-9, "{light_rate}");
+        assert_eq!(
+            light.rate_with(Some(0.25), now),
+            Some(0.25),
+            "a lower quota wins"
+        );
+        light.set_rate(None, 1024);
+        std::thread::sleep(ACTIVE_WINDOW + Duration::from_millis(5));
+        assert_eq!(
+            heavy.rate_with(None, Instant::now()),
+            None,
+            "an idle service stops counting"
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::cache::CompileCache;
 use crate::classify::{self, Encoding, WasmKind};
+use crate::cpu::CpuShares;
 use crate::instance::{InstanceState, P1State};
 use crate::source::Source;
 use std::path::PathBuf;
@@ -89,6 +90,7 @@ struct Inner {
     module_linker: wasmtime::Linker<P1State>,
     config: EngineConfig,
     ticker_stop: Arc<AtomicBool>,
+    cpu_shares: Arc<CpuShares>,
 }
 
 impl Drop for Inner {
@@ -186,8 +188,16 @@ impl Runtime {
                 module_linker,
                 config,
                 ticker_stop,
+                cpu_shares: Arc::new(CpuShares::new(
+                    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
+                )),
             }),
         })
+    }
+
+    /// The group in which this runtime's services share the host's CPUs by weight.
+    pub(crate) fn cpu_shares(&self) -> Arc<CpuShares> {
+        self.inner.cpu_shares.clone()
     }
 
     /// The wasmtime engine.

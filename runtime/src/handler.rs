@@ -1,7 +1,7 @@
 //! One HTTP request: admission, a fresh instance, and a proper response whatever happens to it.
 
 use crate::admission::Permit;
-use crate::cpu::run_metered;
+use crate::cpu::{Metered, with_timeout};
 use crate::instance::{InstanceGuard, InstanceIo, InstanceState, finish, new_store};
 use crate::limits::Limits;
 use crate::service::Shared;
@@ -45,12 +45,10 @@ pub(crate) async fn handle(
         return Ok(failure_response(FailureCause::Overload));
     };
     let (sender, receiver) = oneshot::channel();
-    let instance = shared.tasks.spawn(run_instance(
-        shared.clone(),
-        limits,
-        request,
-        sender,
-        permit,
+    // Metered from setup to teardown: building the store and returning its memory are the request's CPU too.
+    let instance = shared.tasks.spawn(Metered::new(
+        run_instance(shared.clone(), limits, request, sender, permit),
+        shared.meter.clone(),
     ));
     match receiver.await {
         Ok(Ok(response)) => {
@@ -139,7 +137,7 @@ async fn run_instance(
                 .await
         };
         tokio::select! {
-            result = run_metered(&shared.meter, limits.request_timeout, run) => result,
+            result = with_timeout(limits.request_timeout, run) => result,
             () = shared.cancel.cancelled() => {
                 drop(store);
                 return failed(&shared, FailureCause::Overload, "cancelled: the service stopped".into());

@@ -23,7 +23,8 @@ pub(crate) struct InstanceGuard {
     held: u64,
     fuel_granted: u64,
     deadline: Option<Instant>,
-    memory_denied: bool,
+    /// Why a memory growth was refused, if one was.
+    memory_denied: Option<FailureCause>,
     timed_out: bool,
 }
 
@@ -37,7 +38,7 @@ impl InstanceGuard {
             held: 0,
             fuel_granted: limits.fuel_per_request.unwrap_or(u64::MAX),
             deadline: limits.request_timeout.map(|t| Instant::now() + t),
-            memory_denied: false,
+            memory_denied: None,
             timed_out: false,
             meter,
         }
@@ -69,8 +70,8 @@ impl InstanceGuard {
 
     /// Why the instance failed with `error`, judged from the error and what the guard saw.
     pub(crate) fn failure_cause(&self, error: &wasmtime::Error) -> FailureCause {
-        if self.memory_denied {
-            return FailureCause::Memory;
+        if let Some(cause) = self.memory_denied {
+            return cause;
         }
         match error.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => FailureCause::Cpu,
@@ -108,11 +109,16 @@ impl ResourceLimiter for InstanceGuard {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let grow = (desired as u64).saturating_sub(current as u64);
-        let over_instance = self
-            .memory_per_instance
-            .is_some_and(|cap| self.held + grow > cap);
-        if over_instance || !self.meter.stats().try_grow_memory(grow, self.memory_total) {
-            self.memory_denied = true;
+        let wanted = self.held + grow;
+        let over_own_limit = self.memory_per_instance.is_some_and(|cap| wanted > cap)
+            || self.memory_total.is_some_and(|cap| wanted > cap);
+        if over_own_limit {
+            self.memory_denied = Some(FailureCause::Memory);
+            return Ok(false);
+        }
+        if !self.meter.stats().try_grow_memory(grow, self.memory_total) {
+            // It would fit on its own: other live instances hold the rest, so this is a retryable 503.
+            self.memory_denied = Some(FailureCause::Overload);
             return Ok(false);
         }
         self.held += grow;

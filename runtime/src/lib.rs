@@ -36,6 +36,7 @@ pub use cache::CompileCache;
 pub use capabilities::{Capabilities, Preopen};
 pub use classify::WasmKind;
 pub use command::{CommandExit, CommandIo, EXIT_TIMEOUT, EXIT_TRAP, run_command};
+pub use cpu::DEFAULT_CPU_SHARES;
 pub use engine::{EngineConfig, Loaded, Runtime};
 pub use error::Error;
 pub use limits::{DEFAULT_MAX_REQUEST_BODY, Limits, parse_cpus, parse_duration, parse_memory};

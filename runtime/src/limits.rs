@@ -7,6 +7,7 @@
 //! | `memory_per_instance` | [`ResourceLimiter`](wasmtime::ResourceLimiter) on every store | the growing instance traps → 500 "memory limit exceeded" |
 //! | `memory_total` | the same limiter, charging a counter shared by all live instances | as above |
 //! | `cpu` | CPU time measured per poll, refilling a token bucket; epoch callbacks park instances while it is empty | throttled, not killed |
+//! | `cpu_shares` | the same bucket, refilled at the service's weighted share of the host's CPUs while other services of the runtime are busy | throttled to its share |
 //! | `fuel_per_request` | `Store::set_fuel` | 500 "cpu budget exceeded" |
 //! | `max_concurrency` / `queue_depth` | admission counter in front of instantiation | 503 with `Retry-After` |
 //! | `request_timeout` | epoch deadline (CPU-bound guests) and a host timer (guests waiting on I/O) | 504 "deadline exceeded" |
@@ -27,6 +28,9 @@ pub struct Limits {
     pub memory_total: Option<u64>,
     /// Sustained CPU rate, in CPU-seconds per second (0.5 = half a core).
     pub cpu: Option<f64>,
+    /// Relative CPU weight against the other services of the same [`crate::Runtime`] when they contend
+    /// (cgroup v1 `cpu.shares` units; `None` = [`crate::DEFAULT_CPU_SHARES`]).
+    pub cpu_shares: Option<u64>,
     /// Fuel one request (or one command run) may consume before it is stopped.
     pub fuel_per_request: Option<u64>,
     /// Maximum instances running at once.
@@ -48,6 +52,7 @@ impl Default for Limits {
             memory_per_instance: None,
             memory_total: None,
             cpu: None,
+            cpu_shares: None,
             fuel_per_request: None,
             max_concurrency: None,
             queue_depth: 0,
@@ -58,6 +63,11 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The weight used for CPU sharing.
+    pub fn effective_cpu_shares(&self) -> u64 {
+        self.cpu_shares.unwrap_or(crate::cpu::DEFAULT_CPU_SHARES)
+    }
+
     /// The per-instance memory cap actually in force: the smaller of the two memory limits.
     pub fn effective_instance_memory(&self) -> Option<u64> {
         match (self.memory_per_instance, self.memory_total) {

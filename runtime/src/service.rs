@@ -2,7 +2,7 @@
 
 use crate::admission::Admission;
 use crate::capabilities::Capabilities;
-use crate::cpu::CpuMeter;
+use crate::cpu::{CpuMeter, Metered};
 use crate::engine::{Code, Loaded, Runtime};
 use crate::handler::handle;
 use crate::instance::InstanceState;
@@ -105,7 +105,11 @@ impl Service {
             .instantiate_pre(component)
             .map_err(link_error)?;
         let pre = ProxyPre::new(pre).map_err(link_error)?;
-        let meter = Arc::new(CpuMeter::new(Arc::new(Stats::default()), limits.cpu));
+        let meter = Arc::new(CpuMeter::new(
+            Arc::new(Stats::default()),
+            limits.cpu,
+            Some((runtime.cpu_shares(), limits.effective_cpu_shares())),
+        ));
         Ok(Service {
             shared: Arc::new(Shared {
                 name: app.name().to_string(),
@@ -139,7 +143,11 @@ impl Service {
         let (drain_tx, drain_rx) = watch::channel(None);
         let (done_tx, done_rx) = watch::channel(false);
         let shared = self.shared.clone();
-        tokio::spawn(accept_loop(listener, shared, self.http, drain_rx, done_tx));
+        let meter = shared.meter.clone();
+        tokio::spawn(Metered::new(
+            accept_loop(listener, shared, self.http, drain_rx, done_tx),
+            meter,
+        ));
         Ok(ServiceHandle {
             shared: self.shared,
             local_addr,
@@ -176,7 +184,9 @@ impl ServiceHandle {
     /// Applies new limits to the requests admitted from now on; running instances keep the limits they
     /// started with.
     pub fn update_limits(&self, limits: Limits) {
-        self.shared.meter.set_rate(limits.cpu);
+        self.shared
+            .meter
+            .set_rate(limits.cpu, limits.effective_cpu_shares());
         *self
             .shared
             .limits
@@ -241,13 +251,14 @@ async fn accept_loop(
                 let service = hyper::service::service_fn(move |request| handle(request_shared.clone(), request));
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 let cancel = shared.cancel.clone();
-                shared.tasks.spawn(async move {
+                // HTTP parsing and writing are charged to the service, so its quota covers what it costs.
+                shared.tasks.spawn(Metered::new(async move {
                     tokio::select! {
                         result = connection => if let Err(e) = result { tracing::debug!("connection ended: {e}") },
                         // Cancelled requests still get their 503 written before the connection goes.
                         () = async { cancel.cancelled().await; tokio::time::sleep(Duration::from_millis(500)).await } => {}
                     }
-                });
+                }, shared.meter.clone()));
             }
         }
     };

@@ -89,11 +89,16 @@ async fn memory_limit_gives_500_and_bounds_the_process() {
         statuses
     })
     .await;
+    // Each would fit alone, so the ones that do not fit beside the others get a retryable 503.
     assert!(
-        replies.iter().all(|s| *s == 200 || *s == 500),
+        replies.iter().all(|s| *s == 200 || *s == 503),
         "{replies:?}"
     );
     assert!(replies.contains(&200), "{replies:?}");
+    assert!(
+        replies.contains(&503),
+        "10 × 20 MiB cannot all fit in 64 MiB: {replies:?}"
+    );
     assert!(
         growth < limit + 8 * MIB,
         "concurrent requests grew the process by {} MiB",
@@ -106,6 +111,7 @@ async fn memory_limit_gives_500_and_bounds_the_process() {
         stats.memory_peak
     );
     assert!(stats.failed_memory >= 1, "{stats:?}");
+    assert!(stats.failed_overload >= 1, "{stats:?}");
     assert_eq!(
         get_async(addr, "/?mib=16").await.status,
         200,

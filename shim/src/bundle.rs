@@ -77,7 +77,8 @@ pub fn grouping_key(bundle: &Path, id: &str) -> String {
 }
 
 /// Reads the bundle into a [`Workload`]. `rootfs` are the mounts containerd passed to Create (empty when the
-/// bundle's own `root.path` already holds the files).
+/// bundle's own `root.path` already holds the files). Limits start from `base_limits` (the node's defaults),
+/// then `linux.resources`, then `wasmhttp.io/` annotations apply.
 pub fn load(bundle: &Path, rootfs: &[RootfsMount], base_limits: &Limits) -> Result<Workload> {
     let spec = read_spec(bundle)?;
     let config = bundle.join("config.json");
@@ -85,10 +86,11 @@ pub fn load(bundle: &Path, rootfs: &[RootfsMount], base_limits: &Limits) -> Resu
         |what: String| ShimError::InvalidArgument(format!("{}: {what}", config.display()));
     let annotations = spec.annotations().clone().unwrap_or_default();
     let network = network_of(&spec);
-    let limits = apply_resources(
+    let mut limits = apply_resources(
         base_limits,
         spec.linux().as_ref().and_then(|l| l.resources().as_ref()),
     );
+    let annotated = crate::annotations::apply(&annotations, &mut limits).map_err(invalid)?;
     if annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("sandbox") {
         return Ok(Workload {
             payload: Payload::Sandbox,
@@ -118,9 +120,10 @@ pub fn load(bundle: &Path, rootfs: &[RootfsMount], base_limits: &Limits) -> Resu
                 .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect();
-    let port = match env.iter().find(|(k, _)| k == "PORT") {
-        None => DEFAULT_PORT,
-        Some((_, v)) => v.parse().map_err(|_| {
+    let port = match (annotated.port, env.iter().find(|(k, _)| k == "PORT")) {
+        (Some(port), _) => port,
+        (None, None) => DEFAULT_PORT,
+        (None, Some((_, v))) => v.parse().map_err(|_| {
             invalid(format!(
                 "process.env PORT={v:?} is not a port number (1-65535)"
             ))
@@ -152,7 +155,7 @@ pub fn load(bundle: &Path, rootfs: &[RootfsMount], base_limits: &Limits) -> Resu
             preopens: preopens(&spec),
             env,
             args: guest_args,
-            allowed_outbound_hosts: Vec::new(),
+            allowed_outbound_hosts: annotated.allowed_outbound_hosts,
         },
         port,
         network,

@@ -99,6 +99,8 @@ pub struct CreateOptions {
     pub stderr: GuestOutput,
     /// Where task events go.
     pub events: Events,
+    /// How long SIGTERM lets in-flight requests finish.
+    pub drain_timeout: Duration,
 }
 
 /// One container of this shim.
@@ -110,6 +112,7 @@ pub struct Container {
     killed_by: AtomicU32,
     exit: watch::Sender<Option<Exit>>,
     events: Events,
+    drain_timeout: Duration,
 }
 
 impl Container {
@@ -120,6 +123,7 @@ impl Container {
             stdout,
             stderr,
             events,
+            drain_timeout,
         } = options;
         let limits = workload.limits.clone();
         let (prepared, code_size) = match workload.payload {
@@ -165,7 +169,13 @@ impl Container {
             killed_by: AtomicU32::new(0),
             exit: watch::channel(None).0,
             events,
+            drain_timeout,
         })
+    }
+
+    /// How long SIGTERM lets in-flight requests finish (from the node configuration).
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain_timeout
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -422,6 +432,7 @@ mod tests {
             stdout: GuestOutput::discard(),
             stderr: GuestOutput::discard(),
             events,
+            drain_timeout: Duration::from_secs(1),
         };
         Arc::new(Container::create("pod-sandbox", workload, options).unwrap())
     }

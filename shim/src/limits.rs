@@ -9,6 +9,7 @@ use wasmhttp_runtime::Limits;
 /// |---|---|
 /// | `memory.limit` (bytes, > 0) | `memory_total` (per instance: the same, unless lower by default) |
 /// | `cpu.quota` / `cpu.period` (both > 0) | `cpu` = quota / period CPU-seconds per second |
+/// | `cpu.shares` (> 0), else `unified["cpu.weight"]` (× 1024 / 100) | `cpu_shares` |
 /// | `pids.limit` (> 0) | `max_concurrency` |
 pub fn apply_resources(base: &Limits, resources: Option<&LinuxResources>) -> Limits {
     let mut limits = base.clone();
@@ -29,6 +30,21 @@ pub fn apply_resources(base: &Limits, resources: Option<&LinuxResources>) -> Lim
         && period > 0
     {
         limits.cpu = Some(quota as f64 / period as f64);
+    }
+    let weight = resources
+        .unified()
+        .as_ref()
+        .and_then(|u| u.get("cpu.weight"))
+        .and_then(|w| w.trim().parse::<u64>().ok())
+        .map(|w| w * 1024 / 100);
+    if let Some(shares) = resources
+        .cpu()
+        .as_ref()
+        .and_then(|c| c.shares())
+        .filter(|s| *s > 0)
+        .or(weight.filter(|w| *w > 0))
+    {
+        limits.cpu_shares = Some(shares);
     }
     if let Some(pids) = resources
         .pids()
@@ -55,8 +71,21 @@ mod tests {
         assert_eq!(limits.memory_total, Some(64 << 20));
         assert_eq!(limits.cpu, Some(0.5));
         assert_eq!(limits.max_concurrency, Some(4));
+        let shares: LinuxResources =
+            serde_json::from_str(r#"{"cpu":{"shares":512},"unified":{"cpu.weight":"50"}}"#)
+                .unwrap();
+        assert_eq!(
+            apply_resources(&Limits::default(), Some(&shares)).cpu_shares,
+            Some(512)
+        );
+        let weight: LinuxResources =
+            serde_json::from_str(r#"{"unified":{"cpu.weight":"200"}}"#).unwrap();
+        assert_eq!(
+            apply_resources(&Limits::default(), Some(&weight)).cpu_shares,
+            Some(2048)
+        );
         let unset: LinuxResources =
-            serde_json::from_str(r#"{"memory":{"limit":0},"cpu":{"shares":1024}}"#).unwrap();
+            serde_json::from_str(r#"{"memory":{"limit":0},"cpu":{"quota":-1}}"#).unwrap();
         assert_eq!(
             apply_resources(&Limits::default(), Some(&unset)),
             Limits::default()

@@ -4,6 +4,7 @@
 //! the same pod, reuses) a long-lived shim process that serves the Task API over ttrpc and runs every
 //! container's wasm through the wasmhttp runtime. Logs go to containerd's log pipe; stdout stays clean.
 
+mod annotations;
 mod bundle;
 mod container;
 mod error;
@@ -11,6 +12,7 @@ mod events;
 mod limits;
 mod metrics;
 mod netns;
+mod node_config;
 mod server;
 mod stdio;
 mod task;

@@ -106,6 +106,8 @@ mod tests {
         let stats = StatsSnapshot {
             memory_current: 1000,
             cpu_time: std::time::Duration::from_millis(5),
+            throttled_periods: 3,
+            throttled_time: std::time::Duration::from_millis(7),
             ..Default::default()
         };
         let limits = Limits {
@@ -118,6 +120,13 @@ mod tests {
         assert_eq!(decoded.memory.usage.usage, 1024);
         assert_eq!(decoded.memory.usage.limit, 4096);
         assert_eq!(decoded.cpu.usage.total, 5_000_000);
+        assert_eq!(
+            (
+                decoded.cpu.throttling.throttled_periods,
+                decoded.cpu.throttling.throttled_time
+            ),
+            (3, 7_000_000)
+        );
         let any = encode(&stats, &limits, 24, true).unwrap();
         assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
         let decoded = v2::Metrics::parse_from_bytes(&any.value).unwrap();
@@ -128,6 +137,10 @@ mod tests {
                 decoded.cpu.usage_usec
             ),
             (1024, 4096, 5000)
+        );
+        assert_eq!(
+            (decoded.cpu.nr_throttled, decoded.cpu.throttled_usec),
+            (3, 7000)
         );
     }
 }

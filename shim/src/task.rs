@@ -4,6 +4,7 @@ use crate::bundle::{self, RootfsMount};
 use crate::container::{Container, CreateOptions, Status};
 use crate::error::{Result, ShimError};
 use crate::events::{Event, Events};
+use crate::node_config;
 use async_trait::async_trait;
 use containerd_shim::api::*;
 use containerd_shim::protos::events::task::{
@@ -14,13 +15,7 @@ use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
-use wasmhttp_runtime::{EngineConfig, Limits, Runtime};
-
-/// Where the shim caches compiled code unless `WASMHTTP_CACHE_DIR` (in containerd's environment) says otherwise.
-pub const DEFAULT_CACHE_DIR: &str = "/var/lib/wasmhttp/cache";
-/// How long SIGTERM lets in-flight requests finish.
-pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
+use wasmhttp_runtime::{EngineConfig, Runtime};
 
 /// Every container of this shim process, and the engine they share.
 pub struct TaskService {
@@ -41,18 +36,13 @@ impl TaskService {
         }
     }
 
-    fn runtime(&self) -> Result<Runtime> {
+    /// The shared engine, built from the engine settings of the first Create's node configuration.
+    fn runtime(&self, engine: &EngineConfig) -> Result<Runtime> {
         if let Some(runtime) = self.runtime.get() {
             return Ok(runtime.clone());
         }
-        let cache_dir = std::env::var_os("WASMHTTP_CACHE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or(DEFAULT_CACHE_DIR.into());
-        let runtime = Runtime::new(EngineConfig {
-            cache_dir: Some(cache_dir),
-            ..EngineConfig::default()
-        })
-        .map_err(|e| ShimError::Internal(e.to_string()))?;
+        let runtime =
+            Runtime::new(engine.clone()).map_err(|e| ShimError::Internal(e.to_string()))?;
         Ok(self.runtime.get_or_init(|| runtime).clone())
     }
 
@@ -82,7 +72,8 @@ impl TaskService {
                 req.id
             )));
         }
-        let runtime = self.runtime()?;
+        let node = node_config::for_create(req.options.as_ref())?;
+        let runtime = self.runtime(&node.engine)?;
         let events = self.events.clone();
         let rootfs: Vec<RootfsMount> = req
             .rootfs
@@ -101,7 +92,7 @@ impl TaskService {
         );
         // Loading compiles (or deserializes) the wasm and opening fifos blocks: keep both off the executor.
         let container = tokio::task::spawn_blocking(move || -> Result<Container> {
-            let workload = bundle::load(&bundle_dir, &rootfs, &Limits::default())?;
+            let workload = bundle::load(&bundle_dir, &rootfs, &node.defaults)?;
             let open = |path: &str| {
                 crate::stdio::open_output(path)
                     .map_err(|e| ShimError::InvalidArgument(format!("cannot open {path}: {e}")))
@@ -111,6 +102,7 @@ impl TaskService {
                 stdout: open(&stdout)?,
                 stderr: open(&stderr)?,
                 events,
+                drain_timeout: node.drain_timeout,
             };
             Container::create(&id, workload, options)
         })
@@ -183,7 +175,8 @@ impl Task for TaskService {
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
         no_exec(&req.exec_id)?;
-        self.get(&req.id)?.kill(req.signal, DEFAULT_DRAIN)?;
+        let container = self.get(&req.id)?;
+        container.kill(req.signal, container.drain_timeout())?;
         Ok(Empty::new())
     }
 

@@ -1,10 +1,14 @@
 //! A private containerd for tests: its own root, state, sockets, config and compile cache under a temp dir,
 //! the shim's directory first on its PATH, stopped by PID with everything it started when dropped.
 
-use crate::binary;
+use crate::{binary, example, get};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+/// The runtime type containerd maps to our shim binary.
+pub const RUNTIME: &str = "io.containerd.wasmhttp.v1";
 
 /// The namespace every test works in.
 pub const NAMESPACE: &str = "wasmhttp-test";
@@ -199,4 +203,187 @@ impl Drop for Containerd {
             );
         }
     }
+}
+
+/// Builds an image of an example with `wasmhttp image build` and imports it; returns its reference.
+pub fn import_example(containerd: &Containerd, name: &str) -> String {
+    let reference = format!("docker.io/wasmhttp-test/{name}:latest");
+    let tar = containerd.dir.path().join(format!("{name}.tar"));
+    let built = Command::new(binary("wasmhttp"))
+        .args([
+            "image",
+            "build",
+            example(name).to_str().unwrap(),
+            "-t",
+            &reference,
+            "-o",
+            tar.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "image build: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    containerd.ctr_ok(&["image", "import", tar.to_str().unwrap()]);
+    reference
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `addr` until it answers 200; returns the body.
+pub fn wait_for_200(addr: SocketAddr) -> String {
+    let started = Instant::now();
+    loop {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            let reply = get(addr, "/");
+            if reply.status == 200 {
+                return reply.body;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{addr} never answered 200"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `ctr run <mode> --runtime io.containerd.wasmhttp.v1 --fifo-dir <private> ARGS…`: the runtime and a fifo
+/// directory inside the test's temp dir, so no fifo is left in /run.
+pub fn ctr_run(containerd: &Containerd, mode: &str, args: &[&str]) -> std::process::Output {
+    let fifo_dir = containerd.fifo_dir();
+    let mut all = vec!["run", mode, "--runtime", RUNTIME, "--fifo-dir", &fifo_dir];
+    all.extend_from_slice(args);
+    containerd.ctr(&all)
+}
+
+/// `ctr run -d` of an HTTP service on the host network, on `port`.
+pub fn run_service(containerd: &Containerd, image: &str, id: &str, port: u16, extra: &[&str]) {
+    let port_env = format!("PORT={port}");
+    let mut args = vec!["--net-host", "--env", &port_env];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[image, id]);
+    let output = ctr_run(containerd, "-d", &args);
+    assert!(
+        output.status.success(),
+        "ctr run -d {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The task's status column in `ctr task ls` (`MISSING` when absent).
+pub fn task_status(containerd: &Containerd, id: &str) -> String {
+    let listing = containerd.ctr_ok(&["task", "ls"]);
+    listing
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(id))
+        .and_then(|line| line.split_whitespace().nth(2))
+        .unwrap_or("MISSING")
+        .to_string()
+}
+
+/// Waits until `ctr task ls` shows `status` for `id`.
+pub fn wait_for_status(containerd: &Containerd, id: &str, status: &str) {
+    let started = Instant::now();
+    while task_status(containerd, id) != status {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{id} never became {status}: {}",
+            task_status(containerd, id)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Calls containerd's Tasks `Update` API with OCI `LinuxResources` JSON, as CRI's
+/// `UpdateContainerResources` and `nerdctl update` do (`ctr` 1.6 has no update command).
+pub fn update_resources(
+    containerd: &Containerd,
+    id: &str,
+    resources_json: &str,
+) -> Result<(), String> {
+    use containerd_client::services::v1::UpdateTaskRequest;
+    use containerd_client::services::v1::tasks_client::TasksClient;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let channel = containerd_client::connect(containerd.socket())
+            .await
+            .map_err(|e| format!("cannot connect to containerd: {e}"))?;
+        let mut request = tonic::Request::new(UpdateTaskRequest {
+            container_id: id.to_string(),
+            resources: Some(prost_types::Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+                value: resources_json.as_bytes().to_vec(),
+            }),
+            annotations: Default::default(),
+        });
+        request
+            .metadata_mut()
+            .insert("containerd-namespace", NAMESPACE.parse().unwrap());
+        TasksClient::new(channel)
+            .update(request)
+            .await
+            .map(|_| ())
+            .map_err(|status| status.message().to_string())
+    })
+}
+
+/// CPU time (user + system) the process `pid` has used so far.
+pub fn process_cpu(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<u64> = after_name
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
+    Duration::from_millis(ticks * 10)
+}
+
+/// Resident memory of the process `pid`, in bytes.
+pub fn process_rss(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// One numeric line of `ctr task metrics ID` (cgroup v1 names such as `cpuacct.usage`).
+pub fn metric(containerd: &Containerd, id: &str, key: &str) -> u64 {
+    metric_at(&containerd.socket(), id, key)
+}
+
+/// [`metric`] for a containerd known by its socket, so sampling threads can call it.
+pub fn metric_at(socket: &Path, id: &str, key: &str) -> u64 {
+    let output = Command::new("ctr")
+        .arg("--address")
+        .arg(socket)
+        .args(["--namespace", NAMESPACE, "task", "metrics", id])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&output.stdout);
+    metrics
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {metrics}"))
 }

@@ -1,0 +1,394 @@
+//! OCI resource limits, `wasmhttp.io/` annotations and the node configuration, enforced inside the engine
+//! and proven through a real containerd with the example guests. Each test prints its measured figure on a
+//! `FIGURE` line, which `bench/limits.sh` collects into a table.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use wasmhttp_tests::containerd::*;
+use wasmhttp_tests::get;
+
+const MIB: u64 = 1 << 20;
+
+/// CPU figures are only meaningful when nothing else runs: the tests of this file take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    ([127, 0, 0, 1], port).into()
+}
+
+/// Keeps `clients` requests to `target` in flight until `duration` has passed; returns every status.
+fn load(addr: SocketAddr, target: &str, clients: usize, duration: Duration) -> Vec<u16> {
+    let deadline = Instant::now() + duration;
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let target = target.to_string();
+            std::thread::spawn(move || {
+                let mut statuses = Vec::new();
+                // Bounded by time, and by count in case the server answers instantly.
+                while Instant::now() < deadline && statuses.len() < 100_000 {
+                    statuses.push(get(addr, &target).status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+}
+
+/// Sends `count` requests at once and returns their statuses.
+fn burst(addr: SocketAddr, target: &str, count: usize) -> Vec<u16> {
+    let threads: Vec<_> = (0..count)
+        .map(|_| {
+            let target = target.to_string();
+            std::thread::spawn(move || get(addr, &target).status)
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+fn the_shim(containerd: &Containerd) -> i32 {
+    let pids = containerd.shim_pids();
+    assert_eq!(pids.len(), 1, "expected one shim process: {pids:?}");
+    pids[0]
+}
+
+/// Runs `work` while sampling `sample` every 20 ms; returns the work's output and the largest sample.
+fn sampling<T>(sample: impl Fn() -> u64 + Send + 'static, work: impl FnOnce() -> T) -> (T, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = std::thread::spawn({
+        let (stop, peak) = (stop.clone(), peak.clone());
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(sample(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
+    let output = work();
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    (output, peak.load(Ordering::Relaxed))
+}
+
+/// CPU-seconds per second the shim used while `work` ran.
+fn shim_cpu_rate<T>(shim: i32, work: impl FnOnce() -> T) -> (T, f64) {
+    let (cpu, started) = (process_cpu(shim), Instant::now());
+    let output = work();
+    let used = process_cpu(shim).saturating_sub(cpu);
+    (output, used.as_secs_f64() / started.elapsed().as_secs_f64())
+}
+
+#[test]
+fn memory_limit_fails_the_request_not_the_service() {
+    let _turn = exclusive();
+    let containerd = Containerd::start();
+    let image = import_example(&containerd, "mem-hog");
+    let port = free_port();
+    run_service(
+        &containerd,
+        &image,
+        "hog",
+        port,
+        &["--memory-limit", &(64 * MIB).to_string()],
+    );
+    let addr = loopback(port);
+    wait_for_200(addr);
+    let shim = the_shim(&containerd);
+    let baseline = process_rss(shim);
+
+    assert_eq!(get(addr, "/?mib=32").status, 200, "32 MiB fits in 64 MiB");
+    let (reply, peak) = sampling(move || process_rss(shim), || get(addr, "/?mib=100"));
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (500, "memory limit exceeded\n")
+    );
+    let growth = peak.saturating_sub(baseline);
+    println!(
+        "FIGURE memory: 100 MiB request under a 64 MiB limit grew the shim by {} MiB",
+        growth / MIB
+    );
+    assert!(growth <= 70 * MIB, "shim RSS grew {} MiB", growth / MIB);
+
+    let (statuses, peak) = sampling(move || process_rss(shim), || burst(addr, "/?mib=10", 20));
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(statuses.contains(&200), "{statuses:?}");
+    let growth = peak.saturating_sub(baseline);
+    assert!(
+        growth <= 70 * MIB,
+        "20 × 10 MiB grew the shim by {} MiB",
+        growth / MIB
+    );
+    println!(
+        "FIGURE memory: 20 concurrent 10 MiB requests, 64 MiB limit: {} × 200, {} × 503, shim grew {} MiB",
+        statuses.iter().filter(|s| **s == 200).count(),
+        statuses.iter().filter(|s| **s == 503).count(),
+        growth / MIB
+    );
+    assert_eq!(get(addr, "/?mib=32").status, 200, "still serving");
+    assert_eq!(
+        metric(&containerd, "hog", "memory.limit_in_bytes"),
+        64 * MIB
+    );
+}
+
+#[test]
+fn cpu_quota_is_held_within_ten_percent() {
+    let _turn = exclusive();
+    let containerd = Containerd::start();
+    let image = import_example(&containerd, "cpu-burn");
+    let port = free_port();
+    run_service(&containerd, &image, "burn", port, &["--cpus", "0.25"]);
+    let addr = loopback(port);
+    wait_for_200(addr);
+    let shim = the_shim(&containerd);
+    let (statuses, rate) =
+        shim_cpu_rate(shim, || load(addr, "/?ms=50", 4, Duration::from_secs(10)));
+    println!("FIGURE cpu quota 0.25: shim used {rate:.3} CPU under continuous load for 10 s");
+    assert!(statuses.iter().all(|s| *s == 200), "throttled, not killed");
+    assert!(
+        (0.225..=0.275).contains(&rate),
+        "quota 0.25, measured {rate:.3} CPU"
+    );
+}
+
+#[test]
+fn cpu_shares_split_a_contended_shim() {
+    let _turn = exclusive();
+    let containerd = Containerd::start();
+    let image = import_example(&containerd, "cpu-burn");
+    let pod = "io.kubernetes.cri.sandbox-id=shares-pod";
+    let (heavy, light) = (free_port(), free_port());
+    run_service(
+        &containerd,
+        &image,
+        "heavy",
+        heavy,
+        &["--annotation", pod, "--cpu-shares", "1024"],
+    );
+    run_service(
+        &containerd,
+        &image,
+        "light",
+        light,
+        &["--annotation", pod, "--cpu-shares", "512"],
+    );
+    wait_for_200(loopback(heavy));
+    wait_for_200(loopback(light));
+    the_shim(&containerd);
+    let usage = |id: &str| metric(&containerd, id, "cpuacct.usage");
+    let (heavy_before, light_before) = (usage("heavy"), usage("light"));
+    let busy =
+        std::thread::spawn(move || load(loopback(light), "/?ms=50", 4, Duration::from_secs(8)));
+    load(loopback(heavy), "/?ms=50", 4, Duration::from_secs(8));
+    busy.join().unwrap();
+    let heavy_used = usage("heavy") - heavy_before;
+    let light_used = usage("light") - light_before;
+    let ratio = heavy_used as f64 / light_used as f64;
+    println!(
+        "FIGURE cpu shares 1024:512 in one shim: {:.2} s vs {:.2} s = {ratio:.2}:1",
+        heavy_used as f64 / 1e9,
+        light_used as f64 / 1e9
+    );
+    assert!(
+        (1.6..=2.4).contains(&ratio),
+        "expected 2:1 ±20%, got {ratio:.2}"
+    );
+}
+
+#[test]
+fn update_changes_limits_under_load() {
+    let _turn = exclusive();
+    let containerd = Containerd::start();
+    let image = import_example(&containerd, "cpu-burn");
+    let port = free_port();
+    run_service(
+        &containerd,
+        &image,
+        "live",
+        port,
+        &["--cpus", "1", "--annotation", "wasmhttp.io/queue-depth=2"],
+    );
+    let addr = loopback(port);
+    wait_for_200(addr);
+    let shim = the_shim(&containerd);
+
+    // pids.limit arrives by Update: 8 slow requests, 4 run, 2 wait in the queue, 2 get 503.
+    update_resources(&containerd, "live", r#"{"pids":{"limit":4}}"#).unwrap();
+    assert_eq!(metric(&containerd, "live", "pids.limit"), 4);
+    let socket = containerd.socket();
+    let (statuses, peak) = sampling(
+        move || metric_at(&socket, "live", "pids.current"),
+        || burst(addr, "/?ms=600", 8),
+    );
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 503).count();
+    println!(
+        "FIGURE pids.limit 4, queue 2, 8 concurrent: {ok} × 200, {refused} × 503, at most {peak} running"
+    );
+    assert_eq!((ok, refused), (6, 2), "{statuses:?}");
+    assert!((1..=4).contains(&peak), "{peak} instances ran at once");
+
+    // The quota drops from 1.0 to 0.25 while the service is loaded.
+    let loaded = std::thread::spawn(move || load(addr, "/?ms=50", 4, Duration::from_secs(9)));
+    std::thread::sleep(Duration::from_secs(1));
+    let ((), before) = shim_cpu_rate(shim, || std::thread::sleep(Duration::from_secs(2)));
+    update_resources(
+        &containerd,
+        "live",
+        r#"{"cpu":{"quota":25000,"period":100000}}"#,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let ((), after) = shim_cpu_rate(shim, || std::thread::sleep(Duration::from_secs(3)));
+    let statuses = loaded.join().unwrap();
+    println!(
+        "FIGURE update quota 1.0 → 0.25 under load: {before:.3} CPU before, {after:.3} CPU from 1 s after"
+    );
+    assert!(
+        before > 0.8,
+        "quota 1.0 should allow ~1 CPU, measured {before:.3}"
+    );
+    assert!((0.225..=0.275).contains(&after), "after update: {after:.3}");
+    assert!(statuses.iter().all(|s| *s == 200 || *s == 503));
+
+    let bad = update_resources(&containerd, "live", "not json").unwrap_err();
+    assert!(bad.contains("LinuxResources"), "{bad}");
+}
+
+#[test]
+fn annotations_and_node_configuration_apply_and_bad_values_fail_create() {
+    let _turn = exclusive();
+    let containerd = Containerd::start();
+    let image = import_example(&containerd, "cpu-burn");
+    for (index, (key, value, form)) in [
+        ("memory-per-instance", "lots", "a size"),
+        ("fuel-per-request", "0", "a positive integer"),
+        ("max-concurrency", "many", "a positive integer"),
+        ("queue-depth", "-1", "an integer of 0 or more"),
+        ("request-timeout", "soon", "a duration"),
+        ("max-request-body", "1Xi", "a size"),
+        ("allowed-outbound-hosts", "http://x/", "host:port"),
+        ("port", "0", "a port number"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("bad{index}");
+        let annotation = format!("wasmhttp.io/{key}={value}");
+        let output = ctr_run(
+            &containerd,
+            "-d",
+            &["--net-host", "--annotation", &annotation, &image, &id],
+        );
+        let said = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{annotation} was accepted");
+        assert!(
+            said.contains(&format!("wasmhttp.io/{key}")) && said.contains(form),
+            "{annotation}: {said}"
+        );
+        containerd.ctr_ok(&["container", "rm", &id]);
+    }
+
+    // A node configuration that does not parse names its file and line.
+    let bad = containerd.dir.path().join("bad-node.toml");
+    std::fs::write(&bad, "[defaults]\nrequest_timeout = \"soon\"\n").unwrap();
+    let output = ctr_run(
+        &containerd,
+        "-d",
+        &[
+            "--net-host",
+            "--runtime-config-path",
+            bad.to_str().unwrap(),
+            &image,
+            "badnode",
+        ],
+    );
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        said.contains(&format!("{}:2", bad.display())) && said.contains("invalid duration"),
+        "{said}"
+    );
+    containerd.ctr_ok(&["container", "rm", "badnode"]);
+
+    // Valid annotations take effect: the port, a request timeout, a per-request fuel cap; unknown keys warn.
+    let port = free_port();
+    let annotations = [
+        format!("wasmhttp.io/port={port}"),
+        "wasmhttp.io/request-timeout=200ms".to_string(),
+        "wasmhttp.io/no-such-setting=1".to_string(),
+    ];
+    let mut args = vec!["--net-host"];
+    for a in &annotations {
+        args.extend(["--annotation", a.as_str()]);
+    }
+    args.extend([image.as_str(), "annotated"]);
+    assert!(ctr_run(&containerd, "-d", &args).status.success());
+    let addr = loopback(port);
+    wait_for_200(addr);
+    let started = Instant::now();
+    let reply = get(addr, "/?ms=3000");
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (504, "deadline exceeded\n")
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(
+        containerd.log().contains("unknown wasmhttp annotation"),
+        "no warning in {}",
+        containerd.log()
+    );
+
+    let port = free_port();
+    let fuel = "wasmhttp.io/fuel-per-request=300000000".to_string();
+    run_service(
+        &containerd,
+        &image,
+        "fueled",
+        port,
+        &["--annotation", &fuel],
+    );
+    let addr = loopback(port);
+    wait_for_200(addr);
+    let reply = get(addr, "/?ms=3000");
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (500, "cpu budget exceeded\n")
+    );
+
+    // The node configuration's defaults apply where the spec says nothing.
+    let node = containerd.dir.path().join("node.toml");
+    std::fs::write(
+        &node,
+        "[defaults]\nrequest_timeout = \"150ms\"\nmemory = \"32Mi\"\n",
+    )
+    .unwrap();
+    let port = free_port();
+    run_service(
+        &containerd,
+        &image,
+        "noded",
+        port,
+        &["--runtime-config-path", node.to_str().unwrap()],
+    );
+    let addr = loopback(port);
+    wait_for_200(addr);
+    assert_eq!(get(addr, "/?ms=3000").status, 504);
+    assert_eq!(
+        metric(&containerd, "noded", "memory.limit_in_bytes"),
+        32 * MIB
+    );
+}
