@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # HTTP benchmark: examples/hello under wasmhttp (every limit on) vs `wasmtime serve -Scli` 48.0.8 on the same
 # .wasm vs a native hyper server, with `wrk -t2 -c50 -d10s --latency`, same run, same machine; then start to
-# first 200 with a warm compile cache. Prints a table with ratios.
+# first 200 with a warm compile cache; also wasmhttp with no limits, for the cost of the limits. Prints a table
+# with ratios.
 # Usage: bench/http.sh [DURATION]   (results also land in bench-out/http.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,7 @@ run_wrk() {
 rm -f "$out/results"
 run_wrk wasmhttp 18181 ./target/release/wasmhttp run "$wasm" --listen 127.0.0.1:18181 --cache-dir "$cache" \
   --memory 128Mi --cpus 2 --max-concurrency 256 --queue 1024 --timeout 5s --fuel 100000000
+run_wrk wasmhttp-nolimits 18186 ./target/release/wasmhttp run "$wasm" --listen 127.0.0.1:18186 --cache-dir "$cache"
 run_wrk wasmtime-serve 18182 "$tools/bin/wasmtime" serve -Scli --addr 127.0.0.1:18182 "$wasm"
 run_wrk native-hyper 18183 ./target/release/native-hello 127.0.0.1:18183
 
@@ -58,6 +60,9 @@ serve_start_ms=$(./target/release/first-response 18185 10 -- "$tools/bin/wasmtim
     printf '%-16s %12s %10s %10s %15.2fx %15.2fx\n' "$name" "$rps" "$p50" "$p99" \
       "$(echo "$rps / $base_rps" | bc -l)" "$(echo "$rps / $native_rps" | bc -l)"
   done <"$out/results"
+  read -r _ on_rps _ _ < <(grep '^wasmhttp ' "$out/results")
+  read -r _ off_rps _ _ < <(grep '^wasmhttp-nolimits ' "$out/results")
+  echo "cost of every limit: $(echo "(1 - $on_rps / $off_rps) * 100" | bc -l | xargs printf '%.1f')% of the unlimited throughput"
   echo "wasmhttp mean per-request instantiation: ${instantiate} µs"
   echo "process start to first 200, warm compile cache, median of 10: wasmhttp ${start_ms} ms, wasmtime serve ${serve_start_ms} ms"
 } | tee "$out/http.txt"

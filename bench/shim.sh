@@ -54,7 +54,7 @@ for _ in $(seq 1 100); do ctr_ version >/dev/null 2>&1 && break; sleep 0.1; done
 
 # Images: wasmhttp images built by our own builder; runc rootfs directories with static/native binaries.
 for app in hello hello-cli; do
-  "$bin/wasmhttp" image build "examples/wasm/$app.wasm" -t "docker.io/bench/$app:1" -o "$work/$app.tar" >/dev/null
+  "$bin/wasmhttp" image build "examples/wasm/$app.wasm" -t "docker.io/bench/$app:1" -o "$work/$app.tar" 2>/dev/null
   ctr_ image import "$work/$app.tar" >/dev/null
 done
 mkdir -p "$work/rootfs-echo" "$work/rootfs-hyper"
@@ -69,9 +69,9 @@ remove() { ctr_ task kill -s SIGKILL "$1" >/dev/null 2>&1 || true; ctr_ task del
 # 1 + 3: ctr run --rm of a command, time to exit; sequential runs per second.
 run_command() { # RUNTIME-KIND ID
   if [ "$1" = wasmhttp ]; then
-    ctr_ run --rm --runtime io.containerd.wasmhttp.v1 docker.io/bench/hello-cli:1 "$2" 0 >/dev/null
+    ctr_ run --rm --runtime io.containerd.wasmhttp.v1 docker.io/bench/hello-cli:1 "$2" /app.wasm 0 >/dev/null 2>&1
   else
-    ctr_ run --rm --runtime io.containerd.runc.v2 --rootfs "$work/rootfs-echo" "$2" /busybox echo hello >/dev/null
+    ctr_ run --rm --runtime io.containerd.runc.v2 --rootfs "$work/rootfs-echo" "$2" /busybox echo hello >/dev/null 2>&1
   fi
 }
 declare -A cmd_ms per_s
@@ -90,7 +90,7 @@ done
 first_200() { # KIND ID PORT
   local t0; t0=$(now_ms)
   if [ "$1" = runc ]; then
-    ctr_ run -d --runtime io.containerd.runc.v2 --net-host --rootfs "$work/rootfs-hyper" "$2" /native-hello "127.0.0.1:$3" >/dev/null
+    ctr_ run -d --runtime io.containerd.runc.v2 --net-host --rootfs "$work/rootfs-hyper" "$2" /native-hello "127.0.0.1:$3" >/dev/null 2>&1
   else
     ctr_ run -d --runtime io.containerd.wasmhttp.v1 --net-host --env "PORT=$3" docker.io/bench/hello:1 "$2" >/dev/null
   fi
