@@ -68,12 +68,30 @@ pub fn read_spec(bundle: &Path) -> Result<Spec> {
     })
 }
 
+/// The pod sandbox a container belongs to (CRI's annotation), if any.
+pub fn sandbox_id(bundle: &Path) -> Option<String> {
+    read_spec(bundle)
+        .ok()?
+        .annotations()
+        .as_ref()?
+        .get(SANDBOX_ID)
+        .cloned()
+}
+
+/// Whether `network` is this shim process's own namespace, named through /proc. CRI joins a pod's containers
+/// to `/proc/<sandbox task pid>/ns/net`; our sandbox task is the shim itself, so that path names the host's
+/// namespace and the pod's real one has to come from the sandbox container.
+pub fn is_shim_netns(network: &Network) -> bool {
+    let Network::Namespace(path) = network else {
+        return false;
+    };
+    path == Path::new("/proc/self/ns/net")
+        || path == Path::new(&format!("/proc/{}/ns/net", std::process::id()))
+}
+
 /// The shim grouping key: containers of one pod share a shim.
 pub fn grouping_key(bundle: &Path, id: &str) -> String {
-    read_spec(bundle)
-        .ok()
-        .and_then(|spec| spec.annotations().as_ref()?.get(SANDBOX_ID).cloned())
-        .unwrap_or_else(|| id.to_string())
+    sandbox_id(bundle).unwrap_or_else(|| id.to_string())
 }
 
 /// Reads the bundle into a [`Workload`]. `rootfs` are the mounts containerd passed to Create (empty when the

@@ -113,6 +113,7 @@ pub struct Container {
     exit: watch::Sender<Option<Exit>>,
     events: Events,
     drain_timeout: Duration,
+    network: Network,
 }
 
 impl Container {
@@ -126,6 +127,7 @@ impl Container {
             drain_timeout,
         } = options;
         let limits = workload.limits.clone();
+        let network = workload.network.clone();
         let (prepared, code_size) = match workload.payload {
             Payload::Sandbox => (Prepared::Sandbox, 0),
             Payload::Wasm(source) => {
@@ -170,7 +172,13 @@ impl Container {
             exit: watch::channel(None).0,
             events,
             drain_timeout,
+            network,
         })
+    }
+
+    /// The network namespace its listener lives in (for a pod sandbox: the pod's).
+    pub fn network(&self) -> &Network {
+        &self.network
     }
 
     /// How long SIGTERM lets in-flight requests finish (from the node configuration).

@@ -13,7 +13,7 @@ use containerd_shim::protos::events::task::{
 use containerd_shim::protos::types::task::{ProcessInfo, Status as TaskStatus};
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use wasmhttp_runtime::{EngineConfig, Runtime};
 
@@ -73,6 +73,9 @@ impl TaskService {
             )));
         }
         let node = node_config::for_create(req.options.as_ref())?;
+        let pod_network = bundle::sandbox_id(Path::new(&req.bundle))
+            .and_then(|sandbox| self.get(&sandbox).ok())
+            .map(|sandbox| sandbox.network().clone());
         let runtime = self.runtime(&node.engine)?;
         let events = self.events.clone();
         let rootfs: Vec<RootfsMount> = req
@@ -92,7 +95,16 @@ impl TaskService {
         );
         // Loading compiles (or deserializes) the wasm and opening fifos blocks: keep both off the executor.
         let container = tokio::task::spawn_blocking(move || -> Result<Container> {
-            let workload = bundle::load(&bundle_dir, &rootfs, &node.defaults)?;
+            let mut workload = bundle::load(&bundle_dir, &rootfs, &node.defaults)?;
+            if bundle::is_shim_netns(&workload.network) {
+                workload.network = pod_network.ok_or_else(|| {
+                    ShimError::FailedPrecondition(
+                        "the container joins its pod sandbox's network namespace, but the sandbox \
+                         is not running in this shim"
+                            .into(),
+                    )
+                })?;
+            }
             let open = |path: &str| {
                 crate::stdio::open_output(path)
                     .map_err(|e| ShimError::InvalidArgument(format!("cannot open {path}: {e}")))

@@ -33,8 +33,14 @@ fn require(program: &str) -> PathBuf {
 }
 
 impl Containerd {
-    /// Starts containerd and waits until it answers.
+    /// Starts containerd (CRI disabled) and waits until it answers.
     pub fn start() -> Self {
+        Containerd::start_with(|_| None)
+    }
+
+    /// Starts containerd with the CRI plugin configured by the TOML `cri(dir)` returns for the temp dir
+    /// (`None`: CRI disabled), and waits until it answers.
+    pub fn start_with(cri: impl FnOnce(&Path) -> Option<String>) -> Self {
         require("containerd");
         require("ctr");
         let dir = tempfile::Builder::new()
@@ -42,18 +48,26 @@ impl Containerd {
             .tempdir()
             .unwrap();
         let d = dir.path().display();
+        let cri = cri(dir.path());
+        let disabled = if cri.is_some() {
+            ""
+        } else {
+            r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#
+        };
         let config = format!(
             r#"version = 2
 root = "{d}/root"
 state = "{d}/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+{disabled}
 [grpc]
   address = "{d}/containerd.sock"
 [ttrpc]
   address = "{d}/containerd.sock.ttrpc"
 [debug]
   address = "{d}/debug.sock"
-"#
+{}
+"#,
+            cri.unwrap_or_default()
         );
         std::fs::write(dir.path().join("config.toml"), config).unwrap();
         std::fs::File::create(dir.path().join("containerd.log")).unwrap();
@@ -90,10 +104,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// Runs `ctr` against this containerd in the test namespace.
     pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_in(NAMESPACE, args)
+    }
+
+    /// Runs `ctr` against this containerd in `namespace` (CRI works in `k8s.io`).
+    pub fn ctr_in(&self, namespace: &str, args: &[&str]) -> Output {
         Command::new("ctr")
             .arg("--address")
             .arg(self.socket())
-            .args(["--namespace", NAMESPACE])
+            .args(["--namespace", namespace])
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -207,6 +226,11 @@ impl Drop for Containerd {
 
 /// Builds an image of an example with `wasmhttp image build` and imports it; returns its reference.
 pub fn import_example(containerd: &Containerd, name: &str) -> String {
+    import_example_in(containerd, NAMESPACE, name)
+}
+
+/// [`import_example`] into another containerd namespace (CRI's is `k8s.io`).
+pub fn import_example_in(containerd: &Containerd, namespace: &str, name: &str) -> String {
     let reference = format!("docker.io/wasmhttp-test/{name}:latest");
     let tar = containerd.dir.path().join(format!("{name}.tar"));
     let built = Command::new(binary("wasmhttp"))
@@ -226,7 +250,12 @@ pub fn import_example(containerd: &Containerd, name: &str) -> String {
         "image build: {}",
         String::from_utf8_lossy(&built.stderr)
     );
-    containerd.ctr_ok(&["image", "import", tar.to_str().unwrap()]);
+    let imported = containerd.ctr_in(namespace, &["image", "import", tar.to_str().unwrap()]);
+    assert!(
+        imported.status.success(),
+        "ctr image import: {}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
     reference
 }
 

@@ -1,0 +1,472 @@
+//! Kubernetes' path, without a kubelet: the test drives containerd's CRI exactly as the kubelet does, with
+//! `runtime_handler = "wasmhttp"`, real CNI pod networking on a bridge of its own, and a sandbox image that
+//! has no pause binary at all.
+
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use wasmhttp_tests::containerd::*;
+use wasmhttp_tests::get;
+
+const BRIDGE: &str = "whcri0";
+const SUBNET: &str = "10.213.88.0/24";
+const SANDBOX_IMAGE: &str = "docker.io/wasmhttp-test/sandbox:latest";
+
+/// The CRI section: our runtime as handler `wasmhttp`, a local sandbox image, CNI config of the test's own.
+fn cri_config(dir: &Path) -> Option<String> {
+    let d = dir.display();
+    let cni = dir.join("cni");
+    std::fs::create_dir_all(&cni).unwrap();
+    std::fs::write(
+        cni.join("10-whcri.conflist"),
+        format!(
+            r#"{{"cniVersion": "0.4.0", "name": "whcri", "plugins": [{{"type": "bridge", "bridge": "{BRIDGE}",
+  "isGateway": true, "ipMasq": false,
+  "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{SUBNET}"}}]], "dataDir": "{d}/cni-ipam"}}}}]}}"#
+        ),
+    )
+    .unwrap();
+    Some(format!(
+        r#"[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{SANDBOX_IMAGE}"
+  restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{d}/cni"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmhttp]
+    runtime_type = "io.containerd.wasmhttp.v1"
+"#
+    ))
+}
+
+/// Removes the test's bridge, and any network namespace that appeared during the test, however the test
+/// ends (on success CRI has already removed the pod's namespace).
+struct PodNetworkCleanup {
+    before: Vec<String>,
+}
+
+fn netns_names() -> Vec<String> {
+    std::fs::read_dir("/var/run/netns")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Drop for PodNetworkCleanup {
+    fn drop(&mut self) {
+        for name in netns_names() {
+            if name.starts_with("cni-") && !self.before.contains(&name) {
+                let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            }
+        }
+        let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
+    }
+}
+
+fn wait_for_200_at(addr: SocketAddr, target: &str) -> String {
+    let started = Instant::now();
+    loop {
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            let reply = get(addr, target);
+            if reply.status == 200 {
+                return reply.body;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{addr} never answered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn container_config(
+    name: &str,
+    image: &str,
+    port: u16,
+    resources: LinuxContainerResources,
+) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        envs: vec![KeyValue {
+            key: "PORT".into(),
+            value: port.to_string(),
+        }],
+        log_path: format!("{name}.log"),
+        linux: Some(LinuxContainerConfig {
+            resources: Some(resources),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn create_and_start(
+    runtime: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    sandbox: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
+    let id = runtime
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(sandbox.clone()),
+        })
+        .await
+        .expect("CreateContainer")
+        .into_inner()
+        .container_id;
+    runtime
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .expect("StartContainer");
+    id
+}
+
+async fn container_state(runtime: &mut RuntimeServiceClient<Channel>, id: &str) -> ContainerState {
+    let status = runtime
+        .container_status(ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        })
+        .await
+        .expect("ContainerStatus")
+        .into_inner()
+        .status
+        .expect("a status");
+    ContainerState::try_from(status.state).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_lifecycle_through_cri() {
+    let cleanup = PodNetworkCleanup {
+        before: netns_names(),
+    };
+    let containerd = Containerd::start_with(cri_config);
+    for (name, reference) in [
+        ("hello", None),
+        ("logger", None),
+        ("mem-hog", None),
+        ("cpu-burn", None),
+        ("hello", Some(SANDBOX_IMAGE)),
+    ] {
+        let imported = import_example_in(&containerd, "k8s.io", name);
+        if let Some(tag) = reference {
+            // The sandbox image is the hello image under another name: it holds a .wasm, no pause binary.
+            let tagged = containerd.ctr_in("k8s.io", &["image", "tag", &imported, tag]);
+            assert!(
+                tagged.status.success(),
+                "{}",
+                String::from_utf8_lossy(&tagged.stderr)
+            );
+        }
+    }
+    let channel = containerd_client::connect(containerd.socket())
+        .await
+        .unwrap();
+    let mut runtime = RuntimeServiceClient::new(channel.clone());
+    let mut images = ImageServiceClient::new(channel);
+    let listed = images
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap_or_else(|e| panic!("CRI ListImages: {e}\n{}", containerd.log()))
+        .into_inner();
+    let tags: Vec<&String> = listed.images.iter().flat_map(|i| &i.repo_tags).collect();
+    for wanted in [
+        "docker.io/wasmhttp-test/hello:latest",
+        "docker.io/wasmhttp-test/logger:latest",
+        SANDBOX_IMAGE,
+    ] {
+        assert!(
+            tags.iter().any(|t| *t == wanted),
+            "CRI lists {wanted}: {tags:?}"
+        );
+    }
+
+    let log_dir = containerd.dir.path().join("pod-logs");
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let sandbox = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "hello-pod".into(),
+            uid: "wasmhttp-test-uid".into(),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: "hello-pod".into(),
+        log_directory: log_dir.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig::default()),
+        ..Default::default()
+    };
+    let pod = runtime
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(sandbox.clone()),
+            runtime_handler: "wasmhttp".into(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", containerd.log()))
+        .into_inner()
+        .pod_sandbox_id;
+    let status = runtime
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(status.state, PodSandboxState::SandboxReady as i32);
+    let ip = status.network.unwrap().ip;
+    assert!(ip.starts_with("10.213.88."), "pod IP {ip}");
+    assert_eq!(
+        containerd.shim_pids().len(),
+        1,
+        "the sandbox runs in our shim"
+    );
+
+    let limits = LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        cpu_shares: 512,
+        ..Default::default()
+    };
+    let hello = create_and_start(
+        &mut runtime,
+        &pod,
+        &sandbox,
+        container_config(
+            "hello",
+            "docker.io/wasmhttp-test/hello:latest",
+            8080,
+            limits.clone(),
+        ),
+    )
+    .await;
+    let logger = create_and_start(
+        &mut runtime,
+        &pod,
+        &sandbox,
+        container_config(
+            "logger",
+            "docker.io/wasmhttp-test/logger:latest",
+            8081,
+            limits,
+        ),
+    )
+    .await;
+    assert_eq!(
+        container_state(&mut runtime, &hello).await,
+        ContainerState::ContainerRunning
+    );
+    assert_eq!(
+        containerd.shim_pids().len(),
+        1,
+        "one shim serves the whole pod"
+    );
+
+    // Both services answer on the pod IP, and not on the host's loopback (their listeners are in the pod).
+    let hello_addr: SocketAddr = format!("{ip}:8080").parse().unwrap();
+    let logger_addr: SocketAddr = format!("{ip}:8081").parse().unwrap();
+    assert_eq!(wait_for_200_at(hello_addr, "/"), "Hello from wasmhttp!\n");
+    wait_for_200_at(logger_addr, "/cri-log-check");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", 8080)).is_err());
+
+    // Stats, and a live resource update.
+    let stats = runtime
+        .container_stats(ContainerStatsRequest {
+            container_id: hello.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!(stats.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    runtime
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: hello.clone(),
+            linux: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 32 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("UpdateContainerResources");
+    let limit = containerd.ctr_in("k8s.io", &["task", "metrics", &hello]);
+    assert!(
+        String::from_utf8_lossy(&limit.stdout).contains(&(32u64 << 20).to_string()),
+        "{}",
+        String::from_utf8_lossy(&limit.stdout)
+    );
+
+    // Probes: exec is refused with a message; kubectl logs reads the CRI log file.
+    let exec = runtime
+        .exec_sync(ExecSyncRequest {
+            container_id: hello.clone(),
+            cmd: vec!["true".into()],
+            timeout: 5,
+        })
+        .await
+        .expect_err("exec must be refused");
+    assert!(exec.message().contains("exec"), "{exec}");
+    let log_file = log_dir.join("logger.log");
+    let started = Instant::now();
+    let log = loop {
+        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+        if log.contains(" stderr F ") || started.elapsed() > Duration::from_secs(10) {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let line = log
+        .lines()
+        .find(|l| l.contains(" stdout F "))
+        .unwrap_or_else(|| panic!("{log}"));
+    let timestamp = line.split(' ').next().unwrap();
+    assert!(
+        timestamp.contains('T') && timestamp.ends_with('Z'),
+        "RFC 3339 time: {line}"
+    );
+    assert!(log.contains("/cri-log-check"), "{log}");
+
+    // The pod's limits are enforced: mem-hog under 64 MiB, and a graceful stop of cpu-burn lets the
+    // request in flight finish.
+    let limited = LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        ..Default::default()
+    };
+    create_and_start(
+        &mut runtime,
+        &pod,
+        &sandbox,
+        container_config(
+            "hog",
+            "docker.io/wasmhttp-test/mem-hog:latest",
+            8082,
+            limited,
+        ),
+    )
+    .await;
+    let hog_addr: SocketAddr = format!("{ip}:8082").parse().unwrap();
+    wait_for_200_at(hog_addr, "/?mib=32");
+    let reply = get(hog_addr, "/?mib=100");
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (500, "memory limit exceeded\n")
+    );
+    assert_eq!(get(hog_addr, "/?mib=8").status, 200, "still serving");
+    let burn = create_and_start(
+        &mut runtime,
+        &pod,
+        &sandbox,
+        container_config(
+            "burn",
+            "docker.io/wasmhttp-test/cpu-burn:latest",
+            8083,
+            LinuxContainerResources::default(),
+        ),
+    )
+    .await;
+    let burn_addr: SocketAddr = format!("{ip}:8083").parse().unwrap();
+    wait_for_200_at(burn_addr, "/?ms=1");
+    let in_flight = std::thread::spawn(move || get(burn_addr, "/?ms=1500"));
+    std::thread::sleep(Duration::from_millis(300));
+    runtime
+        .stop_container(StopContainerRequest {
+            container_id: burn.clone(),
+            timeout: 10,
+        })
+        .await
+        .unwrap();
+    let finished = in_flight.join().unwrap();
+    assert_eq!(
+        finished.status, 200,
+        "the in-flight request finished: {finished:?}"
+    );
+    assert_eq!(
+        container_state(&mut runtime, &burn).await,
+        ContainerState::ContainerExited
+    );
+
+    // One container stopping does not stop the other; a restart in the same sandbox works.
+    runtime
+        .stop_container(StopContainerRequest {
+            container_id: logger.clone(),
+            timeout: 5,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        container_state(&mut runtime, &logger).await,
+        ContainerState::ContainerExited
+    );
+    assert_eq!(
+        get(hello_addr, "/").status,
+        200,
+        "the other container keeps serving"
+    );
+    runtime
+        .remove_container(RemoveContainerRequest {
+            container_id: logger,
+        })
+        .await
+        .unwrap();
+    let mut restarted_config = container_config(
+        "logger",
+        "docker.io/wasmhttp-test/logger:latest",
+        8081,
+        LinuxContainerResources::default(),
+    );
+    restarted_config.metadata.as_mut().unwrap().attempt = 1;
+    create_and_start(&mut runtime, &pod, &sandbox, restarted_config).await;
+    wait_for_200_at(logger_addr, "/");
+
+    // Tear down as the kubelet does; nothing is left behind.
+    runtime
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    runtime
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while !containerd.shim_pids().is_empty() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(containerd.shim_pids().is_empty(), "the pod's shim exited");
+    assert_eq!(
+        netns_names(),
+        cleanup.before,
+        "the pod's network namespace is gone"
+    );
+}
