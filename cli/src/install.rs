@@ -26,6 +26,9 @@ pub struct InstallArgs {
     /// Name of the CRI runtime (the Kubernetes RuntimeClass handler).
     #[arg(long, default_value = "wasmhttp")]
     runtime_class_name: String,
+    /// Restart containerd (`systemctl restart containerd`) when the configuration changed.
+    #[arg(long)]
+    restart: bool,
 }
 
 pub fn run(args: InstallArgs) -> anyhow::Result<()> {
@@ -34,7 +37,8 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
         None => std::env::current_exe()?.with_file_name(SHIM_BINARY),
     };
     install_binary(&shim, &args.bin_dir)?;
-    match configure(&args.containerd_config, &args.runtime_class_name)? {
+    let changed = configure(&args.containerd_config, &args.runtime_class_name)?;
+    match &changed {
         Some(backup) => eprintln!(
             "wasmhttp: added runtime {} to {} (previous version kept as {})",
             args.runtime_class_name,
@@ -47,7 +51,25 @@ pub fn run(args: InstallArgs) -> anyhow::Result<()> {
             args.runtime_class_name
         ),
     }
-    eprintln!("wasmhttp: restart containerd to load the new configuration");
+    match (changed, args.restart) {
+        (Some(_), true) => restart_containerd(),
+        (Some(_), false) => {
+            eprintln!("wasmhttp: restart containerd to load the new configuration");
+            Ok(())
+        }
+        (None, _) => Ok(()),
+    }
+}
+
+fn restart_containerd() -> anyhow::Result<()> {
+    let status = std::process::Command::new("systemctl")
+        .args(["restart", "containerd"])
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run systemctl to restart containerd: {e}"))?;
+    if !status.success() {
+        bail!("systemctl restart containerd failed ({status})");
+    }
+    eprintln!("wasmhttp: containerd restarted");
     Ok(())
 }
 
