@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup.sh curl containerd iproute2 protobuf-compiler
+bash scripts/setup.sh curl containerd iproute2 protobuf-compiler containernetworking-plugins docker-registry skopeo python3-venv
 bash examples/build.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

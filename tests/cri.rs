@@ -12,14 +12,25 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use wasmhttp_tests::containerd::*;
 use wasmhttp_tests::get;
+use wasmhttp_tests::registry::Registry;
 
 const BRIDGE: &str = "whcri0";
 const SUBNET: &str = "10.213.88.0/24";
 const SANDBOX_IMAGE: &str = "docker.io/wasmhttp-test/sandbox:latest";
 
-/// The CRI section: our runtime as handler `wasmhttp`, a local sandbox image, CNI config of the test's own.
-fn cri_config(dir: &Path) -> Option<String> {
+/// The CRI section: our runtime as handler `wasmhttp`, a local sandbox image, CNI config of the test's own,
+/// and plain-HTTP pulls from the test's registry at `registry` through a `hosts.toml`.
+fn cri_config(dir: &Path, registry: &str) -> Option<String> {
     let d = dir.display();
+    let hosts = dir.join("certs.d").join(registry);
+    std::fs::create_dir_all(&hosts).unwrap();
+    std::fs::write(
+        hosts.join("hosts.toml"),
+        format!(
+            "server = \"http://{registry}\"\n[host.\"http://{registry}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+        ),
+    )
+    .unwrap();
     let cni = dir.join("cni");
     std::fs::create_dir_all(&cni).unwrap();
     std::fs::write(
@@ -37,6 +48,8 @@ fn cri_config(dir: &Path) -> Option<String> {
   restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{d}/certs.d"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{d}/cni"
@@ -163,7 +176,8 @@ async fn pod_lifecycle_through_cri() {
     let cleanup = PodNetworkCleanup {
         before: netns_names(),
     };
-    let containerd = Containerd::start_with(cri_config);
+    let registry = Registry::start();
+    let containerd = Containerd::start_with(|dir| cri_config(dir, &registry.host));
     for (name, reference) in [
         ("hello", None),
         ("logger", None),
@@ -203,6 +217,25 @@ async fn pod_lifecycle_through_cri() {
             "CRI lists {wanted}: {tags:?}"
         );
     }
+
+    // PullImage from a registry, as the kubelet does for an image it does not have.
+    let pushed = registry.push_oci_archive(
+        &containerd.dir.path().join("hello.tar"),
+        "wasmhttp/hello:pulled",
+    );
+    let pulled = images
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: pushed.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PullImage {pushed}: {e}"))
+        .into_inner()
+        .image_ref;
+    assert!(pulled.starts_with("sha256:"), "{pulled}");
 
     let log_dir = containerd.dir.path().join("pod-logs");
     std::fs::create_dir_all(&log_dir).unwrap();
@@ -257,12 +290,7 @@ async fn pod_lifecycle_through_cri() {
         &mut runtime,
         &pod,
         &sandbox,
-        container_config(
-            "hello",
-            "docker.io/wasmhttp-test/hello:latest",
-            8080,
-            limits.clone(),
-        ),
+        container_config("hello", &pushed, 8080, limits.clone()),
     )
     .await;
     let logger = create_and_start(

@@ -2,6 +2,7 @@
 //! HTTP client over real sockets.
 
 pub mod containerd;
+pub mod registry;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
