@@ -172,3 +172,69 @@ fn install_copies_the_shim_and_registers_the_runtime_once() {
     assert_eq!(refused.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not valid TOML"));
 }
+
+#[test]
+fn install_restart_runs_systemctl_only_when_the_config_changed() {
+    // No systemd here: a stand-in `systemctl` first on PATH records how it was called.
+    let dir = tempfile::tempdir().unwrap();
+    let fake_bin = dir.path().join("fake-bin");
+    std::fs::create_dir_all(&fake_bin).unwrap();
+    let calls = dir.path().join("systemctl-calls");
+    let systemctl = fake_bin.join("systemctl");
+    std::fs::write(
+        &systemctl,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &systemctl,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "version = 2\n").unwrap();
+    let path = format!(
+        "{}:{}",
+        fake_bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let install = |path: &str| {
+        Command::new(binary("wasmhttp"))
+            .args(["install", "--restart", "--containerd-config"])
+            .arg(&config)
+            .arg("--bin-dir")
+            .arg(dir.path().join("bin"))
+            .arg("--shim")
+            .arg(binary("containerd-shim-wasmhttp-v1"))
+            .env("PATH", path)
+            .output()
+            .unwrap()
+    };
+    let first = install(&path);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        "restart containerd\n"
+    );
+    let second = install(&path);
+    assert!(second.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        "restart containerd\n",
+        "unchanged config: no restart"
+    );
+
+    // A restart that cannot run is an error that says so.
+    std::fs::write(&config, "version = 2\n").unwrap();
+    let failed = install(dir.path().join("empty").to_str().unwrap());
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("cannot run systemctl"),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+}
