@@ -334,6 +334,25 @@ async fn pod_lifecycle_through_cri() {
         .unwrap();
     assert!(stats.memory.unwrap().working_set_bytes.unwrap().value > 0);
     assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    let listed = runtime
+        .list_container_stats(ListContainerStatsRequest::default())
+        .await
+        .expect("ListContainerStats")
+        .into_inner()
+        .stats;
+    for id in [&hello, &logger] {
+        let entry = listed
+            .iter()
+            .find(|s| s.attributes.as_ref().is_some_and(|a| &a.id == id))
+            .unwrap_or_else(|| panic!("{id} missing from ListContainerStats: {listed:?}"));
+        assert!(
+            entry
+                .memory
+                .as_ref()
+                .and_then(|m| m.working_set_bytes.as_ref())
+                .is_some_and(|b| b.value > 0)
+        );
+    }
     runtime
         .update_container_resources(UpdateContainerResourcesRequest {
             container_id: hello.clone(),
@@ -483,7 +502,7 @@ async fn pod_lifecycle_through_cri() {
         .unwrap();
     runtime
         .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
+            pod_sandbox_id: pod.clone(),
         })
         .await
         .unwrap();
@@ -492,6 +511,11 @@ async fn pod_lifecycle_through_cri() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(containerd.shim_pids().is_empty(), "the pod's shim exited");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&pod) && !mounts.contains(containerd.dir.path().to_str().unwrap()),
+        "mounts left behind: {mounts}"
+    );
     assert_eq!(
         netns_names(),
         cleanup.before,
