@@ -1,0 +1,180 @@
+//! `wasmhttp image build`: an OCI image of a .wasm file, in one of two forms. `layer` (the default) is a
+//! standard image whose tar layer holds `/app.wasm`, the entrypoint; every containerd unpacks and runs it.
+//! `artifact` is the CNCF TAG-Runtime wasm artifact: a `application/vnd.wasm.config.v0+json` config and one
+//! `application/wasm` layer that is the binary itself, which the shim reads from containerd's content store.
+
+use super::layout::{self, Blob, Image};
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// The image forms `build` makes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// A standard image: a tar layer holding /app.wasm, entrypoint set.
+    Layer,
+    /// The wasm OCI artifact: wasm config, one application/wasm layer.
+    Artifact,
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The wasm binary to package.
+    app: PathBuf,
+    /// Image reference, e.g. localhost:5000/hello:v1.
+    #[arg(short = 't', long = "tag")]
+    tag: String,
+    /// Output tar (an OCI image layout).
+    #[arg(short = 'o', long = "output")]
+    output: PathBuf,
+    /// Image form.
+    #[arg(long, value_enum, default_value_t = Format::Layer)]
+    format: Format,
+    /// Environment variable baked into the image, KEY=VALUE (repeatable; `layer` format only).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Port the service listens on (sets PORT; `layer` format only).
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+/// Where the wasm sits in a `layer` image's filesystem; the entrypoint.
+const WASM_PATH: &str = "app.wasm";
+
+pub fn build(args: BuildArgs) -> anyhow::Result<()> {
+    let wasm =
+        std::fs::read(&args.app).with_context(|| format!("cannot read {}", args.app.display()))?;
+    if !wasm.starts_with(b"\0asm") {
+        bail!("{} is not a WebAssembly binary", args.app.display());
+    }
+    oci_client::Reference::try_from(args.tag.as_str())
+        .with_context(|| format!("invalid image reference {:?}", args.tag))?;
+    for kv in &args.env {
+        if !kv.contains('=') || kv.starts_with('=') {
+            bail!("--env {kv:?} is not KEY=VALUE");
+        }
+    }
+    let title = args
+        .app
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let created = created_timestamp();
+    let annotations = json!({
+        "org.opencontainers.image.title": title,
+        "org.opencontainers.image.source": args.app.display().to_string(),
+        "org.opencontainers.image.created": created,
+    });
+    let (config_type, config, layer_type, layer) = match args.format {
+        Format::Layer => {
+            let mut env = args.env.clone();
+            if let Some(port) = args.port {
+                env.retain(|kv| !kv.starts_with("PORT="));
+                env.push(format!("PORT={port}"));
+            }
+            let layer = Blob::new(layout::tar_of(&[(WASM_PATH, wasm.as_slice())])?);
+            let config = json!({
+                "created": created,
+                "architecture": oci_arch(),
+                "os": "linux",
+                "config": { "Entrypoint": [format!("/{WASM_PATH}")], "Env": env },
+                "rootfs": { "type": "layers", "diff_ids": [layer.digest] },
+            });
+            (
+                layout::CONFIG_TYPE,
+                config,
+                "application/vnd.oci.image.layer.v1.tar",
+                layer,
+            )
+        }
+        Format::Artifact => {
+            if !args.env.is_empty() || args.port.is_some() {
+                bail!(
+                    "--env and --port are for --format layer: the wasm artifact's config has no environment"
+                );
+            }
+            let layer = Blob::new(wasm);
+            let config = json!({
+                "created": created,
+                "architecture": "wasm",
+                "os": "wasip2",
+                "layerDigests": [layer.digest],
+            });
+            (layout::WASM_CONFIG_TYPE, config, "application/wasm", layer)
+        }
+    };
+    let config = Blob::new(serde_json::to_vec(&config)?);
+    let mut layer_descriptor = layer.descriptor(layer_type);
+    layer_descriptor["annotations"] = json!({ "org.opencontainers.image.title": title });
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": layout::MANIFEST_TYPE,
+        "config": config.descriptor(config_type),
+        "layers": [layer_descriptor],
+        "annotations": annotations,
+    }))?;
+    let blobs = HashMap::from([(config.digest, config.bytes), (layer.digest, layer.bytes)]);
+    let image = Image::new(manifest, blobs)?;
+    layout::write(&args.output, &args.tag, &image)?;
+    eprintln!(
+        "wasmhttp: wrote {} ({}, manifest {})",
+        args.output.display(),
+        args.tag,
+        image.manifest.digest
+    );
+    Ok(())
+}
+
+/// RFC 3339 UTC time of the build, or of `SOURCE_DATE_EPOCH` for reproducible builds.
+fn created_timestamp() -> String {
+    let secs = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        });
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// The image's architecture: the host's, in OCI (Go) spelling, so `ctr image import` matches it.
+fn oci_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dates_are_rfc3339() {
+        assert_eq!(super::civil_from_days(0), (1970, 1, 1));
+        assert_eq!(super::civil_from_days(20_415), (2025, 11, 23));
+        assert_eq!(super::civil_from_days(11_016), (2000, 2, 29));
+    }
+}

@@ -1,0 +1,351 @@
+//! OCI image layouts as tar files: the one form an image takes on disk here. Writing is atomic; reading
+//! checks every blob against its digest and that the image really holds wasm, so neither `push` nor
+//! `pull` can pass on a broken or foreign image.
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// OCI image manifest.
+pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Docker schema 2 manifest (what most registries still hold).
+pub const DOCKER_MANIFEST_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// OCI image index.
+pub const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+/// Docker manifest list.
+pub const DOCKER_LIST_TYPE: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+/// OCI image config.
+pub const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+/// Config of the CNCF TAG-Runtime wasm artifact.
+pub const WASM_CONFIG_TYPE: &str = "application/vnd.wasm.config.v0+json";
+/// Layer media types that hold a bare wasm binary.
+pub const WASM_LAYER_TYPES: [&str; 3] = [
+    "application/wasm",
+    "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
+    "application/vnd.wasm.content.layer.v1+wasm",
+];
+
+/// A blob and its `sha256:` digest.
+pub struct Blob {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// The content.
+    pub bytes: Vec<u8>,
+}
+
+impl Blob {
+    /// Digests `bytes`.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Blob {
+            digest: digest_of(&bytes),
+            bytes,
+        }
+    }
+
+    /// An OCI descriptor of this blob.
+    pub fn descriptor(&self, media_type: &str) -> Value {
+        json!({ "mediaType": media_type, "digest": self.digest, "size": self.bytes.len() })
+    }
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// A reference from a manifest to a blob.
+#[derive(Clone, Debug)]
+pub struct Descriptor {
+    /// What the blob is.
+    pub media_type: String,
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// Length in bytes.
+    pub size: u64,
+}
+
+/// One image: its manifest (exact bytes, so its digest survives a round trip) and the blobs it names.
+pub struct Image {
+    /// The manifest as stored.
+    pub manifest: Blob,
+    /// The manifest's media type.
+    pub manifest_type: String,
+    /// The config descriptor.
+    pub config: Descriptor,
+    /// Layer descriptors, in manifest order.
+    pub layers: Vec<Descriptor>,
+    /// Blob contents by digest: the config and every layer.
+    pub blobs: HashMap<String, Vec<u8>>,
+}
+
+/// Parses an image manifest's media type, config and layers.
+pub fn parse_manifest(bytes: &[u8]) -> anyhow::Result<(String, Descriptor, Vec<Descriptor>)> {
+    let manifest: Value = serde_json::from_slice(bytes).context("the manifest is not JSON")?;
+    let media_type = manifest["mediaType"]
+        .as_str()
+        .unwrap_or(MANIFEST_TYPE)
+        .to_string();
+    if media_type == INDEX_TYPE || media_type == DOCKER_LIST_TYPE {
+        bail!("expected an image manifest, found an index ({media_type})");
+    }
+    let config = descriptor(&manifest["config"]).context("the manifest's config")?;
+    let layers = manifest["layers"]
+        .as_array()
+        .context("the manifest has no layers")?
+        .iter()
+        .map(descriptor)
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("a layer of the manifest")?;
+    Ok((media_type, config, layers))
+}
+
+fn descriptor(value: &Value) -> anyhow::Result<Descriptor> {
+    let field = |name: &str| {
+        value[name]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("descriptor has no {name}"))
+    };
+    let digest = field("digest")?;
+    if !digest.starts_with("sha256:") || digest.len() != 71 {
+        bail!("unsupported digest {digest:?} (only sha256)");
+    }
+    Ok(Descriptor {
+        media_type: field("mediaType")?,
+        digest,
+        size: value["size"].as_u64().context("descriptor has no size")?,
+    })
+}
+
+impl Image {
+    /// Assembles an image from its manifest bytes and blobs, and checks it.
+    pub fn new(manifest: Vec<u8>, blobs: HashMap<String, Vec<u8>>) -> anyhow::Result<Image> {
+        let (manifest_type, config, layers) = parse_manifest(&manifest)?;
+        let image = Image {
+            manifest: Blob::new(manifest),
+            manifest_type,
+            config,
+            layers,
+            blobs,
+        };
+        image.check()?;
+        Ok(image)
+    }
+
+    /// The config and the layers, in push order.
+    pub fn descriptors(&self) -> impl Iterator<Item = &Descriptor> {
+        std::iter::once(&self.config).chain(&self.layers)
+    }
+
+    /// Every blob is present and matches its digest and size, and the image holds wasm.
+    fn check(&self) -> anyhow::Result<()> {
+        for d in self.descriptors() {
+            let bytes = self
+                .blobs
+                .get(&d.digest)
+                .with_context(|| format!("blob {} ({}) is missing", d.digest, d.media_type))?;
+            let actual = digest_of(bytes);
+            if actual != d.digest || bytes.len() as u64 != d.size {
+                bail!(
+                    "digest mismatch: blob {} ({}) holds {} bytes with digest {actual}",
+                    d.digest,
+                    d.media_type,
+                    bytes.len()
+                );
+            }
+        }
+        self.check_wasm()
+    }
+
+    fn check_wasm(&self) -> anyhow::Result<()> {
+        let is_wasm_layer = |d: &&Descriptor| WASM_LAYER_TYPES.contains(&d.media_type.as_str());
+        if self.config.media_type == WASM_CONFIG_TYPE
+            || self.layers.iter().any(|d| is_wasm_layer(&d))
+        {
+            if let Some(other) = self.layers.iter().find(|d| !is_wasm_layer(d)) {
+                bail!(
+                    "not a wasm image: layer {} is {}, not wasm",
+                    other.digest,
+                    other.media_type
+                );
+            }
+            for layer in &self.layers {
+                if !self.blobs[&layer.digest].starts_with(b"\0asm") {
+                    bail!(
+                        "not a wasm image: layer {} ({}) is not a WebAssembly binary",
+                        layer.digest,
+                        layer.media_type
+                    );
+                }
+            }
+            return Ok(());
+        }
+        let config: Value = serde_json::from_slice(&self.blobs[&self.config.digest])
+            .context("the image config is not JSON")?;
+        let entry = config["config"]["Entrypoint"]
+            .get(0)
+            .or_else(|| config["config"]["Cmd"].get(0))
+            .and_then(Value::as_str)
+            .context("not a wasm image: the config names no entrypoint")?;
+        for layer in self.layers.iter().rev() {
+            if let Some(head) = file_head(&self.blobs[&layer.digest], &layer.media_type, entry)? {
+                if head.starts_with(b"\0asm") {
+                    return Ok(());
+                }
+                bail!(
+                    "not a wasm image: the entrypoint {entry} in layer {} is not a WebAssembly binary",
+                    layer.digest
+                );
+            }
+        }
+        bail!(
+            "not a wasm image: no layer holds its entrypoint {entry} (layers: {})",
+            self.layers
+                .iter()
+                .map(|l| format!("{} {}", l.digest, l.media_type))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
+/// The first bytes of `path` inside a tar layer, if the layer holds it.
+fn file_head(layer: &[u8], media_type: &str, path: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    let reader: Box<dyn Read + '_> = if media_type.ends_with("gzip") {
+        Box::new(flate2::read::GzDecoder::new(layer))
+    } else if media_type.ends_with(".tar") || media_type.ends_with(".tar.layer") {
+        Box::new(layer)
+    } else {
+        return Ok(None);
+    };
+    let wanted = path.trim_start_matches('/');
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries().context("reading a tar layer")? {
+        let entry = entry.context("reading a tar layer")?;
+        let name = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        if name == wanted {
+            let mut head = Vec::new();
+            entry.take(4).read_to_end(&mut head)?;
+            return Ok(Some(head));
+        }
+    }
+    Ok(None)
+}
+
+/// Writes `image` as an OCI layout tar named `reference` (the name `ctr image import` gives it). The tar is
+/// written beside `output` and renamed, so a failure never leaves a half-written file.
+pub fn write(output: &Path, reference: &str, image: &Image) -> anyhow::Result<()> {
+    let short_tag = reference
+        .rsplit_once(':')
+        .filter(|(_, t)| !t.contains('/'))
+        .map_or("latest", |(_, t)| t);
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX_TYPE,
+        "manifests": [{
+            "mediaType": image.manifest_type,
+            "digest": image.manifest.digest,
+            "size": image.manifest.bytes.len(),
+            "annotations": { "io.containerd.image.name": reference, "org.opencontainers.image.ref.name": short_tag },
+        }],
+    }))?;
+    let blob_path = |digest: &str| format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"));
+    let mut files: Vec<(String, &[u8])> = vec![
+        ("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#),
+        ("index.json".into(), &index),
+        (blob_path(&image.manifest.digest), &image.manifest.bytes),
+    ];
+    for d in image.descriptors() {
+        let path = blob_path(&d.digest);
+        if !files.iter().any(|(p, _)| *p == path) {
+            files.push((path, &image.blobs[&d.digest]));
+        }
+    }
+    let dir = output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("cannot write to {}", dir.display()))?;
+    tmp.write_all(&tar_of(&files)?)?;
+    tmp.persist(output)
+        .with_context(|| format!("cannot write {}", output.display()))?;
+    Ok(())
+}
+
+/// Reads and checks an OCI layout tar holding one image.
+pub fn read(path: &Path) -> anyhow::Result<Image> {
+    let what = || format!("{} is not an OCI image layout tar", path.display());
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut files = HashMap::new();
+    let mut archive = tar::Archive::new(file);
+    for entry in archive.entries().with_context(what)? {
+        let mut entry = entry.with_context(what)?;
+        let name = entry
+            .path()?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).with_context(what)?;
+        files.insert(name, bytes);
+    }
+    let index: Value = serde_json::from_slice(files.get("index.json").with_context(what)?)
+        .with_context(|| format!("{}: index.json is not JSON", path.display()))?;
+    let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+    let [manifest] = manifests.as_slice() else {
+        bail!(
+            "{}: index.json must name exactly one manifest, it names {}",
+            path.display(),
+            manifests.len()
+        );
+    };
+    let blob = |digest: &str| {
+        files
+            .get(&format!(
+                "blobs/sha256/{}",
+                digest.trim_start_matches("sha256:")
+            ))
+            .cloned()
+            .with_context(|| format!("{}: blob {digest} is missing", path.display()))
+    };
+    let manifest_digest = manifest["digest"].as_str().unwrap_or_default();
+    let manifest_bytes = blob(manifest_digest)?;
+    if digest_of(&manifest_bytes) != manifest_digest {
+        bail!(
+            "{}: digest mismatch: the manifest does not match {manifest_digest}",
+            path.display()
+        );
+    }
+    let (_, config, layers) =
+        parse_manifest(&manifest_bytes).with_context(|| path.display().to_string())?;
+    let mut blobs = HashMap::new();
+    for d in std::iter::once(&config).chain(&layers) {
+        blobs.insert(d.digest.clone(), blob(&d.digest)?);
+    }
+    Image::new(manifest_bytes, blobs).with_context(|| path.display().to_string())
+}
+
+/// A deterministic tar of regular files (fixed mtime, owner and mode), so the same input gives the same digest.
+pub fn tar_of<P: AsRef<str>>(files: &[(P, &[u8])]) -> anyhow::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for (path, bytes) in files {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, path.as_ref(), *bytes)?;
+    }
+    Ok(builder.into_inner()?)
+}

@@ -1,0 +1,26 @@
+//! `wasmhttp image`: build OCI images of wasm services, push them to a registry and pull them back.
+
+mod build;
+mod credentials;
+mod layout;
+mod registry;
+
+use clap::Subcommand;
+
+#[derive(Subcommand)]
+pub enum ImageCommand {
+    /// Build an OCI image-layout tar from a .wasm file.
+    Build(build::BuildArgs),
+    /// Push an image-layout tar to a registry.
+    Push(registry::PushArgs),
+    /// Pull an image from a registry into an image-layout tar (for `ctr image import`).
+    Pull(registry::PullArgs),
+}
+
+pub fn run(command: ImageCommand) -> anyhow::Result<()> {
+    match command {
+        ImageCommand::Build(args) => build::build(args),
+        ImageCommand::Push(args) => registry::push(args),
+        ImageCommand::Pull(args) => registry::pull(args),
+    }
+}

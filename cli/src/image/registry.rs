@@ -1,0 +1,347 @@
+//! `wasmhttp image push` and `pull`: an OCI layout tar to and from a registry, through `oci-client`.
+//! Plain HTTP only when asked; credentials from the Docker `config.json`; every failure one line that names
+//! the registry, and a pull writes nothing until every blob has been fetched and checked.
+
+use super::layout::{self, Descriptor, Image};
+use anyhow::{Context, anyhow, bail};
+use bytes::Bytes;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::OciDescriptor;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference, RegistryOperation};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// How to reach the registry.
+#[derive(Args)]
+pub struct RegistryArgs {
+    /// Speak plain HTTP instead of HTTPS (a loopback or lab registry).
+    #[arg(long, visible_alias = "insecure")]
+    plain_http: bool,
+}
+
+#[derive(Args)]
+pub struct PushArgs {
+    /// The image layout tar (from `wasmhttp image build` or `pull`).
+    image: PathBuf,
+    /// Where to push it, e.g. localhost:5000/hello:v1.
+    reference: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+#[derive(Args)]
+pub struct PullArgs {
+    /// The image to pull, e.g. localhost:5000/hello:v1.
+    reference: String,
+    /// Output tar (an OCI image layout, for `ctr image import`).
+    #[arg(short = 'o', long = "output")]
+    output: PathBuf,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+/// Chunk size of blob uploads: the progress bar moves per chunk.
+const CHUNK: usize = 1 << 20;
+
+pub fn push(args: PushArgs) -> anyhow::Result<()> {
+    let reference = parse_reference(&args.reference)?;
+    let image = layout::read(&args.image)?;
+    let session = Session::new(&reference, &args.registry)?;
+    block_on(async {
+        session.authenticate(RegistryOperation::Push).await?;
+        let total = image.descriptors().map(|d| d.size).sum();
+        let progress = progress_bar(total, "push");
+        for d in image.descriptors() {
+            let exists = session.client.blob_exists(&reference, &d.digest).await;
+            if exists.map_err(|e| session.explain(e))? {
+                progress.inc(d.size);
+                continue;
+            }
+            let bytes = Bytes::from(image.blobs[&d.digest].clone());
+            let chunks: Vec<_> = (0..bytes.len())
+                .step_by(CHUNK)
+                .map(|at| bytes.slice(at..bytes.len().min(at + CHUNK)))
+                .collect();
+            let bar = progress.clone();
+            let stream = futures::stream::iter(chunks.into_iter().map(move |chunk| {
+                bar.inc(chunk.len() as u64);
+                Ok(chunk)
+            }));
+            session
+                .client
+                .push_blob_stream(&reference, stream, &d.digest, Some(d.size))
+                .await
+                .map_err(|e| session.explain(e))
+                .with_context(|| format!("pushing blob {}", d.digest))?;
+        }
+        let content_type = image.manifest_type.parse()?;
+        session
+            .client
+            .push_manifest_raw(&reference, image.manifest.bytes.clone(), content_type)
+            .await
+            .map_err(|e| session.explain(e))
+            .context("pushing the manifest")?;
+        progress.finish_and_clear();
+        eprintln!(
+            "wasmhttp: pushed {}@{}",
+            args.reference, image.manifest.digest
+        );
+        Ok(())
+    })
+}
+
+pub fn pull(args: PullArgs) -> anyhow::Result<()> {
+    let reference = parse_reference(&args.reference)?;
+    let session = Session::new(&reference, &args.registry)?;
+    let image = block_on(async {
+        session.authenticate(RegistryOperation::Pull).await?;
+        let manifest = session.manifest(&reference).await?;
+        let (_, config, layers) = layout::parse_manifest(&manifest)?;
+        let progress = progress_bar(
+            config.size + layers.iter().map(|l| l.size).sum::<u64>(),
+            "pull",
+        );
+        let mut blobs = HashMap::new();
+        for d in std::iter::once(&config).chain(&layers) {
+            let mut out = ProgressWriter {
+                bytes: Vec::with_capacity(d.size as usize),
+                progress: progress.clone(),
+            };
+            session
+                .client
+                .pull_blob(&reference, &oci_descriptor(d), &mut out)
+                .await
+                .map_err(|e| session.explain(e))
+                .with_context(|| format!("pulling blob {} ({})", d.digest, d.media_type))?;
+            blobs.insert(d.digest.clone(), out.bytes);
+        }
+        progress.finish_and_clear();
+        Image::new(manifest, blobs).with_context(|| args.reference.clone())
+    })?;
+    layout::write(&args.output, &args.reference, &image)?;
+    eprintln!(
+        "wasmhttp: pulled {}@{} to {}",
+        args.reference,
+        image.manifest.digest,
+        args.output.display()
+    );
+    Ok(())
+}
+
+fn parse_reference(text: &str) -> anyhow::Result<Reference> {
+    text.parse::<Reference>()
+        .map_err(|e| anyhow!("invalid image reference {text:?}: {e}"))
+}
+
+fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(future)
+}
+
+/// A client bound to one registry, with the credentials found for it.
+struct Session {
+    client: Client,
+    reference: Reference,
+    auth: RegistryAuth,
+    registry: String,
+}
+
+impl Session {
+    fn new(reference: &Reference, args: &RegistryArgs) -> anyhow::Result<Self> {
+        let protocol = if args.plain_http {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        };
+        let registry = reference.resolve_registry().to_string();
+        Ok(Session {
+            client: Client::new(ClientConfig {
+                protocol,
+                ..Default::default()
+            }),
+            reference: reference.clone(),
+            auth: super::credentials::for_registry(&registry)?,
+            registry,
+        })
+    }
+
+    async fn authenticate(&self, operation: RegistryOperation) -> anyhow::Result<()> {
+        self.client
+            .auth(&self.reference, &self.auth, operation)
+            .await
+            .map(drop)
+            .map_err(|e| self.explain(e))
+    }
+
+    /// The image manifest's bytes; an index is resolved to the entry for wasm or this host.
+    async fn manifest(&self, reference: &Reference) -> anyhow::Result<Vec<u8>> {
+        let accepted = [
+            layout::MANIFEST_TYPE,
+            layout::DOCKER_MANIFEST_TYPE,
+            layout::INDEX_TYPE,
+            layout::DOCKER_LIST_TYPE,
+        ];
+        let (bytes, _) = self
+            .client
+            .pull_manifest_raw(reference, &self.auth, &accepted)
+            .await
+            .map_err(|e| self.explain(e))?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).context("the registry's manifest is not JSON")?;
+        let Some(entries) = value["manifests"].as_array() else {
+            return Ok(bytes.to_vec());
+        };
+        let arch =
+            |e: &&serde_json::Value| e["platform"]["architecture"].as_str().map(str::to_string);
+        let host = if cfg!(target_arch = "x86_64") {
+            "amd64"
+        } else {
+            "arm64"
+        };
+        let entry = entries
+            .iter()
+            .find(|e| arch(e).as_deref() == Some("wasm"))
+            .or_else(|| entries.iter().find(|e| arch(e).as_deref() == Some(host)))
+            .or(entries.first())
+            .with_context(|| format!("{} is an empty index", self.reference))?;
+        let digest = entry["digest"]
+            .as_str()
+            .context("index entry has no digest")?;
+        let by_digest = Reference::with_digest(
+            reference.registry().to_string(),
+            reference.repository().to_string(),
+            digest.to_string(),
+        );
+        let (bytes, _) = self
+            .client
+            .pull_manifest_raw(&by_digest, &self.auth, &accepted[..2])
+            .await
+            .map_err(|e| self.explain(e))?;
+        if layout::digest_of(&bytes) != digest {
+            bail!("digest mismatch: the manifest fetched for {digest} has another digest");
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// One line that says what went wrong with which registry.
+    fn explain(&self, error: OciDistributionError) -> anyhow::Error {
+        let registry = &self.registry;
+        let denied = |code: u16| {
+            anyhow!(
+                "registry {registry} answered {code} {}: {}",
+                if code == 401 {
+                    "Unauthorized"
+                } else {
+                    "Forbidden"
+                },
+                super::credentials::hint(registry)
+            )
+        };
+        match error {
+            OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::AuthenticationFailure(_) => denied(401),
+            OciDistributionError::ServerError { code, .. } if code == 401 || code == 403 => {
+                denied(code)
+            }
+            OciDistributionError::RegistryError { envelope, .. } => {
+                match envelope.errors.first().map(|e| &e.code) {
+                    Some(OciErrorCode::Unauthorized) => denied(401),
+                    Some(OciErrorCode::Denied) => denied(403),
+                    Some(OciErrorCode::ManifestUnknown | OciErrorCode::NameUnknown) => {
+                        anyhow!("{} not found in registry {registry}", self.reference)
+                    }
+                    _ => anyhow!(
+                        "registry {registry} refused: {}",
+                        envelope
+                            .errors
+                            .iter()
+                            .map(|e| format!("{:?}: {}", e.code, e.message))
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                }
+            }
+            OciDistributionError::ImageManifestNotFoundError(_) => {
+                anyhow!("{} not found in registry {registry}", self.reference)
+            }
+            OciDistributionError::DigestError(e) => {
+                anyhow!(
+                    "digest mismatch: registry {registry} sent content that does not match its digest ({e})"
+                )
+            }
+            OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
+                anyhow!("cannot reach registry {registry}: {}", root_cause(&e))
+            }
+            other => anyhow!("registry {registry}: {}", root_cause(&other)),
+        }
+    }
+}
+
+/// The innermost error's message: reqwest's outer ones only say "error sending request".
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut messages = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(inner) = source {
+        messages.push(inner.to_string());
+        source = inner.source();
+    }
+    messages.dedup();
+    messages.join(": ")
+}
+
+fn oci_descriptor(d: &Descriptor) -> OciDescriptor {
+    OciDescriptor {
+        media_type: d.media_type.clone(),
+        digest: d.digest.clone(),
+        size: d.size as i64,
+        ..Default::default()
+    }
+}
+
+fn progress_bar(total: u64, verb: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template(&format!(
+        "{verb} {{bar:30}} {{bytes}}/{{total_bytes}} {{bytes_per_sec}}"
+    )) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// Collects a blob and moves the progress bar as bytes arrive.
+struct ProgressWriter {
+    bytes: Vec<u8>,
+    progress: ProgressBar,
+}
+
+impl tokio::io::AsyncWrite for ProgressWriter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.bytes.extend_from_slice(buf);
+        self.progress.inc(buf.len() as u64);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
