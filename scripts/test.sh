@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup.sh curl containerd iproute2 protobuf-compiler containernetworking-plugins docker-registry skopeo python3-venv
+bash scripts/setup.sh curl containerd iproute2 protobuf-compiler containernetworking-plugins docker-registry skopeo umoci apache2-utils python3-venv
 # A one-off build gains nothing from incremental state but its disk use.
 if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
 echo "disk free before the build: $(df -h --output=avail . | tail -1)"

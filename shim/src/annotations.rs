@@ -10,6 +10,7 @@
 //! | `wasmhttp.io/max-request-body` | size | largest request body (then 413) |
 //! | `wasmhttp.io/allowed-outbound-hosts` | comma-separated `host` or `host:port` | outbound HTTP the guest may make |
 //! | `wasmhttp.io/port` | 1–65535 | the listen port (overrides env `PORT`) |
+//! | `wasmhttp.io/image` | an image reference in containerd | read the wasm layer of that image from containerd's content store (containerd 1.6, which cannot unpack wasm artifacts: `ctr run --rootfs`) |
 //!
 //! A bad value fails Create naming the key and the accepted form; an unknown key under the prefix is logged
 //! as a warning (a typo should not take a service down, but should be visible).
@@ -27,6 +28,8 @@ pub struct Annotated {
     pub allowed_outbound_hosts: Vec<String>,
     /// The listen port, when annotated.
     pub port: Option<u16>,
+    /// The image whose wasm layer to run, when annotated.
+    pub image: Option<String>,
 }
 
 /// Applies every `wasmhttp.io/` annotation onto `limits`; the error names the key and the accepted form.
@@ -94,10 +97,12 @@ pub fn apply(
                         .ok_or_else(|| bad("a port number from 1 to 65535"))?,
                 )
             }
+            "image" if !value.is_empty() => annotated.image = Some(value.to_string()),
+            "image" => return Err(bad("an image reference such as docker.io/library/hello:v1")),
             _ => tracing::warn!(
                 annotation = %key,
                 "unknown wasmhttp annotation ignored; known: memory-per-instance, fuel-per-request, \
-                 max-concurrency, queue-depth, request-timeout, max-request-body, allowed-outbound-hosts, port"
+                 max-concurrency, queue-depth, request-timeout, max-request-body, allowed-outbound-hosts, port, image"
             ),
         }
     }

@@ -43,6 +43,19 @@ pub enum Payload {
     Sandbox,
     /// A wasm binary from the rootfs.
     Wasm(Source),
+    /// A wasm layer of an image in containerd's content store, read by the Task service (it needs containerd).
+    ImageLayer(ImageLayer),
+}
+
+/// Where to find a wasm layer that is not a file in the rootfs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageLayer {
+    /// The image named by the `wasmhttp.io/image` annotation; `None`: the container's own image.
+    pub image: Option<String>,
+    /// The guest's name for itself (`process.args[0]`), for messages.
+    pub name: String,
+    /// Why the rootfs did not do, when it was tried first: the error to give if the image has no wasm layer.
+    pub not_in_rootfs: Option<String>,
 }
 
 /// Everything Create learns from the bundle.
@@ -123,11 +136,16 @@ pub fn load(bundle: &Path, rootfs: &[RootfsMount], base_limits: &Limits) -> Resu
         .as_ref()
         .ok_or_else(|| invalid("no process section".into()))?;
     let args = process.args().clone().unwrap_or_default();
-    let entry = args.first().filter(|a| !a.is_empty()).ok_or_else(|| {
-        invalid(
-            "process.args is empty: args[0] must be the path of the .wasm file in the image".into(),
-        )
-    })?;
+    let entry = match (args.first().filter(|a| !a.is_empty()), &annotated.image) {
+        (Some(entry), _) => entry.clone(),
+        (None, Some(_)) => "app.wasm".to_string(),
+        (None, None) => {
+            return Err(invalid(
+                "process.args is empty: args[0] must be the path of the .wasm file in the image"
+                    .into(),
+            ));
+        }
+    };
     let env: Vec<(String, String)> = process
         .env()
         .clone()
@@ -147,27 +165,22 @@ pub fn load(bundle: &Path, rootfs: &[RootfsMount], base_limits: &Limits) -> Resu
             ))
         })?,
     };
-    let roots = rootfs_dirs(bundle, &spec, rootfs);
-    let wasm_path = find_in_rootfs(&roots, entry).ok_or_else(|| {
-        invalid(format!(
-            "process.args[0] {entry} does not exist in the container's rootfs ({})",
-            roots
-                .iter()
-                .map(|r| r.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-    })?;
-    let bytes = std::fs::read(&wasm_path).map_err(|e| {
-        invalid(format!(
-            "process.args[0] {entry}: cannot read {}: {e}",
-            wasm_path.display()
-        ))
-    })?;
-    let mut guest_args = args.clone();
-    guest_args[0] = entry.rsplit('/').next().unwrap_or(entry).to_string();
+    let payload = match annotated.image {
+        Some(image) => Payload::ImageLayer(ImageLayer {
+            image: Some(image),
+            name: entry.clone(),
+            not_in_rootfs: None,
+        }),
+        None => from_rootfs(bundle, &spec, rootfs, &entry).map_err(invalid)?,
+    };
+    let mut guest_args = if args.is_empty() {
+        vec![entry.clone()]
+    } else {
+        args
+    };
+    guest_args[0] = entry.rsplit('/').next().unwrap_or(&entry).to_string();
     Ok(Workload {
-        payload: Payload::Wasm(Source::from_bytes(entry.clone(), bytes)),
+        payload,
         limits,
         capabilities: Capabilities {
             preopens: preopens(&spec),
@@ -178,6 +191,44 @@ pub fn load(bundle: &Path, rootfs: &[RootfsMount], base_limits: &Limits) -> Resu
         port,
         network,
     })
+}
+
+/// The wasm file `entry` from the rootfs; when it is not there, the container's image may still hold it as a
+/// layer of its own (a wasm artifact, which containerd does not unpack into the rootfs).
+fn from_rootfs(
+    bundle: &Path,
+    spec: &Spec,
+    rootfs: &[RootfsMount],
+    entry: &str,
+) -> std::result::Result<Payload, String> {
+    if entry.split('/').any(|part| part == "..") {
+        return Err(format!(
+            "process.args[0] {entry} leaves the container's rootfs"
+        ));
+    }
+    let roots = rootfs_dirs(bundle, spec, rootfs);
+    let Some(wasm_path) = find_in_rootfs(&roots, entry) else {
+        return Ok(Payload::ImageLayer(ImageLayer {
+            image: None,
+            name: entry.to_string(),
+            not_in_rootfs: Some(format!(
+                "{}: process.args[0] {entry} does not exist in the container's rootfs ({})",
+                bundle.join("config.json").display(),
+                roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }));
+    };
+    let bytes = std::fs::read(&wasm_path).map_err(|e| {
+        format!(
+            "process.args[0] {entry}: cannot read {}: {e}",
+            wasm_path.display()
+        )
+    })?;
+    Ok(Payload::Wasm(Source::from_bytes(entry, bytes)))
 }
 
 fn network_of(spec: &Spec) -> Network {
@@ -329,14 +380,34 @@ mod tests {
             .to_string();
         assert!(err.contains("config.json: process.args is empty"), "{err}");
 
+        // Not in the rootfs: the Task service looks for a wasm layer in the image, and gives this error if none.
         let dir = bundle(&config(r#"["/missing.wasm"]"#, ""), &[]);
-        let err = load(dir.path(), &[], &Limits::default())
-            .unwrap_err()
-            .to_string();
+        let Payload::ImageLayer(layer) = load(dir.path(), &[], &Limits::default()).unwrap().payload
+        else {
+            panic!("a missing file must be looked for in the image");
+        };
+        assert_eq!(layer.image, None);
+        let err = layer.not_in_rootfs.unwrap();
         assert!(
-            err.contains("process.args[0] /missing.wasm does not exist"),
+            err.contains("config.json: process.args[0] /missing.wasm does not exist"),
             "{err}"
         );
+
+        let annotated = r#","annotations":{"wasmhttp.io/image":"example.com/app:v1"}"#;
+        let dir = bundle(&config("[]", annotated), &[]);
+        let workload = load(dir.path(), &[], &Limits::default()).unwrap();
+        let Payload::ImageLayer(layer) = &workload.payload else {
+            panic!("the annotation names the image to read");
+        };
+        assert_eq!(
+            layer,
+            &ImageLayer {
+                image: Some("example.com/app:v1".into()),
+                name: "app.wasm".into(),
+                not_in_rootfs: None
+            }
+        );
+        assert_eq!(workload.capabilities.args, ["app.wasm"]);
 
         let dir = bundle(&config(r#"["/../etc/passwd"]"#, ""), &[]);
         assert!(

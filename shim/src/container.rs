@@ -130,6 +130,12 @@ impl Container {
         let network = workload.network.clone();
         let (prepared, code_size) = match workload.payload {
             Payload::Sandbox => (Prepared::Sandbox, 0),
+            Payload::ImageLayer(layer) => {
+                return Err(ShimError::Internal(format!(
+                    "{}: the image's wasm layer was not read before Create",
+                    layer.name
+                )));
+            }
             Payload::Wasm(source) => {
                 let app = runtime
                     .load(&source)

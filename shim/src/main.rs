@@ -7,6 +7,7 @@
 mod annotations;
 mod bundle;
 mod container;
+mod content;
 mod error;
 mod events;
 mod limits;
@@ -29,7 +30,7 @@ pub const RUNTIME_ID: &str = "io.containerd.wasmhttp.v1";
 
 struct WasmShim {
     exit: Arc<ExitSignal>,
-    namespace: String,
+    content: content::ContentStore,
 }
 
 #[async_trait]
@@ -39,7 +40,10 @@ impl Shim for WasmShim {
     async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
         WasmShim {
             exit: Arc::default(),
-            namespace: args.namespace.clone(),
+            content: content::ContentStore {
+                address: args.address.clone(),
+                namespace: args.namespace.clone(),
+            },
         }
     }
 
@@ -69,8 +73,9 @@ impl Shim for WasmShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         task::TaskService::new(
-            events::Events::new(publisher, self.namespace.clone()),
+            events::Events::new(publisher, self.content.namespace.clone()),
             self.exit.clone(),
+            self.content.clone(),
         )
     }
 }

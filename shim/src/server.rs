@@ -42,8 +42,14 @@ pub async fn serve(flags: Flags) -> Result<(), Error> {
     let publisher = RemotePublisher::new(&ttrpc_address).await?;
     let exit = Arc::new(ExitSignal::default());
     let events = crate::events::Events::new(publisher, flags.namespace.clone());
-    let task: Arc<dyn containerd_shim::Task + Send + Sync> =
-        Arc::new(TaskService::new(events, exit.clone()));
+    let task: Arc<dyn containerd_shim::Task + Send + Sync> = Arc::new(TaskService::new(
+        events,
+        exit.clone(),
+        crate::content::ContentStore {
+            address: flags.address.clone(),
+            namespace: flags.namespace.clone(),
+        },
+    ));
     let mut services = create_task(task.clone());
     let mut older = create_task(task);
     if let Some(service) = older.remove(V3) {

@@ -1,7 +1,8 @@
 //! The containerd Task service: each call checks its request, then asks the container.
 
-use crate::bundle::{self, RootfsMount};
+use crate::bundle::{self, ImageLayer, Payload, RootfsMount};
 use crate::container::{Container, CreateOptions, Status};
+use crate::content::{ContentStore, WASM_LAYER_TYPES};
 use crate::error::{Result, ShimError};
 use crate::events::{Event, Events};
 use crate::node_config;
@@ -15,7 +16,7 @@ use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use wasmhttp_runtime::{EngineConfig, Runtime};
+use wasmhttp_runtime::{EngineConfig, Runtime, Source};
 
 /// Every container of this shim process, and the engine they share.
 pub struct TaskService {
@@ -23,16 +24,55 @@ pub struct TaskService {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     events: Events,
     exit: Arc<ExitSignal>,
+    content: ContentStore,
 }
 
 impl TaskService {
-    /// A service publishing to `events`; `exit` is signalled on Shutdown once no container is left.
-    pub fn new(events: Events, exit: Arc<ExitSignal>) -> Self {
+    /// A service publishing to `events`; `exit` is signalled on Shutdown once no container is left; wasm layers
+    /// of images are read from `content`.
+    pub fn new(events: Events, exit: Arc<ExitSignal>, content: ContentStore) -> Self {
         TaskService {
             runtime: OnceLock::new(),
             containers: Mutex::default(),
             events,
             exit,
+            content,
+        }
+    }
+
+    /// Reads the wasm of a container whose code is an image layer rather than a file in its rootfs.
+    async fn read_image_layer(&self, id: &str, layer: ImageLayer) -> Result<Payload> {
+        let found = async {
+            let image = match &layer.image {
+                Some(image) => image.clone(),
+                None => self.content.image_of_container(id).await?,
+            };
+            if image.is_empty() {
+                return Ok(None);
+            }
+            self.content.wasm_layer(&image).await
+        };
+        let no_layer = |why: String| {
+            ShimError::InvalidArgument(match &layer.not_in_rootfs {
+                Some(not_in_rootfs) => format!("{not_in_rootfs}, and {why}"),
+                None => why,
+            })
+        };
+        match found.await {
+            Ok(Some(wasm)) => {
+                tracing::info!(container = id, image = %wasm.image, digest = %wasm.digest, "wasm layer read from containerd's content store");
+                Ok(Payload::Wasm(Source::from_bytes(
+                    format!("{} ({} layer {})", layer.name, wasm.image, wasm.digest),
+                    wasm.bytes,
+                )))
+            }
+            Ok(None) => Err(no_layer(format!(
+                "the container's image {} has no wasm layer ({})",
+                layer.image.as_deref().unwrap_or("record"),
+                WASM_LAYER_TYPES.join(" or ")
+            ))),
+            Err(e) if layer.not_in_rootfs.is_some() => Err(no_layer(e.to_string())),
+            Err(e) => Err(e),
         }
     }
 
@@ -93,9 +133,16 @@ impl TaskService {
             req.stdout.clone(),
             req.stderr.clone(),
         );
+        let defaults = node.defaults.clone();
+        let mut workload =
+            tokio::task::spawn_blocking(move || bundle::load(&bundle_dir, &rootfs, &defaults))
+                .await
+                .map_err(|e| ShimError::Internal(format!("reading the bundle failed: {e}")))??;
+        if let Payload::ImageLayer(layer) = workload.payload {
+            workload.payload = self.read_image_layer(&id, layer).await?;
+        }
         // Loading compiles (or deserializes) the wasm and opening fifos blocks: keep both off the executor.
         let container = tokio::task::spawn_blocking(move || -> Result<Container> {
-            let mut workload = bundle::load(&bundle_dir, &rootfs, &node.defaults)?;
             if bundle::is_shim_netns(&workload.network) {
                 workload.network = pod_network.ok_or_else(|| {
                     ShimError::FailedPrecondition(

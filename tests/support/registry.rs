@@ -18,6 +18,30 @@ pub struct Registry {
 impl Registry {
     /// Starts the registry and waits until it answers.
     pub fn start() -> Self {
+        Registry::start_with(|_| String::new())
+    }
+
+    /// A registry that lets only `user` with `password` in (htpasswd, bcrypt, as docker-registry requires).
+    pub fn start_with_login(user: &str, password: &str) -> Self {
+        Registry::start_with(|dir| {
+            let htpasswd = dir.join("htpasswd");
+            let output = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("htpasswd (apache2-utils) is not installed ({e}): run scripts/test.sh")
+                });
+            assert!(output.status.success(), "htpasswd failed");
+            std::fs::write(&htpasswd, output.stdout).unwrap();
+            format!(
+                "auth:\n  htpasswd:\n    realm: wasmhttp-test\n    path: {}\n",
+                htpasswd.display()
+            )
+        })
+    }
+
+    /// Starts the registry with extra top-level config (YAML) made in its directory.
+    fn start_with(extra_config: impl FnOnce(&Path) -> String) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("wasmhttp-registry-")
             .tempdir()
@@ -28,8 +52,9 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}/data\nhttp:\n  addr: {host}\n",
-                dir.path().display()
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}/data\nhttp:\n  addr: {host}\n{}",
+                dir.path().display(),
+                extra_config(dir.path())
             ),
         )
         .unwrap();

@@ -1,0 +1,38 @@
+# Sourced by the benchmarks: a private containerd (own root, state, socket and compile cache under $work) with
+# the release shim ($bin) on its PATH, `ctr_` to talk to it, timing helpers, and a cleanup trap that leaves
+# nothing behind. Needs $bin set.
+work=$(mktemp -d /tmp/wasmhttp-bench-XXXXXX)
+containerd_pid=""
+cleanup() {
+  if [ -n "$containerd_pid" ]; then
+    for id in $(ctr_ task ls -q 2>/dev/null); do ctr_ task kill -s SIGKILL "$id" >/dev/null 2>&1 || true; done
+    sleep 0.3
+    for id in $(ctr_ task ls -q 2>/dev/null); do ctr_ task delete -f "$id" >/dev/null 2>&1 || true; done
+    for id in $(ctr_ container ls -q 2>/dev/null); do ctr_ container rm "$id" >/dev/null 2>&1 || true; done
+    kill "$containerd_pid" 2>/dev/null || true
+    wait "$containerd_pid" 2>/dev/null || true
+  fi
+  for pid in $(pgrep -f "containerd-shim.*$work" || true); do kill -9 "$pid" 2>/dev/null || true; done
+  umount -R "$work/root" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+ctr_() { ctr --address "$work/containerd.sock" --namespace bench "$@"; }
+
+cat >"$work/config.toml" <<EOF
+version = 2
+root = "$work/root"
+state = "$work/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "$work/containerd.sock"
+[ttrpc]
+  address = "$work/containerd.sock.ttrpc"
+EOF
+PATH="$bin:$PATH" WASMHTTP_CACHE_DIR="$work/cache" containerd --config "$work/config.toml" >"$work/containerd.log" 2>&1 &
+containerd_pid=$!
+for _ in $(seq 1 100); do ctr_ version >/dev/null 2>&1 && break; sleep 0.1; done
+
+median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.1f", m}'; }
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+remove() { ctr_ task kill -s SIGKILL "$1" >/dev/null 2>&1 || true; ctr_ task delete -f "$1" >/dev/null 2>&1 || true; ctr_ container rm "$1" >/dev/null 2>&1 || true; }

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Image benchmark, same run, side by side:
+#   1. push and pull of a 10 MiB component (hello padded with a custom section) to a loopback docker-registry:
+#      `wasmhttp image push/pull` vs `skopeo copy` of the same OCI archive
+#   2. `ctr run -d` → first 200 of the first container of a pulled image (compiles) vs the second (compile
+#      cache hit), through a private containerd
+# Usage: bench/image.sh [RUNS]   (default 5; results also land in bench-out/image.txt)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs="${1:-5}"
+out=bench-out; mkdir -p "$out"
+
+bash scripts/setup.sh containerd docker-registry skopeo curl bc python3
+bash examples/build.sh >/dev/null
+cargo build --release --locked -q -p containerd-shim-wasmhttp -p wasmhttp-cli
+bin=$PWD/target/release
+
+source bench/containerd.sh # $work, ctr_, a private containerd with the shim on its PATH, cleanup on exit
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+registry=127.0.0.1:$port
+printf 'version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: %s/registry\nhttp:\n  addr: %s\n' "$work" "$registry" >"$work/registry.yml"
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+registry_pid=$!
+trap 'kill $registry_pid 2>/dev/null || true; cleanup' EXIT
+for _ in $(seq 1 100); do curl -sf "http://$registry/v2/" >/dev/null && break; sleep 0.1; done
+
+# A 10 MiB component: hello plus a custom section (id 0) of padding, still a valid, runnable component.
+python3 - "examples/wasm/hello.wasm" "$work/big.wasm" <<'PY'
+import sys
+wasm = open(sys.argv[1], "rb").read()
+name = b"wasmhttp-bench-padding"
+payload = bytes([len(name)]) + name + bytes(10 * 1024 * 1024 - len(wasm))
+size, leb = len(payload), bytearray()
+while True:
+    byte, size = size & 0x7F, size >> 7
+    leb.append(byte | (0x80 if size else 0))
+    if not size: break
+open(sys.argv[2], "wb").write(wasm + b"\x00" + bytes(leb) + payload)
+PY
+"$bin/wasmhttp" image build "$work/big.wasm" -t "$registry/big:1" -o "$work/big.tar" 2>/dev/null
+size_mib=$(echo "$(stat -c %s "$work/big.wasm") / 1048576" | bc -l)
+
+declare -A ms
+for i in $(seq 1 "$runs"); do
+  t0=$(now_ms); "$bin/wasmhttp" image push "$work/big.tar" "$registry/wasmhttp-$i:1" --plain-http 2>/dev/null; echo $(($(now_ms) - t0)) >>"$work/push-wasmhttp"
+  t0=$(now_ms); skopeo copy -q --dest-tls-verify=false "oci-archive:$work/big.tar" "docker://$registry/skopeo-$i:1" >/dev/null; echo $(($(now_ms) - t0)) >>"$work/push-skopeo"
+  t0=$(now_ms); "$bin/wasmhttp" image pull "$registry/wasmhttp-$i:1" -o "$work/pulled-$i.tar" --plain-http 2>/dev/null; echo $(($(now_ms) - t0)) >>"$work/pull-wasmhttp"
+  t0=$(now_ms); skopeo copy -q --src-tls-verify=false "docker://$registry/skopeo-$i:1" "oci-archive:$work/skopeo-$i.tar" >/dev/null; echo $(($(now_ms) - t0)) >>"$work/pull-skopeo"
+  rm -f "$work/pulled-$i.tar" "$work/skopeo-$i.tar"
+done
+for f in push-wasmhttp push-skopeo pull-wasmhttp pull-skopeo; do ms[$f]=$(median <"$work/$f"); done
+
+# First container of an image (compiles) vs the second (cache hit); the cache is emptied before each pair.
+"$bin/wasmhttp" image build examples/wasm/hello.wasm -t "$registry/hello:1" -o "$work/hello.tar" 2>/dev/null
+"$bin/wasmhttp" image push "$work/hello.tar" "$registry/hello:1" --plain-http 2>/dev/null
+ctr_ image pull --plain-http "$registry/hello:1" >/dev/null
+first_200() { # ID PORT
+  local t0; t0=$(now_ms)
+  ctr_ run -d --runtime io.containerd.wasmhttp.v1 --net-host --env "PORT=$2" "$registry/hello:1" "$1" >/dev/null
+  for _ in $(seq 1 4000); do curl -sf -o /dev/null "http://127.0.0.1:$2/" && break; sleep 0.002; done
+  echo $(($(now_ms) - t0))
+}
+for i in $(seq 1 "$runs"); do
+  rm -rf "$work/cache"
+  first_200 "first-$i" $((19300 + i)) >>"$work/start-first"
+  first_200 "second-$i" $((19400 + i)) >>"$work/start-second"
+  remove "first-$i"; remove "second-$i"
+done
+first=$(median <"$work/start-first"); second=$(median <"$work/start-second")
+
+{
+  echo "wasmhttp image benchmark, medians of $runs ($(nproc) cores, docker-registry on loopback, containerd $(containerd --version | awk '{print $3}'))"
+  printf '%-48s %12s %12s %8s\n' "measure ($(printf %.1f "$size_mib") MiB component)" wasmhttp skopeo ratio
+  for op in push pull; do
+    printf '%-48s %9.1f ms %9.1f ms %7.2fx\n' "$op to the registry" "${ms[$op-wasmhttp]}" "${ms[$op-skopeo]}" \
+      "$(echo "${ms[$op-wasmhttp]} / ${ms[$op-skopeo]}" | bc -l)"
+  done
+  printf '%-48s %12s %12s %8s\n' "ctr run -d to first 200 (hello)" "second" "first" ratio
+  printf '%-48s %9.1f ms %9.1f ms %7.2fx\n' "second container (cache hit) vs first (compiles)" "$second" "$first" \
+    "$(echo "$second / $first" | bc -l)"
+} | tee "$out/image.txt"

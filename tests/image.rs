@@ -1,0 +1,509 @@
+//! `wasmhttp image` against a real registry (Debian's docker-registry on loopback) and a real containerd:
+//! build → push → pull → run with limits → curl → logs, for both image formats, and every bad input.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use wasmhttp_tests::containerd::{Containerd, ctr_run, free_port, run_service, wait_for_200};
+use wasmhttp_tests::registry::Registry;
+use wasmhttp_tests::{binary, example};
+
+fn wasmhttp(args: &[&str]) -> Output {
+    wasmhttp_with(args, &[])
+}
+
+fn wasmhttp_with(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut command = Command::new(binary("wasmhttp"));
+    command.args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+fn ok(output: Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The one-line error of a failed command.
+fn fails(output: Output) -> String {
+    assert!(!output.status.success(), "must fail");
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    stderr
+}
+
+fn build(wasm: &str, reference: &str, format: &str, out: &Path) {
+    ok(
+        wasmhttp(&[
+            "image",
+            "build",
+            example(wasm).to_str().unwrap(),
+            "-t",
+            reference,
+            "--format",
+            format,
+            "-o",
+            out.to_str().unwrap(),
+        ]),
+        "image build",
+    );
+}
+
+fn push(tar: &Path, reference: &str) {
+    ok(
+        wasmhttp(&[
+            "image",
+            "push",
+            tar.to_str().unwrap(),
+            reference,
+            "--plain-http",
+        ]),
+        "image push",
+    );
+}
+
+fn skopeo_inspect(target: &str) -> String {
+    let output = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", target])
+        .output()
+        .expect("skopeo is installed by scripts/test.sh");
+    assert!(
+        output.status.success(),
+        "skopeo inspect {target}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn a_layer_image_is_pushed_pulled_by_ctr_and_runs_with_limits() {
+    let registry = Registry::start();
+    let containerd = Containerd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("{}/logger:v1", registry.host);
+    let tar = dir.path().join("logger.tar");
+    build("logger", &reference, "layer", &tar);
+    skopeo_inspect(&format!("oci-archive:{}", tar.display()));
+    push(&tar, &reference);
+    let manifest = skopeo_inspect(&format!("docker://{reference}"));
+    assert!(
+        manifest.contains("org.opencontainers.image.title"),
+        "{manifest}"
+    );
+
+    containerd.ctr_ok(&["image", "pull", "--plain-http", &reference]);
+    let log = dir.path().join("logger.log");
+    let log_uri = format!("file://{}", log.display());
+    let port = free_port();
+    run_service(
+        &containerd,
+        &reference,
+        "pulled",
+        port,
+        &[
+            "--memory-limit",
+            "67108864",
+            "--cpus",
+            "0.5",
+            "--log-uri",
+            &log_uri,
+        ],
+    );
+    assert_eq!(wait_for_200(([127, 0, 0, 1], port).into()), "logged /\n");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("logger stdout: GET /"), "{text}");
+    let metrics = containerd.ctr_ok(&["task", "metrics", "pulled"]);
+    assert!(
+        metrics.contains("67108864"),
+        "the memory limit shows: {metrics}"
+    );
+
+    // wasmhttp's own pull gives back the same image, ready for `ctr image import`.
+    let pulled = dir.path().join("pulled.tar");
+    ok(
+        wasmhttp(&[
+            "image",
+            "pull",
+            &reference,
+            "-o",
+            pulled.to_str().unwrap(),
+            "--plain-http",
+        ]),
+        "image pull",
+    );
+    let again = skopeo_inspect(&format!("oci-archive:{}", pulled.display()));
+    assert_eq!(
+        again, manifest,
+        "the pulled manifest is byte-for-byte the pushed one"
+    );
+    containerd.ctr_ok(&["image", "import", pulled.to_str().unwrap()]);
+}
+
+#[test]
+fn a_wasm_artifact_runs_from_the_content_store() {
+    let registry = Registry::start();
+    let containerd = Containerd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("{}/hello-artifact:v1", registry.host);
+    let tar = dir.path().join("artifact.tar");
+    build("hello", &reference, "artifact", &tar);
+    push(&tar, &reference);
+    let manifest = skopeo_inspect(&format!("docker://{reference}"));
+    assert!(
+        manifest.contains("application/vnd.wasm.config.v0+json")
+            && manifest.contains("\"application/wasm\""),
+        "{manifest}"
+    );
+    // containerd 1.6 cannot unpack an artifact, so the container gets an empty rootfs and the annotation names
+    // the image whose wasm layer the shim reads from the content store.
+    let empty = dir.path().join("empty-rootfs");
+    std::fs::create_dir(&empty).unwrap();
+    let run = |image: &str, id: &str| {
+        let port = free_port();
+        let env = format!("PORT={port}");
+        let annotation = format!("wasmhttp.io/image={image}");
+        let output = ctr_run(
+            &containerd,
+            "-d",
+            &[
+                "--net-host",
+                "--env",
+                &env,
+                "--memory-limit",
+                "67108864",
+                "--annotation",
+                &annotation,
+                "--rootfs",
+                empty.to_str().unwrap(),
+                id,
+                "hello.wasm",
+            ],
+        );
+        ok(output, "ctr run --rootfs");
+        assert_eq!(
+            wait_for_200(([127, 0, 0, 1], port).into()),
+            "Hello from wasmhttp!\n"
+        );
+    };
+    containerd.ctr_ok(&["content", "fetch", "--plain-http", &reference]);
+    run(&reference, "fetched");
+
+    let imported = "example.com/imported-artifact:v1";
+    build(
+        "hello",
+        imported,
+        "artifact",
+        &dir.path().join("imported.tar"),
+    );
+    containerd.ctr_ok(&[
+        "image",
+        "import",
+        "--no-unpack",
+        dir.path().join("imported.tar").to_str().unwrap(),
+    ]);
+    run(imported, "imported");
+
+    let missing = ctr_run(
+        &containerd,
+        "--rm",
+        &[
+            "--net-host",
+            "--annotation",
+            "wasmhttp.io/image=example.com/nowhere:v1",
+            "--rootfs",
+            empty.to_str().unwrap(),
+            "missing",
+            "app.wasm",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success()
+            && stderr.contains("image example.com/nowhere:v1 is not in containerd"),
+        "{stderr}"
+    );
+    let _ = containerd.ctr(&["container", "rm", "missing"]);
+}
+
+#[test]
+fn bad_references_unreachable_registries_and_denied_pushes_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("hello.tar");
+    build("hello", "example.com/hello:v1", "layer", &tar);
+    let tar = tar.to_str().unwrap();
+
+    let bad = fails(wasmhttp(&[
+        "image",
+        "push",
+        tar,
+        "Bad Reference!!",
+        "--plain-http",
+    ]));
+    assert!(bad.contains("invalid image reference"), "{bad}");
+
+    let nobody = format!("127.0.0.1:{}/hello:v1", free_port());
+    let unreachable = fails(wasmhttp(&["image", "push", tar, &nobody, "--plain-http"]));
+    assert!(
+        unreachable.contains("cannot reach registry"),
+        "{unreachable}"
+    );
+    let out = dir.path().join("never.tar");
+    let unreachable = fails(wasmhttp(&[
+        "image",
+        "pull",
+        &nobody,
+        "-o",
+        out.to_str().unwrap(),
+        "--plain-http",
+    ]));
+    assert!(
+        unreachable.contains("cannot reach registry"),
+        "{unreachable}"
+    );
+    assert!(!out.exists(), "nothing written when the pull fails");
+
+    let registry = Registry::start_with_login("ci", "s3cret");
+    let reference = format!("{}/hello:v1", registry.host);
+    let denied = fails(wasmhttp(&[
+        "image",
+        "push",
+        tar,
+        &reference,
+        "--plain-http",
+    ]));
+    assert!(denied.contains("401 Unauthorized"), "{denied}");
+    let docker_config = dir.path().join("docker");
+    let login = |password: &str| {
+        std::fs::create_dir_all(&docker_config).unwrap();
+        let auth = base64(&format!("ci:{password}"));
+        std::fs::write(
+            docker_config.join("config.json"),
+            format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.host),
+        )
+        .unwrap();
+    };
+    login("wrong");
+    let env = [("DOCKER_CONFIG", docker_config.as_path())];
+    let denied = fails(wasmhttp_with(
+        &["image", "push", tar, &reference, "--plain-http"],
+        &env,
+    ));
+    assert!(denied.contains("401 Unauthorized"), "{denied}");
+    login("s3cret");
+    ok(
+        wasmhttp_with(&["image", "push", tar, &reference, "--plain-http"], &env),
+        "push with credentials",
+    );
+    ok(
+        wasmhttp_with(
+            &[
+                "image",
+                "pull",
+                &reference,
+                "-o",
+                out.to_str().unwrap(),
+                "--plain-http",
+            ],
+            &env,
+        ),
+        "pull with credentials",
+    );
+}
+
+#[test]
+fn a_corrupted_blob_or_a_non_wasm_image_is_refused_and_nothing_is_written() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let reference = format!("{}/hello:v1", registry.host);
+    let tar = dir.path().join("hello.tar");
+    build("hello", &reference, "artifact", &tar);
+    push(&tar, &reference);
+    let out = dir.path().join("pulled.tar");
+    let pull = |reference: &str| {
+        wasmhttp(&[
+            "image",
+            "pull",
+            reference,
+            "-o",
+            out.to_str().unwrap(),
+            "--plain-http",
+        ])
+    };
+
+    // A registry whose storage was tampered with: the wasm layer's bytes no longer match their digest.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&skopeo_inspect(&format!("docker://{reference}"))).unwrap();
+    let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+    let hex = layer.trim_start_matches("sha256:");
+    let blob = registry
+        .dir
+        .path()
+        .join("data/docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&blob, bytes).unwrap();
+    let mismatch = fails(pull(&reference));
+    assert!(mismatch.contains("digest mismatch"), "{mismatch}");
+    assert!(!out.exists(), "nothing written on a digest mismatch");
+
+    // A well-formed image whose entrypoint is not wasm (a Linux binary, say).
+    let not_wasm = dir.path().join("not-wasm.wasm");
+    std::fs::write(&not_wasm, b"#!/bin/sh\necho not wasm\n").unwrap();
+    let refused = fails(wasmhttp(&[
+        "image",
+        "build",
+        not_wasm.to_str().unwrap(),
+        "-t",
+        "example.com/x:v1",
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    assert!(refused.contains("is not a WebAssembly binary"), "{refused}");
+    assert!(!out.exists(), "nothing written when the build is refused");
+    let linux = dir.path().join("linux-layout");
+    let umoci = |args: &[&str]| {
+        let output = Command::new("umoci")
+            .args(args)
+            .output()
+            .expect("umoci is installed by scripts/test.sh");
+        assert!(
+            output.status.success(),
+            "umoci {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let layout = linux.to_str().unwrap();
+    umoci(&["init", "--layout", layout]);
+    umoci(&["new", "--image", &format!("{layout}:v1")]);
+    let rootfs = dir.path().join("linux-rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    std::fs::write(rootfs.join("app.wasm"), b"#!/bin/sh\n").unwrap();
+    umoci(&[
+        "insert",
+        "--image",
+        &format!("{layout}:v1"),
+        rootfs.join("app.wasm").to_str().unwrap(),
+        "/app.wasm",
+    ]);
+    umoci(&[
+        "config",
+        "--image",
+        &format!("{layout}:v1"),
+        "--config.entrypoint",
+        "/app.wasm",
+    ]);
+    let linux_reference = format!("{}/linux:v1", registry.host);
+    let copied = Command::new("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{layout}:v1"),
+            &format!("docker://{linux_reference}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        copied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+    let refused = fails(pull(&linux_reference));
+    assert!(refused.contains("not a wasm image"), "{refused}");
+    assert!(!out.exists(), "nothing written for a non-wasm image");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
+}
+
+fn base64(text: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_readme_seed_flow_runs_verbatim() {
+    let readme = std::fs::read_to_string(wasmhttp_tests::workspace().join("README.md")).unwrap();
+    let flow = readme
+        .split("<!-- seed-flow -->\n```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README.md has a <!-- seed-flow --> sh block");
+    let commands: Vec<&str> = flow.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(commands.len() <= 6, "six commands or fewer: {commands:?}");
+
+    let registry = Registry::start();
+    let containerd = Containerd::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        wasmhttp_tests::workspace().join("examples"),
+        dir.path().join("examples"),
+    )
+    .unwrap();
+    let bin_dir = binary("wasmhttp").parent().unwrap().to_path_buf();
+    let path = std::env::join_paths(std::iter::once(bin_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    let port = free_port().to_string();
+    let mut transcript = String::new();
+    for command in &commands {
+        let output = Command::new("bash")
+            .args(["-euc", command])
+            .current_dir(dir.path())
+            .env("PATH", &path)
+            .env("REGISTRY", &registry.host)
+            .env("PORT", &port)
+            .env("CONTAINERD_ADDRESS", containerd.socket())
+            .env(
+                "CONTAINERD_NAMESPACE",
+                wasmhttp_tests::containerd::NAMESPACE,
+            )
+            .output()
+            .unwrap();
+        transcript.push_str(&String::from_utf8_lossy(&output.stdout));
+        assert!(
+            output.status.success(),
+            "README command `{command}` failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if command.starts_with("ctr run") {
+            wait_for_200(([127, 0, 0, 1], port.parse().unwrap()).into());
+        }
+    }
+    assert!(transcript.contains("logged /hello"), "{transcript}");
+    assert!(
+        transcript.contains("logger stdout: GET /hello"),
+        "{transcript}"
+    );
+    assert!(
+        transcript.contains("67108864"),
+        "metrics show the limit: {transcript}"
+    );
+}
