@@ -1,6 +1,8 @@
 //! `wasmhttp image` against a real registry (Debian's docker-registry on loopback) and a real containerd:
 //! build → push → pull → run with limits → curl → logs, for both image formats, and every bad input.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use std::path::Path;
 use std::process::{Command, Output};
 use wasmhttp_tests::containerd::{Containerd, ctr_run, free_port, run_service, wait_for_200};
@@ -280,7 +282,7 @@ fn bad_references_unreachable_registries_and_denied_pushes_are_one_line_errors()
     let docker_config = dir.path().join("docker");
     let login = |password: &str| {
         std::fs::create_dir_all(&docker_config).unwrap();
-        let auth = base64(&format!("ci:{password}"));
+        let auth = STANDARD.encode(format!("ci:{password}"));
         std::fs::write(
             docker_config.join("config.json"),
             format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.host),
@@ -401,21 +403,7 @@ fn a_corrupted_blob_or_a_non_wasm_image_is_refused_and_nothing_is_written() {
         "--config.entrypoint",
         "/app.wasm",
     ]);
-    let linux_reference = format!("{}/linux:v1", registry.host);
-    let copied = Command::new("skopeo")
-        .args([
-            "copy",
-            "--dest-tls-verify=false",
-            &format!("oci:{layout}:v1"),
-            &format!("docker://{linux_reference}"),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        copied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&copied.stderr)
-    );
+    let linux_reference = registry.push(&format!("oci:{layout}:v1"), "linux:v1");
     let refused = fails(pull(&linux_reference));
     assert!(refused.contains("not a wasm image"), "{refused}");
     assert!(!out.exists(), "nothing written for a non-wasm image");
@@ -425,26 +413,6 @@ fn a_corrupted_blob_or_a_non_wasm_image_is_refused_and_nothing_is_written() {
         .filter(|name| name.to_string_lossy().starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
-}
-
-fn base64(text: &str) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = text.as_bytes();
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[test]
@@ -466,11 +434,7 @@ fn the_readme_seed_flow_runs_verbatim() {
         dir.path().join("examples"),
     )
     .unwrap();
-    let bin_dir = binary("wasmhttp").parent().unwrap().to_path_buf();
-    let path = std::env::join_paths(std::iter::once(bin_dir).chain(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    )))
-    .unwrap();
+    let path = wasmhttp_tests::path_with(binary("wasmhttp").parent().unwrap());
     let port = free_port().to_string();
     let mut transcript = String::new();
     for command in &commands {

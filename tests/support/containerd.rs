@@ -148,10 +148,7 @@ state = "{d}/state"
             .parent()
             .unwrap()
             .to_path_buf();
-        let path = std::env::join_paths(std::iter::once(shim_dir).chain(std::env::split_paths(
-            &std::env::var_os("PATH").unwrap_or_default(),
-        )))
-        .unwrap();
+        let path = crate::path_with(&shim_dir);
         let log = std::fs::OpenOptions::new()
             .append(true)
             .open(dir.join("containerd.log"))

@@ -32,6 +32,16 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// `$PATH` with `dir` in front: how the tests put the built binaries on a child's PATH.
+pub fn path_with(dir: &std::path::Path) -> std::ffi::OsString {
+    std::env::join_paths(
+        std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        )),
+    )
+    .unwrap()
+}
+
 /// An example guest built by `examples/build.sh`.
 pub fn example(name: &str) -> PathBuf {
     let path = workspace()

@@ -87,10 +87,15 @@ impl Registry {
 
     /// Pushes an OCI image-layout tar to `repository:tag` with skopeo; returns the full reference.
     pub fn push_oci_archive(&self, tar: &Path, repository_tag: &str) -> String {
+        self.push(&format!("oci-archive:{}", tar.display()), repository_tag)
+    }
+
+    /// Pushes any image skopeo can read (`oci:DIR:TAG`, `oci-archive:TAR`) to `repository:tag`; returns the
+    /// full reference.
+    pub fn push(&self, source: &str, repository_tag: &str) -> String {
         let reference = format!("{}/{repository_tag}", self.host);
         let output = Command::new("skopeo")
-            .args(["copy", "--dest-tls-verify=false"])
-            .arg(format!("oci-archive:{}", tar.display()))
+            .args(["copy", "--dest-tls-verify=false", source])
             .arg(format!("docker://{reference}"))
             .output()
             .unwrap_or_else(|e| panic!("skopeo is not installed ({e}): run scripts/test.sh"));
