@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use wasmhttp_tests::containerd::*;
 use wasmhttp_tests::get;
+use wasmhttp_tests::load::{load, shim_cpu_rate};
 use wasmhttp_tests::registry::Registry;
 
 const BRIDGE: &str = "whcri0";
@@ -84,23 +85,6 @@ impl Drop for PodNetworkCleanup {
             }
         }
         let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
-    }
-}
-
-fn wait_for_200_at(addr: SocketAddr, target: &str) -> String {
-    let started = Instant::now();
-    loop {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            let reply = get(addr, target);
-            if reply.status == 200 {
-                return reply.body;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{addr} never answered"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -427,6 +411,41 @@ async fn pod_lifecycle_through_cri() {
         (500, "memory limit exceeded\n")
     );
     assert_eq!(get(hog_addr, "/?mib=8").status, 200, "still serving");
+
+    // A CPU limit of 250m (quota 25000 / period 100000, as the kubelet writes it) holds under load:
+    // the pod's shim, whose other containers are idle, uses 0.25 CPU ±10%, and no request fails.
+    let throttled = LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: 25_000,
+        ..Default::default()
+    };
+    create_and_start(
+        &mut runtime,
+        &pod,
+        &sandbox,
+        container_config(
+            "throttled",
+            "docker.io/wasmhttp-test/cpu-burn:latest",
+            8084,
+            throttled,
+        ),
+    )
+    .await;
+    let throttled_addr: SocketAddr = format!("{ip}:8084").parse().unwrap();
+    wait_for_200_at(throttled_addr, "/?ms=1");
+    let shim = containerd.shim_pids()[0];
+    let loaded =
+        std::thread::spawn(move || load(throttled_addr, "/?ms=50", 4, Duration::from_secs(7)));
+    // The first second spends the bucket's initial burst; the rate is measured after it.
+    std::thread::sleep(Duration::from_secs(1));
+    let ((), rate) = shim_cpu_rate(shim, || std::thread::sleep(Duration::from_secs(5)));
+    let statuses = loaded.join().unwrap();
+    println!("FIGURE cri cpu limit 250m: the pod's shim used {rate:.3} CPU under continuous load");
+    assert!(statuses.iter().all(|s| *s == 200), "throttled, not failed");
+    assert!(
+        (0.225..=0.275).contains(&rate),
+        "limit 0.25 CPU, measured {rate:.3}"
+    );
     let burn = create_and_start(
         &mut runtime,
         &pod,

@@ -265,19 +265,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Polls `addr` until it answers 200; returns the body.
+/// Polls `addr` until `/` answers 200; returns the body.
 pub fn wait_for_200(addr: SocketAddr) -> String {
+    wait_for_200_at(addr, "/")
+}
+
+/// Polls `addr` until `target` answers 200; returns the body. Connects with a timeout, since a pod IP
+/// that is not up yet drops packets rather than refusing them.
+pub fn wait_for_200_at(addr: SocketAddr, target: &str) -> String {
     let started = Instant::now();
     loop {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            let reply = get(addr, "/");
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            let reply = get(addr, target);
             if reply.status == 200 {
                 return reply.body;
             }
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
-            "{addr} never answered 200"
+            "{addr}{target} never answered 200"
         );
         std::thread::sleep(Duration::from_millis(50));
     }

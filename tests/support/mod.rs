@@ -2,6 +2,7 @@
 //! HTTP client over real sockets.
 
 pub mod containerd;
+pub mod load;
 pub mod registry;
 
 use std::io::{Read, Write};

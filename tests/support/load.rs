@@ -1,0 +1,72 @@
+//! Bounded load against a service and what it costs the shim: requests kept in flight for a time, bursts,
+//! and CPU and memory sampled from `/proc` while the load runs.
+
+use crate::containerd::process_cpu;
+use crate::get;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Keeps `clients` requests to `target` in flight until `duration` has passed; returns every status.
+pub fn load(addr: SocketAddr, target: &str, clients: usize, duration: Duration) -> Vec<u16> {
+    let deadline = Instant::now() + duration;
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let target = target.to_string();
+            std::thread::spawn(move || {
+                let mut statuses = Vec::new();
+                // Bounded by time, and by count in case the server answers instantly.
+                while Instant::now() < deadline && statuses.len() < 100_000 {
+                    statuses.push(get(addr, &target).status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+}
+
+/// Sends `count` requests at once and returns their statuses.
+pub fn burst(addr: SocketAddr, target: &str, count: usize) -> Vec<u16> {
+    let threads: Vec<_> = (0..count)
+        .map(|_| {
+            let target = target.to_string();
+            std::thread::spawn(move || get(addr, &target).status)
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+/// Runs `work` while sampling `sample` every 20 ms; returns the work's output and the largest sample.
+pub fn sampling<T>(
+    sample: impl Fn() -> u64 + Send + 'static,
+    work: impl FnOnce() -> T,
+) -> (T, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = std::thread::spawn({
+        let (stop, peak) = (stop.clone(), peak.clone());
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(sample(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    });
+    let output = work();
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    (output, peak.load(Ordering::Relaxed))
+}
+
+/// CPU-seconds per second the process `shim` used while `work` ran.
+pub fn shim_cpu_rate<T>(shim: i32, work: impl FnOnce() -> T) -> (T, f64) {
+    let (cpu, started) = (process_cpu(shim), Instant::now());
+    let output = work();
+    let used = process_cpu(shim).saturating_sub(cpu);
+    (output, used.as_secs_f64() / started.elapsed().as_secs_f64())
+}
