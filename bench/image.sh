@@ -63,7 +63,7 @@ ctr_ image pull --plain-http "$registry/hello:1" >/dev/null
 first_200() { # ID PORT
   local t0; t0=$(now_ms)
   ctr_ run -d --runtime io.containerd.wasmhttp.v1 --net-host --env "PORT=$2" "$registry/hello:1" "$1" >/dev/null
-  for _ in $(seq 1 4000); do curl -sf -o /dev/null "http://127.0.0.1:$2/" && break; sleep 0.002; done
+  for _ in $(seq 1 4000); do http_200 "$2" && break; sleep 0.001; done
   echo $(($(now_ms) - t0))
 }
 for i in $(seq 1 "$runs"); do

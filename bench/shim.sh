@@ -15,7 +15,7 @@ runs="${1:-10}"
 services="${2:-20}"
 out=bench-out; mkdir -p "$out"
 
-bash scripts/setup.sh containerd runc busybox-static curl bc
+bash scripts/setup.sh containerd runc busybox-static bc
 bash examples/build.sh >/dev/null
 cargo build --release --locked -q -p containerd-shim-wasmhttp -p wasmhttp-cli -p wasmhttp-bench
 bin=$PWD/target/release
@@ -62,8 +62,8 @@ first_200() { # KIND ID PORT
     ctr_ run -d --runtime io.containerd.wasmhttp.v1 --net-host --env "PORT=$3" docker.io/bench/hello:1 "$2" >/dev/null
   fi
   for _ in $(seq 1 4000); do
-    curl -sf -o /dev/null "http://127.0.0.1:$3/" && break
-    sleep 0.002
+    http_200 "$3" && break
+    sleep 0.001
   done
   echo $(($(now_ms) - t0))
   remove "$2"
@@ -93,7 +93,7 @@ measure_services() { # grouped|separate COUNT → "rss pss" with COUNT services 
     [ "$mode" = grouped ] && extra=(--annotation io.kubernetes.cri.sandbox-id=bench-pod)
     ctr_ run -d --runtime io.containerd.wasmhttp.v1 --net-host --env "PORT=$((19300 + i))" "${extra[@]}" \
       docker.io/bench/hello:1 "m-$mode-$i" >/dev/null
-    for _ in $(seq 1 1000); do curl -sf -o /dev/null "http://127.0.0.1:$((19300 + i))/" && break; sleep 0.005; done
+    for _ in $(seq 1 1000); do http_200 $((19300 + i)) && break; sleep 0.005; done
   done
   sleep 1
   shim_memory

@@ -81,6 +81,18 @@ fn memory_limit_fails_the_request_not_the_service() {
         metric(&containerd, "hog", "memory.limit_in_bytes"),
         64 * MIB
     );
+    // Requests refused for memory are counted where cgroups count limit hits (memory failcnt).
+    let json = containerd.ctr_ok(&["task", "metrics", "--format", "json", "hog"]);
+    let metrics: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let failcnt = metrics["memory"]["usage"]["failcnt"].as_u64();
+    assert_eq!(failcnt, Some(1), "the one 100 MiB request: {json}");
+    let log = containerd.log();
+    assert!(
+        log.lines().any(|l| l.contains("request failed")
+            && l.contains("memory limit exceeded")
+            && l.contains("service=hog (/app.wasm)")),
+        "each refusal is logged with its cause and container: {log}"
+    );
 }
 
 #[test]

@@ -24,6 +24,14 @@ impl Source {
         }
     }
 
+    /// The same bytes under another name, e.g. one that says which container they belong to.
+    pub fn with_name(self, name: impl Into<String>) -> Self {
+        Source {
+            name: name.into(),
+            ..self
+        }
+    }
+
     /// Reads a file; the error names the path.
     pub fn from_file(path: &Path) -> Result<Self, crate::Error> {
         let bytes = std::fs::read(path).map_err(|source| crate::Error::Read {

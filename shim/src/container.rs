@@ -137,6 +137,9 @@ impl Container {
                 )));
             }
             Payload::Wasm(source) => {
+                // The name is what the runtime's log lines (refusals, traps) say: make them name the container.
+                let name = format!("{id} ({})", source.name());
+                let source = source.with_name(name);
                 let app = runtime
                     .load(&source)
                     .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;

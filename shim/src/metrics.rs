@@ -51,6 +51,12 @@ pub fn encode(
                 ..Default::default()
             })
             .into(),
+            // cgroup v2 counts hits of memory.max here; a request refused for memory is ours.
+            memory_events: Some(v2::MemoryEvents {
+                max: stats.failed_memory,
+                ..Default::default()
+            })
+            .into(),
             ..Default::default()
         })
     } else {
@@ -108,6 +114,7 @@ mod tests {
             cpu_time: std::time::Duration::from_millis(5),
             throttled_periods: 3,
             throttled_time: std::time::Duration::from_millis(7),
+            failed_memory: 2,
             ..Default::default()
         };
         let limits = Limits {
@@ -120,6 +127,7 @@ mod tests {
         assert_eq!(decoded.memory.usage.usage, 1024);
         assert_eq!(decoded.memory.usage.limit, 4096);
         assert_eq!(decoded.cpu.usage.total, 5_000_000);
+        assert_eq!(decoded.memory.usage.failcnt, 2);
         assert_eq!(
             (
                 decoded.cpu.throttling.throttled_periods,
@@ -142,5 +150,6 @@ mod tests {
             (decoded.cpu.nr_throttled, decoded.cpu.throttled_usec),
             (3, 7000)
         );
+        assert_eq!(decoded.memory_events.max, 2);
     }
 }

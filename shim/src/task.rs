@@ -112,6 +112,7 @@ impl TaskService {
                 req.id
             )));
         }
+        let started = std::time::Instant::now();
         let node = node_config::for_create(req.options.as_ref())?;
         let pod_network = bundle::sandbox_id(Path::new(&req.bundle))
             .and_then(|sandbox| self.get(&sandbox).ok())
@@ -138,6 +139,7 @@ impl TaskService {
             tokio::task::spawn_blocking(move || bundle::load(&bundle_dir, &rootfs, &defaults))
                 .await
                 .map_err(|e| ShimError::Internal(format!("reading the bundle failed: {e}")))??;
+        let bundle_read = started.elapsed();
         if let Payload::ImageLayer(layer) = workload.payload {
             workload.payload = self.read_image_layer(&id, layer).await?;
         }
@@ -167,6 +169,13 @@ impl TaskService {
         })
         .await
         .map_err(|e| ShimError::Internal(format!("create task failed: {e}")))??;
+        // Start-up time is what users compare runtimes on: say where it went.
+        tracing::info!(
+            container = %req.id,
+            bundle_ms = bundle_read.as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "created"
+        );
         self.containers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
