@@ -6,87 +6,13 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use wasmhttp_tests::containerd::*;
+use wasmhttp_tests::cri::*;
 use wasmhttp_tests::get;
 use wasmhttp_tests::load::{load, shim_cpu_rate};
 use wasmhttp_tests::registry::Registry;
-
-const BRIDGE: &str = "whcri0";
-const SUBNET: &str = "10.213.88.0/24";
-const SANDBOX_IMAGE: &str = "docker.io/wasmhttp-test/sandbox:latest";
-
-/// The CRI section: our runtime as handler `wasmhttp`, a local sandbox image, CNI config of the test's own,
-/// and plain-HTTP pulls from the test's registry at `registry` through a `hosts.toml`.
-fn cri_config(dir: &Path, registry: &str) -> Option<String> {
-    let d = dir.display();
-    let hosts = dir.join("certs.d").join(registry);
-    std::fs::create_dir_all(&hosts).unwrap();
-    std::fs::write(
-        hosts.join("hosts.toml"),
-        format!(
-            "server = \"http://{registry}\"\n[host.\"http://{registry}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
-        ),
-    )
-    .unwrap();
-    let cni = dir.join("cni");
-    std::fs::create_dir_all(&cni).unwrap();
-    std::fs::write(
-        cni.join("10-whcri.conflist"),
-        format!(
-            r#"{{"cniVersion": "0.4.0", "name": "whcri", "plugins": [{{"type": "bridge", "bridge": "{BRIDGE}",
-  "isGateway": true, "ipMasq": false,
-  "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "{SUBNET}"}}]], "dataDir": "{d}/cni-ipam"}}}}]}}"#
-        ),
-    )
-    .unwrap();
-    Some(format!(
-        r#"[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{SANDBOX_IMAGE}"
-  restrict_oom_score_adj = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  [plugins."io.containerd.grpc.v1.cri".registry]
-    config_path = "{d}/certs.d"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{d}/cni"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmhttp]
-    runtime_type = "io.containerd.wasmhttp.v1"
-"#
-    ))
-}
-
-/// Removes the test's bridge, and any network namespace that appeared during the test, however the test
-/// ends (on success CRI has already removed the pod's namespace).
-struct PodNetworkCleanup {
-    before: Vec<String>,
-}
-
-fn netns_names() -> Vec<String> {
-    std::fs::read_dir("/var/run/netns")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-impl Drop for PodNetworkCleanup {
-    fn drop(&mut self) {
-        for name in netns_names() {
-            if name.starts_with("cni-") && !self.before.contains(&name) {
-                let _ = Command::new("ip").args(["netns", "del", &name]).output();
-            }
-        }
-        let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
-    }
-}
 
 fn container_config(
     name: &str,
@@ -167,6 +93,7 @@ async fn pod_lifecycle_through_cri() {
         ("logger", None),
         ("mem-hog", None),
         ("cpu-burn", None),
+        ("hello-cli", None),
         ("hello", Some(SANDBOX_IMAGE)),
     ] {
         let imported = import_example_in(&containerd, "k8s.io", name);
@@ -478,6 +405,43 @@ async fn pod_lifecycle_through_cri() {
         container_state(&mut runtime, &burn).await,
         ContainerState::ContainerExited
     );
+
+    // A container of the pod that crashes (a command exiting 3) is reported exited with its code; the
+    // pod's other containers keep serving from the same shim.
+    let mut crashing = container_config(
+        "crashing",
+        "docker.io/wasmhttp-test/hello-cli:latest",
+        0,
+        LinuxContainerResources::default(),
+    );
+    crashing.args = vec!["3".into()];
+    let crashed = create_and_start(&mut runtime, &pod, &sandbox, crashing).await;
+    let started = Instant::now();
+    let status = loop {
+        let status = runtime
+            .container_status(ContainerStatusRequest {
+                container_id: crashed.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap();
+        if status.state == ContainerState::ContainerExited as i32
+            || started.elapsed() > Duration::from_secs(10)
+        {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (status.state, status.exit_code),
+        (ContainerState::ContainerExited as i32, 3),
+        "{status:?}"
+    );
+    assert_eq!(get(hello_addr, "/").status, 200, "the pod keeps serving");
+    assert_eq!(containerd.shim_pids().len(), 1, "the shim survived");
 
     // One container stopping does not stop the other; a restart in the same sandbox works.
     runtime

@@ -2,6 +2,7 @@
 //! HTTP client over real sockets.
 
 pub mod containerd;
+pub mod cri;
 pub mod load;
 pub mod registry;
 
