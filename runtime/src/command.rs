@@ -103,7 +103,7 @@ pub async fn run_command(
         Code::Module(module) => {
             let pre = runtime
                 .module_linker()
-                .instantiate_pre(module)
+                .and_then(|linker| linker.instantiate_pre(module))
                 .map_err(link_error)?;
             let mut store = new_store(
                 runtime.engine(),

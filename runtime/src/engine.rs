@@ -6,8 +6,8 @@ use crate::cpu::CpuShares;
 use crate::instance::{InstanceState, P1State};
 use crate::source::Source;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
@@ -100,7 +100,8 @@ struct Inner {
     engine: Engine,
     cache: Option<CompileCache>,
     component_linker: Linker<InstanceState>,
-    module_linker: wasmtime::Linker<P1State>,
+    /// Built on first use: most processes only ever run components.
+    module_linker: OnceLock<wasmtime::Linker<P1State>>,
     config: EngineConfig,
     ticker_stop: Arc<AtomicBool>,
     cpu_shares: Arc<CpuShares>,
@@ -188,9 +189,6 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker).map_err(link_error)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component_linker)
             .map_err(link_error)?;
-        let mut module_linker = wasmtime::Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut P1State| &mut s.wasi)
-            .map_err(link_error)?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_clock(engine.clone(), config.epoch_tick, ticker_stop.clone())?;
         Ok(Runtime {
@@ -198,7 +196,7 @@ impl Runtime {
                 engine,
                 cache,
                 component_linker,
-                module_linker,
+                module_linker: OnceLock::new(),
                 config,
                 ticker_stop,
                 cpu_shares: Arc::new(CpuShares::new(
@@ -232,8 +230,13 @@ impl Runtime {
         &self.inner.component_linker
     }
 
-    pub(crate) fn module_linker(&self) -> &wasmtime::Linker<P1State> {
-        &self.inner.module_linker
+    pub(crate) fn module_linker(&self) -> wasmtime::Result<&wasmtime::Linker<P1State>> {
+        if let Some(linker) = self.inner.module_linker.get() {
+            return Ok(linker);
+        }
+        let mut linker = wasmtime::Linker::new(&self.inner.engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut P1State| &mut s.wasi)?;
+        Ok(self.inner.module_linker.get_or_init(|| linker))
     }
 
     /// Compiles (or fetches from the cache) and classifies a binary.
