@@ -138,7 +138,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let app = runtime.load(&Source::from_file(&args.app)?)?;
     let limits = args.limits();
     let caps = args.capabilities();
-    let tokio = tokio::runtime::Builder::new_multi_thread()
+    // One thread: a command runs on it; a service only accepts connections and waits for a signal here,
+    // while the runtime's HTTP workers serve them.
+    let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting tokio")?;

@@ -5,6 +5,7 @@ use crate::classify::{self, Encoding, WasmKind};
 use crate::cpu::CpuShares;
 use crate::instance::{InstanceState, P1State};
 use crate::source::Source;
+use crate::workers::Workers;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -30,6 +31,9 @@ pub struct EngineConfig {
     pub cache_max_bytes: u64,
     /// Epoch clock period: the granularity of deadlines and CPU throttling.
     pub epoch_tick: Duration,
+    /// Threads serving HTTP connections, each with its own single-threaded tokio runtime; started with
+    /// the first service. Defaults to the number of CPUs.
+    pub http_workers: usize,
 }
 
 impl Default for EngineConfig {
@@ -41,8 +45,15 @@ impl Default for EngineConfig {
             cache_dir: None,
             cache_max_bytes: 512 << 20,
             epoch_tick: Duration::from_millis(5),
+            http_workers: host_cpus(),
         }
     }
+}
+
+/// The CPUs this process may use. Asked once: each answer reads several cgroup files.
+fn host_cpus() -> usize {
+    static CPUS: OnceLock<usize> = OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 impl EngineConfig {
@@ -102,6 +113,8 @@ struct Inner {
     component_linker: Linker<InstanceState>,
     /// Built on first use: most processes only ever run components.
     module_linker: OnceLock<wasmtime::Linker<P1State>>,
+    /// Started with the first service: command runs need none.
+    workers: OnceLock<Arc<Workers>>,
     config: EngineConfig,
     ticker_stop: Arc<AtomicBool>,
     cpu_shares: Arc<CpuShares>,
@@ -197,11 +210,10 @@ impl Runtime {
                 cache,
                 component_linker,
                 module_linker: OnceLock::new(),
+                workers: OnceLock::new(),
                 config,
                 ticker_stop,
-                cpu_shares: Arc::new(CpuShares::new(
-                    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
-                )),
+                cpu_shares: Arc::new(CpuShares::new(host_cpus() as f64)),
             }),
         })
     }
@@ -237,6 +249,14 @@ impl Runtime {
         let mut linker = wasmtime::Linker::new(&self.inner.engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut P1State| &mut s.wasi)?;
         Ok(self.inner.module_linker.get_or_init(|| linker))
+    }
+
+    pub(crate) fn workers(&self) -> std::io::Result<Arc<Workers>> {
+        if let Some(workers) = self.inner.workers.get() {
+            return Ok(workers.clone());
+        }
+        let workers = Arc::new(Workers::start(self.inner.config.http_workers)?);
+        Ok(self.inner.workers.get_or_init(|| workers).clone())
     }
 
     /// Compiles (or fetches from the cache) and classifies a binary.

@@ -31,6 +31,7 @@ mod output;
 mod service;
 mod source;
 mod stats;
+mod workers;
 
 pub use cache::CompileCache;
 pub use capabilities::{Capabilities, Preopen};

@@ -9,6 +9,7 @@ use crate::instance::InstanceState;
 use crate::limits::Limits;
 use crate::output::GuestOutput;
 use crate::stats::{Stats, StatsSnapshot};
+use crate::workers::Workers;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -140,12 +141,13 @@ impl Service {
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
+        let workers = self.shared.runtime.workers()?;
         let (drain_tx, drain_rx) = watch::channel(None);
         let (done_tx, done_rx) = watch::channel(false);
         let shared = self.shared.clone();
         let meter = shared.meter.clone();
         tokio::spawn(Metered::new(
-            accept_loop(listener, shared, self.http, drain_rx, done_tx),
+            accept_loop(listener, shared, workers, self.http, drain_rx, done_tx),
             meter,
         ));
         Ok(ServiceHandle {
@@ -219,6 +221,7 @@ impl ServiceHandle {
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
+    workers: Arc<Workers>,
     options: HttpOptions,
     mut drain: watch::Receiver<Option<Duration>>,
     done: watch::Sender<bool>,
@@ -237,12 +240,25 @@ async fn accept_loop(
                 break changed.ok().and_then(|()| *drain.borrow()).unwrap_or(Duration::ZERO);
             }
             accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _peer)) => stream,
+                let stream = match accepted.and_then(|(stream, _peer)| stream.into_std()) {
+                    Ok(stream) => stream,
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
                         tracing::warn!(service = %shared.name, "accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (worker, assignment) = workers.assign();
+                // Registered with the worker's reactor, so its I/O is driven on the worker's thread.
+                let registered = {
+                    let _entered = worker.enter();
+                    tokio::net::TcpStream::from_std(stream)
+                };
+                let stream = match registered {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::warn!(service = %shared.name, "cannot hand a connection to a worker: {e}");
                         continue;
                     }
                 };
@@ -252,13 +268,14 @@ async fn accept_loop(
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 let cancel = shared.cancel.clone();
                 // HTTP parsing and writing are charged to the service, so its quota covers what it costs.
-                shared.tasks.spawn(Metered::new(async move {
+                worker.spawn(shared.tasks.track_future(Metered::new(async move {
+                    let _assignment = assignment;
                     tokio::select! {
                         result = connection => if let Err(e) = result { tracing::debug!("connection ended: {e}") },
                         // Cancelled requests still get their 503 written before the connection goes.
                         () = async { cancel.cancelled().await; tokio::time::sleep(Duration::from_millis(500)).await } => {}
                     }
-                }, shared.meter.clone()));
+                }, shared.meter.clone())));
             }
         }
     };

@@ -80,7 +80,8 @@ async fn memory_limit_gives_500_and_bounds_the_process() {
     // Concurrent requests share the one total: together they never hold more than the limit.
     let (replies, growth) = peak_growth(async {
         let tasks: Vec<_> = (0..10)
-            .map(|_| tokio::spawn(get_async(addr, "/?mib=20")))
+            // Each holds its 20 MiB for a while, so they overlap however the host schedules them.
+            .map(|_| tokio::spawn(get_async(addr, "/?mib=20&hold=300")))
             .collect();
         let mut statuses = Vec::new();
         for task in tasks {

@@ -1,21 +1,26 @@
-//! Allocates and touches `?mib=N` MiB of linear memory, then answers how much it holds.
+//! Allocates and touches `?mib=N` MiB of linear memory, then answers how much it holds; `&hold=MS` keeps
+//! holding it that many milliseconds before answering, so concurrent requests overlap for sure.
 
 use wstd::http::{Body, Error, Request, Response};
 
 #[wstd::http_server]
 async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
-    let mib: usize = request
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("mib="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let query = request.uri().query().unwrap_or("");
+    let param = |name: &str| -> Option<u64> {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+    };
+    let mib = param("mib").unwrap_or(1) as usize;
+    let hold_ms = param("hold").unwrap_or(0);
     let mut buf = vec![0u8; mib << 20];
     // Touch one byte per page so the memory is really committed, not just reserved.
     for i in (0..buf.len()).step_by(4096) {
         buf[i] = (i >> 12) as u8 | 1;
+    }
+    if hold_ms > 0 {
+        wstd::task::sleep(wstd::time::Duration::from_millis(hold_ms)).await;
     }
     let sum: u64 = buf.iter().step_by(4096).map(|b| *b as u64).sum();
     Ok(Response::new(format!("held {mib} MiB (checksum {sum})\n").into()))
