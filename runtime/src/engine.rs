@@ -17,7 +17,7 @@ use wasmtime::{
 
 /// Process-wide engine settings. Per-service limits live in [`crate::Limits`]; these only size the
 /// machinery every service shares.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineConfig {
     /// Instance slots in the pooling allocator: the most instances alive at once across all services.
     pub max_instances: u32,

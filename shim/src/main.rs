@@ -8,6 +8,7 @@ mod annotations;
 mod bundle;
 mod container;
 mod content;
+mod engine;
 mod error;
 mod events;
 mod limits;
@@ -112,7 +113,9 @@ async fn start_for_every_containerd(flags: Flags) -> Result<(), Error> {
         .map_err(server::io_error("flush the shim address"))
 }
 
-#[tokio::main]
+// One thread for the Task API, stdio and commands: HTTP connections run on the runtime's own workers, and a
+// multi-threaded runtime here only cost every shim process (three per container) its start-up and threads.
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<_> = std::env::args_os().collect();
     let flags = match containerd_shim::parse(&args[1..]) {

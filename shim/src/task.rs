@@ -3,6 +3,7 @@
 use crate::bundle::{self, ImageLayer, Payload, RootfsMount};
 use crate::container::{Container, CreateOptions, Status};
 use crate::content::{ContentStore, WASM_LAYER_TYPES};
+use crate::engine::SharedRuntime;
 use crate::error::{Result, ShimError};
 use crate::events::{Event, Events};
 use crate::node_config;
@@ -15,12 +16,12 @@ use containerd_shim::protos::types::task::{ProcessInfo, Status as TaskStatus};
 use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
-use wasmhttp_runtime::{EngineConfig, Runtime, Source};
+use std::sync::{Arc, Mutex};
+use wasmhttp_runtime::Source;
 
 /// Every container of this shim process, and the engine they share.
 pub struct TaskService {
-    runtime: OnceLock<Runtime>,
+    runtime: SharedRuntime,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     events: Events,
     exit: Arc<ExitSignal>,
@@ -32,7 +33,7 @@ impl TaskService {
     /// of images are read from `content`.
     pub fn new(events: Events, exit: Arc<ExitSignal>, content: ContentStore) -> Self {
         TaskService {
-            runtime: OnceLock::new(),
+            runtime: SharedRuntime::build_early(),
             containers: Mutex::default(),
             events,
             exit,
@@ -76,16 +77,6 @@ impl TaskService {
         }
     }
 
-    /// The shared engine, built from the engine settings of the first Create's node configuration.
-    fn runtime(&self, engine: &EngineConfig) -> Result<Runtime> {
-        if let Some(runtime) = self.runtime.get() {
-            return Ok(runtime.clone());
-        }
-        let runtime =
-            Runtime::new(engine.clone()).map_err(|e| ShimError::Internal(e.to_string()))?;
-        Ok(self.runtime.get_or_init(|| runtime).clone())
-    }
-
     fn get(&self, id: &str) -> Result<Arc<Container>> {
         self.containers
             .lock()
@@ -118,7 +109,7 @@ impl TaskService {
             .and_then(|sandbox| self.get(&sandbox).ok())
             .map(|sandbox| sandbox.network().clone());
         let engine_started = std::time::Instant::now();
-        let runtime = self.runtime(&node.engine)?;
+        let runtime = self.runtime.get_or_build(&node.engine)?;
         let engine_ready = engine_started.elapsed();
         let events = self.events.clone();
         let rootfs: Vec<RootfsMount> = req
