@@ -232,7 +232,10 @@ async fn accept_loop(
         .header_read_timeout(Some(options.header_read_timeout))
         .max_header_size(options.max_header_bytes)
         .max_buf_size(options.max_header_bytes.max(8192))
-        .keep_alive(true);
+        .keep_alive(true)
+        // A response's head, chunk framing and body copied into one buffer and sent with one write: for
+        // the small responses typical here that beat a vectored write (hello: ~49 → ~44 µs of CPU each).
+        .writev(false);
     let graceful = GracefulShutdown::new();
     let grace = loop {
         tokio::select! {
