@@ -31,8 +31,9 @@ pub struct EngineConfig {
     pub cache_max_bytes: u64,
     /// Epoch clock period: the granularity of deadlines and CPU throttling.
     pub epoch_tick: Duration,
-    /// Threads serving HTTP connections, each with its own single-threaded tokio runtime; started with
-    /// the first service. Defaults to the number of CPUs.
+    /// The most threads serving HTTP connections, each with its own single-threaded tokio runtime. The
+    /// first starts with the first service, the others when concurrent connections need them. Defaults to
+    /// the number of CPUs.
     pub http_workers: usize,
 }
 

@@ -5,19 +5,21 @@
 //! measured on (`wrk -t2 -c50` sharing the cores), serving hello on a multi-threaded runtime cost ~80 µs of
 //! CPU per request; on one single-threaded runtime per core, ~45 µs.
 //!
-//! A new connection goes to the worker with the fewest open connections and stays there. Guests yield at
-//! every epoch tick, so a busy guest holds up the other requests on its worker for one tick at a time.
+//! A new connection goes to an idle worker, else to a new one while there are fewer than the most allowed
+//! (one per CPU by default), else to the one with the fewest open connections, and stays there. Guests yield
+//! at every epoch tick, so a busy guest holds up the other requests on its worker for one tick at a time.
 
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
 /// The HTTP worker threads of one [`crate::Runtime`], shared by all its services.
 pub(crate) struct Workers {
-    workers: Vec<Worker>,
+    most: usize,
+    workers: Mutex<Vec<Worker>>,
 }
 
 struct Worker {
@@ -39,30 +41,49 @@ impl Drop for Assignment {
 }
 
 impl Workers {
-    /// Starts `count` (at least one) worker threads.
-    pub(crate) fn start(count: usize) -> io::Result<Self> {
-        let workers = (0..count.max(1))
-            .map(Worker::start)
-            .collect::<io::Result<Vec<_>>>()?;
-        Ok(Workers { workers })
+    /// Starts one worker thread; more start when connections need them, up to `most` (at least one).
+    /// A quiet service (most of a node's pods) so keeps one thread, whatever the number of CPUs.
+    pub(crate) fn start(most: usize) -> io::Result<Self> {
+        Ok(Workers {
+            most: most.max(1),
+            workers: Mutex::new(vec![Worker::start(0)?]),
+        })
     }
 
-    /// The worker with the fewest open connections, and the connection's place on it.
-    pub(crate) fn assign(&self) -> (&Handle, Assignment) {
-        let worker = self
-            .workers
-            .iter()
-            .min_by_key(|w| w.open_connections.load(Relaxed))
-            .expect("Workers::start makes at least one");
+    /// The worker for a new connection: an idle one; else a new one, while there are fewer than the most;
+    /// else the one with the fewest open connections. Returns it with the connection's place on it.
+    pub(crate) fn assign(&self) -> (Handle, Assignment) {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut chosen = least_busy(&workers);
+        if workers[chosen].open() > 0 && workers.len() < self.most {
+            match Worker::start(workers.len()) {
+                Ok(worker) => {
+                    workers.push(worker);
+                    chosen = workers.len() - 1;
+                }
+                Err(e) => tracing::warn!("cannot start another HTTP worker thread: {e}"),
+            }
+        }
+        let worker = &workers[chosen];
         worker.open_connections.fetch_add(1, Relaxed);
         let assignment = Assignment {
             open_connections: worker.open_connections.clone(),
         };
-        (&worker.handle, assignment)
+        (worker.handle.clone(), assignment)
     }
 }
 
+fn least_busy(workers: &[Worker]) -> usize {
+    (0..workers.len())
+        .min_by_key(|&i| workers[i].open())
+        .expect("Workers::start makes one")
+}
+
 impl Worker {
+    fn open(&self) -> usize {
+        self.open_connections.load(Relaxed)
+    }
+
     fn start(index: usize) -> io::Result<Self> {
         let (stop, stopped) = oneshot::channel::<()>();
         let (started, handle) = std::sync::mpsc::sync_channel(1);
@@ -99,20 +120,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn connections_go_to_the_least_busy_worker_and_leave_when_dropped() {
+    fn a_worker_starts_only_when_the_others_are_busy_and_never_past_the_most() {
         let workers = Workers::start(2).unwrap();
         let (first, a) = workers.assign();
-        let first = first.id();
-        let (second, b) = workers.assign();
+        let (again, a2) = workers.assign();
         assert_ne!(
-            first,
-            second.id(),
-            "the second connection goes to the idle worker"
+            first.id(),
+            again.id(),
+            "the only worker was busy: a second one started"
         );
-        drop(a);
+        drop(a2);
+        let (second, b) = workers.assign();
+        assert_eq!(
+            second.id(),
+            again.id(),
+            "an idle worker is used before any new one"
+        );
         let (third, _c) = workers.assign();
-        assert_eq!(first, third.id(), "the first worker is idle again");
-        drop(b);
+        assert!(
+            [first.id(), second.id()].contains(&third.id()),
+            "no third worker past the most of two"
+        );
+        assert_eq!(workers.workers.lock().unwrap().len(), 2);
+        drop((a, b));
+    }
+
+    #[test]
+    fn a_quiet_service_keeps_one_worker() {
+        let workers = Workers::start(8).unwrap();
+        for _ in 0..5 {
+            let (_worker, connection) = workers.assign();
+            drop(connection);
+        }
+        assert_eq!(workers.workers.lock().unwrap().len(), 1);
     }
 
     #[test]
