@@ -99,7 +99,7 @@ mod tests {
     }
 
     #[test]
-    fn an_early_build_with_the_default_settings_serves_a_default_create() {
+    fn an_early_build_on_its_thread_is_taken_by_a_create_asking_for_its_settings() {
         let shared = SharedRuntime::build_early_with(Some(settings(8)));
         let runtime = shared.get_or_build(&settings(8)).unwrap();
         assert_eq!(runtime.config(), &settings(8));
