@@ -17,7 +17,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-ctr_() { ctr --address "$work/containerd.sock" --namespace bench "$@"; }
+ctr_cmd=(ctr --address "$work/containerd.sock" --namespace bench)
+ctr_() { "${ctr_cmd[@]}" "$@"; }
 
 cat >"$work/config.toml" <<EOF
 version = 2
@@ -34,7 +35,9 @@ containerd_pid=$!
 for _ in $(seq 1 100); do ctr_ version >/dev/null 2>&1 && break; sleep 0.1; done
 
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.1f", m}'; }
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
+# Times come from bash's own clock, `t0=${EPOCHREALTIME/./}` (microseconds): `$(date …)` forks and execs on
+# every reading (~1–2 ms here), which would be counted in every figure. `ms_since T0` prints the milliseconds since.
+ms_since() { local d=$((${EPOCHREALTIME/./} - $1)); printf '%d.%d\n' $((d / 1000)) $((d % 1000 / 100)); }
 remove() { ctr_ task kill -s SIGKILL "$1" >/dev/null 2>&1 || true; ctr_ task delete -f "$1" >/dev/null 2>&1 || true; ctr_ container rm "$1" >/dev/null 2>&1 || true; }
 # Whether GET / on 127.0.0.1:PORT answers 200, through bash's /dev/tcp: starting curl costs ~16 ms here,
 # which would be counted in every start-up figure.

@@ -12,7 +12,7 @@ out=bench-out; mkdir -p "$out"
 
 bash scripts/setup.sh containerd docker-registry skopeo curl bc python3
 bash examples/build.sh >/dev/null
-cargo build --release --locked -q -p containerd-shim-wasmhttp -p wasmhttp-cli
+cargo build --release --locked -q -p containerd-shim-wasmhttp -p wasmhttp-cli -p wasmhttp-bench
 bin=$PWD/target/release
 
 source bench/containerd.sh # $work, ctr_, a private containerd with the shim on its PATH, cleanup on exit
@@ -47,10 +47,10 @@ declare -A ms
 for i in $(seq 1 "$runs"); do
   big_component "$i" "$work/big.wasm"
   "$bin/wasmhttp" image build "$work/big.wasm" -t "$registry/big:1" -o "$work/big.tar" 2>/dev/null
-  t0=$(now_ms); "$bin/wasmhttp" image push "$work/big.tar" "$registry/wasmhttp-$i:1" --plain-http 2>/dev/null; echo $(($(now_ms) - t0)) >>"$work/push-wasmhttp"
-  t0=$(now_ms); skopeo copy -q --dest-tls-verify=false "oci-archive:$work/big.tar" "docker://$registry/skopeo-$i:1" >/dev/null; echo $(($(now_ms) - t0)) >>"$work/push-skopeo"
-  t0=$(now_ms); "$bin/wasmhttp" image pull "$registry/wasmhttp-$i:1" -o "$work/pulled-$i.tar" --plain-http 2>/dev/null; echo $(($(now_ms) - t0)) >>"$work/pull-wasmhttp"
-  t0=$(now_ms); skopeo copy -q --src-tls-verify=false "docker://$registry/skopeo-$i:1" "oci-archive:$work/skopeo-$i.tar" >/dev/null; echo $(($(now_ms) - t0)) >>"$work/pull-skopeo"
+  t0=${EPOCHREALTIME/./}; "$bin/wasmhttp" image push "$work/big.tar" "$registry/wasmhttp-$i:1" --plain-http 2>/dev/null; ms_since "$t0" >>"$work/push-wasmhttp"
+  t0=${EPOCHREALTIME/./}; skopeo copy -q --dest-tls-verify=false "oci-archive:$work/big.tar" "docker://$registry/skopeo-$i:1" >/dev/null; ms_since "$t0" >>"$work/push-skopeo"
+  t0=${EPOCHREALTIME/./}; "$bin/wasmhttp" image pull "$registry/wasmhttp-$i:1" -o "$work/pulled-$i.tar" --plain-http 2>/dev/null; ms_since "$t0" >>"$work/pull-wasmhttp"
+  t0=${EPOCHREALTIME/./}; skopeo copy -q --src-tls-verify=false "docker://$registry/skopeo-$i:1" "oci-archive:$work/skopeo-$i.tar" >/dev/null; ms_since "$t0" >>"$work/pull-skopeo"
   rm -f "$work/pulled-$i.tar" "$work/skopeo-$i.tar"
 done
 size_mib=$(echo "$(stat -c %s "$work/big.wasm") / 1048576" | bc -l)
@@ -60,11 +60,9 @@ for f in push-wasmhttp push-skopeo pull-wasmhttp pull-skopeo; do ms[$f]=$(median
 "$bin/wasmhttp" image build examples/wasm/hello.wasm -t "$registry/hello:1" -o "$work/hello.tar" 2>/dev/null
 "$bin/wasmhttp" image push "$work/hello.tar" "$registry/hello:1" --plain-http 2>/dev/null
 ctr_ image pull --plain-http "$registry/hello:1" >/dev/null
-first_200() { # ID PORT
-  local t0; t0=$(now_ms)
-  ctr_ run -d --runtime io.containerd.wasmhttp.v1 --net-host --env "PORT=$2" "$registry/hello:1" "$1" >/dev/null
-  for _ in $(seq 1 4000); do http_200 "$2" && break; sleep 0.001; done
-  echo $(($(now_ms) - t0))
+first_200() { # ID PORT: `ctr run -d` to the first 200, timed by bench/src/bin/first-response.rs
+  "$bin/first-response" "$2" 1 -- "${ctr_cmd[@]}" run -d --runtime io.containerd.wasmhttp.v1 --net-host \
+    --env "PORT=$2" "$registry/hello:1" "$1" | sed -n 1p
 }
 for i in $(seq 1 "$runs"); do
   rm -rf "$work/cache"

@@ -9,18 +9,16 @@
 Usage: pods.py WORKDIR BIN_DIR CNI_BIN RUNS PODS
 """
 
-import hashlib
-import io
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tarfile
 import time
 import urllib.request
 
 import grpc
+import oci_image
 import v1_pb2 as api
 import v1_pb2_grpc as rpc
 
@@ -39,42 +37,12 @@ def ctr(*args):
 
 def busybox_image(path, ref):
     """An OCI image-layout tar: one layer holding busybox-static and a web root."""
-    layer = io.BytesIO()
-    with tarfile.open(fileobj=layer, mode="w") as tar:
-        tar.add(sh("sh", "-c", "command -v busybox").strip(), arcname="busybox")
-        page = b"Hello from busybox httpd!\n"
-        info = tarfile.TarInfo("www/index.html")
-        info.size = len(page)
-        tar.addfile(info, io.BytesIO(page))
-    layer = layer.getvalue()
-    blobs = {}
-
-    def blob(data, media):
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        blobs[digest] = data
-        return {"mediaType": media, "digest": digest, "size": len(data)}
-
-    layer_desc = blob(layer, "application/vnd.oci.image.layer.v1.tar")
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": ["/busybox"], "Cmd": ["sleep", "2147483647"]},
-        "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
-    }).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": blob(config, "application/vnd.oci.image.config.v1+json"), "layers": [layer_desc],
-    }).encode()
-    manifest_desc = blob(manifest, "application/vnd.oci.image.manifest.v1+json")
-    manifest_desc["annotations"] = {"org.opencontainers.image.ref.name": ref}
-    with tarfile.open(path, "w") as out:
-        def add(name, data):
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            out.addfile(info, io.BytesIO(data))
-        add("oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
-        add("index.json", json.dumps({"schemaVersion": 2, "manifests": [manifest_desc]}).encode())
-        for digest, data in blobs.items():
-            add("blobs/sha256/" + digest.split(":")[1], data)
+    www = f"{work}/www-index.html"
+    with open(www, "wb") as page:
+        page.write(b"Hello from busybox httpd!\n")
+    busybox = sh("sh", "-c", "command -v busybox").strip()
+    oci_image.build(path, ref, {busybox: "/busybox", www: "/www/index.html"}, ["/busybox"],
+                    ["sleep", "2147483647"])
 
 
 def start_containerd():

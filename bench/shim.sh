@@ -4,18 +4,20 @@
 #   2. `ctr run -d` of an HTTP service to its first 200: wasmhttp hello (warm and cold compile cache)
 #      vs runc + the native hyper hello (bench/src/bin/native-hello.rs)
 #   3. sequential `ctr run --rm` per second, both runtimes
+#   runc runs its native programs twice: from a minimal image (bench/oci_image.py; the issue's baseline, and the
+#   ratio's, since our wasm images go through the same snapshot work) and from a plain rootfs directory
+#   (`ctr run --rootfs`, no snapshot: a harder reference, shown beside it).
 #   4. memory per running HTTP service (RSS and PSS summed over the shims), 1 vs N services, grouped in one
 #      shim (one pod) and as separate shims
-# Usage: bench/shim.sh [RUNS] [SERVICES]   (defaults 10 and 20; results also land in bench-out/shim.txt)
-# runc runs from a plain rootfs directory (`ctr run --rootfs`), which spares it the snapshot work our
-# images go through: the comparison favours runc.
+# Usage: bench/shim.sh [RUNS] [SERVICES]   (defaults 10 and 20; results also land in bench-out/shim.txt, each run's
+#        figure in bench-out/shim-runs.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-10}"
 services="${2:-20}"
 out=bench-out; mkdir -p "$out"
 
-bash scripts/setup.sh containerd runc busybox-static bc
+bash scripts/setup.sh containerd runc busybox-static bc python3
 bash examples/build.sh >/dev/null
 cargo build --release --locked -q -p containerd-shim-wasmhttp -p wasmhttp-cli -p wasmhttp-bench
 bin=$PWD/target/release
@@ -30,52 +32,67 @@ done
 mkdir -p "$work/rootfs-echo" "$work/rootfs-hyper"
 cp "$(command -v busybox)" "$work/rootfs-echo/busybox"
 cp "$bin/native-hello" "$work/rootfs-hyper/native-hello"
-for lib in $(ldd "$bin/native-hello" | grep -o '/[^ ]*'); do cp --parents "$lib" "$work/rootfs-hyper/"; done
+hyper_files=("$bin/native-hello=/native-hello")
+for lib in $(ldd "$bin/native-hello" | grep -o '/[^ ]*'); do
+  cp --parents "$lib" "$work/rootfs-hyper/"
+  hyper_files+=("$lib=$lib")
+done
+python3 bench/oci_image.py "$work/echo.tar" docker.io/bench/echo:1 --entrypoint /busybox --entrypoint echo \
+  --entrypoint hello "$(command -v busybox)=/busybox"
+python3 bench/oci_image.py "$work/hyper.tar" docker.io/bench/hyper:1 --entrypoint /native-hello "${hyper_files[@]}"
+ctr_ image import "$work/echo.tar" >/dev/null
+ctr_ image import "$work/hyper.tar" >/dev/null
 
 
 # 1 + 3: ctr run --rm of a command, time to exit; sequential runs per second.
-run_command() { # RUNTIME-KIND ID
-  if [ "$1" = wasmhttp ]; then
-    ctr_ run --rm --runtime io.containerd.wasmhttp.v1 docker.io/bench/hello-cli:1 "$2" /app.wasm 0 >/dev/null 2>&1
-  else
-    ctr_ run --rm --runtime io.containerd.runc.v2 --rootfs "$work/rootfs-echo" "$2" /busybox echo hello >/dev/null 2>&1
-  fi
+run_command() { # KIND ID
+  case "$1" in
+    wasmhttp) ctr_ run --rm --runtime io.containerd.wasmhttp.v1 docker.io/bench/hello-cli:1 "$2" /app.wasm 0 ;;
+    runc) ctr_ run --rm --runtime io.containerd.runc.v2 docker.io/bench/echo:1 "$2" ;;
+    runc-dir) ctr_ run --rm --runtime io.containerd.runc.v2 --rootfs "$work/rootfs-echo" "$2" /busybox echo hello ;;
+  esac >/dev/null 2>&1
 }
 declare -A cmd_ms per_s
 run_command wasmhttp warm-0 # the compile cache is warm from here on
-for kind in wasmhttp runc; do
-  for i in $(seq 1 "$runs"); do
-    t0=$(now_ms); run_command "$kind" "c-$kind-$i"; echo $(($(now_ms) - t0))
-  done >"$work/cmd-$kind"
+run_command runc warm-1     # and the image's snapshot is unpacked
+# The runtimes take turns, so that a slow spell of the machine falls on all of them alike.
+for i in $(seq 1 "$runs"); do
+  for kind in wasmhttp runc runc-dir; do
+    t0=${EPOCHREALTIME/./}; run_command "$kind" "c-$kind-$i"; ms_since "$t0" >>"$work/cmd-$kind"
+  done
+done
+for kind in wasmhttp runc runc-dir; do
   cmd_ms[$kind]=$(median <"$work/cmd-$kind")
-  t0=$(now_ms)
+  t0=${EPOCHREALTIME/./}
   for i in $(seq 1 "$runs"); do run_command "$kind" "s-$kind-$i"; done
-  per_s[$kind]=$(echo "$runs * 1000 / ($(now_ms) - $t0)" | bc -l)
+  per_s[$kind]=$(echo "$runs * 1000000 / (${EPOCHREALTIME/./} - $t0)" | bc -l)
 done
 
 # 2: ctr run -d of an HTTP service to its first 200 on the host network.
+# Timed by bench/src/bin/first-response.rs, which starts `ctr run -d` and polls the port while it runs.
 first_200() { # KIND ID PORT
-  local t0; t0=$(now_ms)
-  if [ "$1" = runc ]; then
-    ctr_ run -d --runtime io.containerd.runc.v2 --net-host --rootfs "$work/rootfs-hyper" "$2" /native-hello "127.0.0.1:$3" >/dev/null 2>&1
-  else
-    ctr_ run -d --runtime io.containerd.wasmhttp.v1 --net-host --env "PORT=$3" docker.io/bench/hello:1 "$2" >/dev/null
-  fi
-  for _ in $(seq 1 4000); do
-    http_200 "$3" && break
-    sleep 0.001
-  done
-  echo $(($(now_ms) - t0))
+  local -a run
+  case "$1" in
+    wasmhttp) run=(--runtime io.containerd.wasmhttp.v1 --net-host --env "PORT=$3" docker.io/bench/hello:1 "$2") ;;
+    runc) run=(--runtime io.containerd.runc.v2 --net-host docker.io/bench/hyper:1 "$2" /native-hello "127.0.0.1:$3") ;;
+    runc-dir) run=(--runtime io.containerd.runc.v2 --net-host --rootfs "$work/rootfs-hyper" "$2" /native-hello
+      "127.0.0.1:$3") ;;
+  esac
+  "$bin/first-response" "$3" 1 -- "${ctr_cmd[@]}" run -d "${run[@]}" | sed -n 1p
   remove "$2"
 }
 declare -A start_ms
-for kind in wasmhttp-warm wasmhttp-cold runc; do
-  for i in $(seq 1 "$runs"); do
+first_200 runc d-warm 19098 >/dev/null          # unpacks the hyper image's snapshot
+first_200 wasmhttp d-warm-wasm 19099 >/dev/null # compiles hello into the cache: "warm" runs start warm
+port=19100 # a port of its own for every run: a closed one may still have connections in TIME_WAIT
+for i in $(seq 1 "$runs"); do
+  for kind in wasmhttp-warm runc runc-dir wasmhttp-cold; do
     [ "$kind" = wasmhttp-cold ] && rm -rf "$work/cache"
-    first_200 "${kind%%-*}" "d-$kind-$i" $((19100 + i))
-  done >"$work/start-$kind"
-  start_ms[$kind]=$(median <"$work/start-$kind")
+    port=$((port + 1))
+    first_200 "${kind/#wasmhttp-*/wasmhttp}" "d-$kind-$i" "$port" >>"$work/start-$kind"
+  done
 done
+for kind in wasmhttp-warm wasmhttp-cold runc runc-dir; do start_ms[$kind]=$(median <"$work/start-$kind"); done
 
 # 4: memory per running service. Sums RSS and PSS (kB) over every shim process of this containerd.
 shim_memory() {
@@ -91,9 +108,9 @@ measure_services() { # grouped|separate COUNT → "rss pss" with COUNT services 
   for i in $(seq 1 "$count"); do
     local extra=()
     [ "$mode" = grouped ] && extra=(--annotation io.kubernetes.cri.sandbox-id=bench-pod)
-    ctr_ run -d --runtime io.containerd.wasmhttp.v1 --net-host --env "PORT=$((19300 + i))" "${extra[@]}" \
+    ctr_ run -d --runtime io.containerd.wasmhttp.v1 --net-host --env "PORT=$((19700 + i))" "${extra[@]}" \
       docker.io/bench/hello:1 "m-$mode-$i" >/dev/null
-    for _ in $(seq 1 1000); do http_200 $((19300 + i)) && break; sleep 0.005; done
+    for _ in $(seq 1 1000); do http_200 $((19700 + i)) && break; sleep 0.005; done
   done
   sleep 1
   shim_memory
@@ -111,17 +128,19 @@ per_extra() { # MODE FIELD(1=rss,2=pss) → MiB per additional service
   echo "($many - $one) / ($services - 1) / 1024" | bc -l
 }
 
+row() { # LABEL UNIT WASMHTTP RUNC_IMAGE RUNC_DIR
+  printf '%-44s %7.1f %-2s %7.1f %-2s %6.2fx %7.1f %-2s %6.2fx\n' "$1" "$3" "$2" "$4" "$2" \
+    "$(echo "$3 / $4" | bc -l)" "$5" "$2" "$(echo "$3 / $5" | bc -l)"
+}
 {
   echo "containerd $(containerd --version | awk '{print $3}'), $(nproc) cores; medians of $runs runs"
-  printf '%-52s %12s %12s %10s\n' measure wasmhttp "runc" ratio
-  printf '%-52s %9.1f ms %9.1f ms %9.2fx\n' "ctr run --rm, command to exit" "${cmd_ms[wasmhttp]}" "${cmd_ms[runc]}" \
-    "$(echo "${cmd_ms[wasmhttp]} / ${cmd_ms[runc]}" | bc -l)"
-  printf '%-52s %9.1f /s %9.1f /s %9.2fx\n' "sequential ctr run --rm per second" "${per_s[wasmhttp]}" "${per_s[runc]}" \
-    "$(echo "${per_s[wasmhttp]} / ${per_s[runc]}" | bc -l)"
-  printf '%-52s %9.1f ms %9.1f ms %9.2fx\n' "ctr run -d to first 200, warm compile cache" "${start_ms[wasmhttp-warm]}" \
-    "${start_ms[runc]}" "$(echo "${start_ms[wasmhttp-warm]} / ${start_ms[runc]}" | bc -l)"
-  printf '%-52s %9.1f ms %9.1f ms %9.2fx\n' "ctr run -d to first 200, cold compile cache" "${start_ms[wasmhttp-cold]}" \
-    "${start_ms[runc]}" "$(echo "${start_ms[wasmhttp-cold]} / ${start_ms[runc]}" | bc -l)"
+  printf '%-44s %10s %10s %7s %10s %7s\n' measure wasmhttp "runc image" ratio "runc dir" ratio
+  row "ctr run --rm, command to exit" ms "${cmd_ms[wasmhttp]}" "${cmd_ms[runc]}" "${cmd_ms[runc-dir]}"
+  row "sequential ctr run --rm per second" /s "${per_s[wasmhttp]}" "${per_s[runc]}" "${per_s[runc-dir]}"
+  row "ctr run -d to first 200, warm compile cache" ms "${start_ms[wasmhttp-warm]}" "${start_ms[runc]}" \
+    "${start_ms[runc-dir]}"
+  row "ctr run -d to first 200, cold compile cache" ms "${start_ms[wasmhttp-cold]}" "${start_ms[runc]}" \
+    "${start_ms[runc-dir]}"
   for mode in grouped separate; do
     printf '%-52s %6.2f MiB RSS  %6.2f MiB PSS\n' "memory per additional service ($mode, 1 → $services)" \
       "$(per_extra "$mode" 1)" "$(per_extra "$mode" 2)"
@@ -129,3 +148,4 @@ per_extra() { # MODE FIELD(1=rss,2=pss) → MiB per additional service
   echo "raw kB (rss pss): grouped 1: ${mem_one[grouped]}; grouped $services: ${mem_many[grouped]};" \
     "separate 1: ${mem_one[separate]}; separate $services: ${mem_many[separate]}"
 } | tee "$out/shim.txt"
+for f in "$work"/cmd-* "$work"/start-*; do echo "$(basename "$f"): $(tr '\n' ' ' <"$f")"; done >"$out/shim-runs.txt"

@@ -38,7 +38,25 @@ pub async fn serve(flags: Flags) -> Result<(), Error> {
         signal_started()?;
         return Ok(());
     };
-    let ttrpc_address = std::env::var("TTRPC_ADDRESS")?;
+    // containerd may connect as soon as the socket listens: its requests wait in the backlog while the rest
+    // is set up, which overlaps that set-up (~1 ms: the event publisher's connection, the node configuration,
+    // the engine's thread) with the `start` action's exit. This process's stderr goes nowhere, so a failure
+    // from here on is logged for containerd's log, and containerd sees the socket close.
+    signal_started()?;
+    let served = serve_task_api(listener, &flags, &path).await;
+    if let Err(e) = &served {
+        tracing::error!("shim server failed: {e}");
+        let _ = std::fs::remove_file(&path);
+    }
+    served
+}
+
+async fn serve_task_api(listener: UnixListener, flags: &Flags, path: &str) -> Result<(), Error> {
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS").map_err(|_| {
+        Error::InvalidArgument(
+            "TTRPC_ADDRESS is not set (containerd sets it for the shims it starts)".into(),
+        )
+    })?;
     let publisher = RemotePublisher::new(&ttrpc_address).await?;
     let exit = Arc::new(ExitSignal::default());
     let events = crate::events::Events::new(publisher, flags.namespace.clone());
@@ -60,13 +78,12 @@ pub async fn serve(flags: Flags) -> Result<(), Error> {
         .add_listener(listener)
         .register_service(services);
     server.start().await?;
-    signal_started()?;
     tokio::spawn(ignore_termination_signals());
     tracing::info!("shim serving on {}", flags.socket);
     exit.wait().await;
     tracing::info!("shim shutting down");
     server.shutdown().await.unwrap_or_default();
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(path);
     Ok(())
 }
 

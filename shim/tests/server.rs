@@ -1,0 +1,54 @@
+//! The shim server process on its own: what containerd sees when the server fails after it said it was up.
+
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::process::{Command, Stdio};
+
+#[test]
+fn a_server_that_fails_after_starting_logs_why_and_removes_its_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    // containerd makes the `log` fifo in the bundle directory and reads it; the shim writes its log there.
+    nix::unistd::mkfifo(&dir.path().join("log"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let mut log = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(dir.path().join("log"))
+        .unwrap();
+    let socket = dir.path().join("shim.sock");
+
+    let mut server = Command::new(env!("CARGO_BIN_EXE_containerd-shim-wasmhttp-v1"))
+        .args(["-namespace", "test", "-id", "c1", "-address"])
+        .arg(dir.path().join("containerd.sock"))
+        .arg("-socket")
+        .arg(format!("unix://{}", socket.display()))
+        .current_dir(dir.path())
+        // Without it the server cannot publish events: a failure that comes after the socket listens.
+        .env_remove("TTRPC_ADDRESS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The `start` action waits for this to close, then hands containerd the socket.
+    let mut said = String::new();
+    server
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut said)
+        .unwrap();
+    assert_eq!(said, "", "nothing but the close goes to the start action");
+    let status = server.wait().unwrap();
+    assert!(!status.success(), "the server must exit with an error");
+
+    let mut logged = String::new();
+    log.read_to_string(&mut logged).unwrap();
+    assert!(
+        logged.contains("shim server failed") && logged.contains("TTRPC_ADDRESS"),
+        "the reason reaches containerd's log: {logged}"
+    );
+    assert!(
+        !socket.exists(),
+        "the socket of a failed server is not left behind"
+    );
+}
