@@ -53,19 +53,7 @@ impl Shim for WasmShim {
     }
 
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
-        // containerd calls this when the shim process died (say, SIGKILL): the task ended as if killed, and
-        // the dead server's socket must not be left behind.
-        if let Ok(address) = containerd_shim::util::read_file_to_str("address").await {
-            let path = address.trim().trim_start_matches("unix://").to_string();
-            if !path.is_empty() && std::os::unix::net::UnixStream::connect(&path).is_err() {
-                let _ = std::fs::remove_file(&path);
-            }
-        }
-        Ok(DeleteResponse {
-            exit_status: 137,
-            exited_at: Some(timestamp()?).into(),
-            ..Default::default()
-        })
+        clean_up_after_shim()
     }
 
     async fn wait(&mut self) {
@@ -79,6 +67,35 @@ impl Shim for WasmShim {
             self.content.clone(),
         )
     }
+}
+
+/// What the `delete` action does, in the bundle directory. containerd 1.6 runs it whenever a shim's connection
+/// closes, after a normal exit too, and for a shim that died (say, SIGKILL): the task ended as if killed, and a
+/// dead server's socket must not be left behind.
+fn clean_up_after_shim() -> Result<DeleteResponse, Error> {
+    if let Ok(address) = std::fs::read_to_string("address") {
+        let path = address.trim().trim_start_matches("unix://").to_string();
+        if !path.is_empty() && std::os::unix::net::UnixStream::connect(&path).is_err() {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    Ok(DeleteResponse {
+        exit_status: 137,
+        exited_at: Some(timestamp()?).into(),
+        ..Default::default()
+    })
+}
+
+/// The `delete` action, answered without the library's bootstrap (signal handlers, subreaper, and blocking
+/// threads for file and stdout I/O): containerd waits for it before a container can be removed, so it is on
+/// the path of every `ctr run --rm`, and it starts no child to reap.
+fn delete_action() -> Result<(), Error> {
+    let response = clean_up_after_shim()?;
+    let bytes = containerd_shim::protos::protobuf::Message::write_to_bytes(&response)?;
+    let mut stdout = std::io::stdout().lock();
+    std::io::Write::write_all(&mut stdout, &bytes)
+        .and_then(|()| std::io::Write::flush(&mut stdout))
+        .map_err(server::io_error("write the delete response"))
 }
 
 /// Spawns the long-lived shim server (or finds the one already serving this pod) and returns its address.
@@ -125,7 +142,7 @@ async fn main() {
     };
     let result = match flags.action.as_str() {
         "start" => start_for_every_containerd(flags).await,
-        "delete" => return run::<WasmShim>(RUNTIME_ID, None).await,
+        "delete" => delete_action(),
         _ => server::serve(flags).await,
     };
     if let Err(e) = result {
