@@ -134,8 +134,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         },
         ..EngineConfig::default()
     };
-    let runtime = Runtime::new(config)?;
-    let app = runtime.load(&Source::from_file(&args.app)?)?;
+    // Reading and hashing the binary overlaps building the engine.
+    let (runtime, source) = std::thread::scope(|scope| {
+        let source = scope.spawn(|| Source::from_file(&args.app));
+        let runtime = Runtime::new(config);
+        let source = source.join().expect("reading the binary does not panic");
+        anyhow::Ok((runtime?, source?))
+    })?;
+    let app = runtime.load(&source)?;
     let limits = args.limits();
     let caps = args.capabilities();
     // One thread: a command runs on it; a service only accepts connections and waits for a signal here,
@@ -167,13 +173,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     tokio.block_on(async {
         let handle = service.serve(listener)?;
-        eprintln!(
-            "wasmhttp: serving {} on http://{} (ready in {} ms, code {})",
+        // Formatted first: stderr is unbuffered, and each piece would be a write of its own.
+        let ready = format!(
+            "wasmhttp: serving {} on http://{} (ready in {} ms, code {})\n",
             args.app.display(),
             handle.local_addr(),
             started.elapsed().as_millis(),
             if app.from_cache() { "from cache" } else { "compiled" },
         );
+        eprint!("{ready}");
         wait_for_stop_signal().await?;
         eprintln!("wasmhttp: draining (up to {:?})", args.drain_timeout);
         handle.shutdown(args.drain_timeout).await;

@@ -82,7 +82,7 @@ pub async fn run_command(
             let pre = CommandPre::new(
                 runtime
                     .component_linker()
-                    .instantiate_pre(component)
+                    .and_then(|linker| linker.instantiate_pre(component))
                     .map_err(link_error)?,
             )
             .map_err(link_error)?;

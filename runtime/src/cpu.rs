@@ -178,9 +178,9 @@ impl CpuMeter {
         }
     }
 
-    fn charge(&self, used: Duration) {
+    /// Charges `used` CPU time, which ended at `now`.
+    fn charge(&self, used: Duration, now: Instant) {
         self.stats.add_cpu(used);
-        let now = Instant::now();
         if let Some((group, member)) = &self.group {
             member.busy_at.store(group.millis(now), Relaxed);
         }
@@ -276,7 +276,8 @@ impl<F: Future> Future for Metered<F> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let start = Instant::now();
         let result = self.inner.as_mut().poll(cx);
-        self.meter.charge(start.elapsed());
+        let end = Instant::now();
+        self.meter.charge(end - start, end);
         result
     }
 }
@@ -293,7 +294,7 @@ mod tests {
             None,
             "a full bucket does not throttle"
         );
-        meter.charge(Duration::from_millis(150));
+        meter.charge(Duration::from_millis(150), Instant::now());
         // 50 ms of burst minus 150 ms used = 100 ms of debt, repaid at 0.5 CPU → about 200 ms.
         let wait = meter.throttle_for().unwrap();
         assert!(
@@ -342,10 +343,10 @@ mod tests {
             )
         };
         let (heavy, light) = (meter(1024), meter(512));
-        heavy.charge(Duration::from_millis(1));
+        heavy.charge(Duration::from_millis(1), Instant::now());
         let now = Instant::now();
         assert_eq!(heavy.rate_with(None, now), None, "alone, no share applies");
-        light.charge(Duration::from_millis(1));
+        light.charge(Duration::from_millis(1), Instant::now());
         std::thread::sleep(SHARE_REFRESH + Duration::from_millis(2));
         let now = Instant::now();
         let heavy_rate = heavy.rate_with(None, now).unwrap();

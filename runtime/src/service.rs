@@ -103,7 +103,7 @@ impl Service {
         caps.validate()?;
         let pre = runtime
             .component_linker()
-            .instantiate_pre(component)
+            .and_then(|linker| linker.instantiate_pre(component))
             .map_err(link_error)?;
         let pre = ProxyPre::new(pre).map_err(link_error)?;
         let meter = Arc::new(CpuMeter::new(
