@@ -201,7 +201,7 @@ impl Runtime {
             Some(dir) => Some(CompileCache::open(dir, config.cache_max_bytes, &engine)?),
             None => None,
         };
-        let component_linker = OnThread::spawn("the WASI linker", {
+        let component_linker = OnThread::spawn("WASI linker", {
             let engine = engine.clone();
             move || {
                 let mut linker = Linker::new(&engine);
