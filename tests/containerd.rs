@@ -191,11 +191,27 @@ fn a_killed_shim_is_reported_exited_and_a_containerd_restart_keeps_services() {
     assert!(exit_line.contains("\"exit_status\":137"), "{exit_line}");
     let _ = containerd.ctr(&["task", "delete", "victim"]);
     containerd.ctr_ok(&["container", "rm", "victim"]);
-    assert!(
-        !shim_socket.exists(),
-        "the dead shim's socket {} is removed",
-        shim_socket.display()
-    );
+    // Removed by the shim's `delete` action, which containerd runs for the dead shim. CI once found the
+    // socket still there at this point (1 run in ~30 of this file); the wait and the listeners in the message
+    // are there to tell a late removal from one that never happens.
+    let removed_by = Instant::now() + Duration::from_secs(5);
+    while shim_socket.exists() && Instant::now() < removed_by {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if shim_socket.exists() {
+        let listeners = Command::new("ss").arg("-xlp").output().unwrap();
+        let on_socket: Vec<String> = String::from_utf8_lossy(&listeners.stdout)
+            .lines()
+            .filter(|l| l.contains(&*shim_socket.to_string_lossy()))
+            .map(str::to_string)
+            .collect();
+        panic!(
+            "the dead shim's socket {} is not removed; shim pid {} still exists: {}; listening on it: {on_socket:?}",
+            shim_socket.display(),
+            shims[0],
+            std::path::Path::new(&format!("/proc/{}", shims[0])).exists()
+        );
+    }
     assert!(
         containerd
             .ctr_ok(&["container", "ls", "-q"])
