@@ -43,7 +43,7 @@ run_wrk() {
 
 rm -f "$out/results"
 run_wrk wasmhttp 18181 ./target/release/wasmhttp run "$wasm" --listen 127.0.0.1:18181 --cache-dir "$cache" \
-  --memory 128Mi --cpus 2 --max-concurrency 256 --queue 1024 --timeout 5s --fuel 100000000
+  --memory 128Mi --cpus 2 --max-concurrency 256 --queue-depth 1024 --request-timeout 5s --fuel-per-request 100000000
 run_wrk wasmhttp-nolimits 18186 ./target/release/wasmhttp run "$wasm" --listen 127.0.0.1:18186 --cache-dir "$cache"
 run_wrk wasmtime-serve 18182 "$tools/bin/wasmtime" serve -Scli --addr 127.0.0.1:18182 "$wasm"
 run_wrk native-hyper 18183 ./target/release/native-hello 127.0.0.1:18183

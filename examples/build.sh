@@ -2,7 +2,7 @@
 # Builds every example guest for wasm32-wasip2 and copies the .wasm files to examples/wasm/.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+bash "$here/../scripts/setup.sh"
 mkdir -p "$here/wasm"
 for name in hello echo cpu-burn mem-hog trap logger hello-cli probe; do
   (cd "$here/$name" && cargo build --quiet --release --target wasm32-wasip2 --target-dir "$here/target")

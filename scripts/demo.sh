@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 
 bash scripts/setup.sh curl containerd
 bash examples/build.sh >/dev/null
-# The same build the tests use, so running both compiles wasmtime once.
-cargo build --workspace --locked -q
+# Only what a user installs: the shim and the CLI build with Rust alone (no protoc, no other toolchain).
+cargo build --locked -q -p containerd-shim-wasmhttp -p wasmhttp-cli
 bin="$PWD/target/debug"
 
 port="${PORT:-8080}"

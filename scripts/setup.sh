@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs what building and testing wasmhttp needs on a fresh Debian machine: idempotent, quiet when
-# everything is already there. Sourced by the other scripts; safe to run alone.
+# Installs what building and testing wasmhttp needs on a fresh Debian machine with rustup: the Debian
+# packages named as arguments, and the Rust toolchain pinned in rust-toolchain.toml (with its wasm target).
+# Idempotent, quiet when everything is already there. Called by the other scripts; safe to run alone.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 need_apt=()
 for pkg in "$@"; do
@@ -14,7 +16,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
-if ! rustup target list --installed | grep -qx wasm32-wasip2; then
-  echo "setup: adding the wasm32-wasip2 Rust target" >&2
-  rustup target add wasm32-wasip2 >/dev/null
+# rustup does not install a pinned toolchain by itself where RUSTUP_AUTO_INSTALL=0: do it explicitly.
+toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+if ! rustup run "$toolchain" rustc --print target-list >/dev/null 2>&1 \
+  || ! rustup +"$toolchain" target list --installed | grep -qx wasm32-wasip2 \
+  || ! rustup +"$toolchain" component list --installed | grep -q '^clippy'; then
+  echo "setup: installing Rust $toolchain (minimal, clippy, rustfmt, wasm32-wasip2)" >&2
+  rustup toolchain install "$toolchain" --profile minimal -c clippy -c rustfmt -t wasm32-wasip2 >/dev/null
 fi

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs every test: installs prerequisites, builds the example guests and the workspace, checks format and
-# lints, then runs the unit, integration and end-to-end tests.
+# Runs every test: installs prerequisites, builds the example guests and the workspace, checks format, lints,
+# dependencies and that what users install builds without protoc, then runs the unit, integration and
+# end-to-end tests. The fast lane, `cargo test -p wasmhttp-runtime`, needs none of the system packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# protobuf-compiler is for the test crate's CRI and containerd clients only (see the check below).
 bash scripts/setup.sh curl containerd iproute2 protobuf-compiler containernetworking-plugins docker-registry skopeo umoci apache2-utils python3-venv
 # A one-off build gains nothing from incremental state but its disk use.
 if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
@@ -11,5 +13,8 @@ echo "disk free before the build: $(df -h --output=avail . | tail -1)"
 bash examples/build.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+bash scripts/check-deps.sh
+words=$(wc -w < README.md)
+if [ "$words" -gt 1500 ]; then echo "README.md has $words words; keep it at 1,500 or fewer (details go to docs/)" >&2; exit 1; fi
 cargo build --workspace --locked
 cargo test --workspace --locked --no-fail-fast

@@ -97,7 +97,7 @@ fn a_service_serves_with_limits_and_drains_on_sigterm() {
                 "8",
             ])
             .args([
-                "--timeout",
+                "--request-timeout",
                 "2s",
                 "--cache-dir",
                 cache.path().to_str().unwrap(),
@@ -236,5 +236,87 @@ fn install_restart_runs_systemctl_only_when_the_config_changed() {
         String::from_utf8_lossy(&failed.stderr).contains("cannot run systemctl"),
         "{}",
         String::from_utf8_lossy(&failed.stderr)
+    );
+}
+
+/// Serves `app` on a free port; returns the child and the address its first stderr line names.
+fn serve(
+    args: &[&str],
+    app: &str,
+) -> (KillOnDrop, BufReader<std::process::ChildStderr>, SocketAddr) {
+    let mut child = KillOnDrop(
+        Command::new(binary("wasmhttp"))
+            .args(["run", "--listen", "127.0.0.1:0", "--no-cache"])
+            .args(args)
+            .arg(app)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (child, stderr, addr)
+}
+
+#[test]
+fn a_refusal_is_one_plain_line_and_the_stop_line_counts_it() {
+    let (child, mut stderr, addr) = serve(&[], example("trap").to_str().unwrap());
+    let reply = get(addr, "/");
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (500, "guest trapped\n")
+    );
+    kill(Pid::from_raw(child.0.id() as i32), Signal::SIGTERM).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let refusals: Vec<&str> = rest
+        .lines()
+        .filter(|l| l.contains("request refused"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "{rest}");
+    assert!(refusals[0].contains("guest trapped"), "{rest}");
+    assert!(
+        !rest.contains('\u{1b}'),
+        "no colour codes when stderr is not a terminal: {rest:?}"
+    );
+    assert!(
+        !rest.contains("backtrace"),
+        "the guest's backtrace is for debug level: {rest}"
+    );
+    assert!(
+        rest.contains("stopped after 1 requests (0 answered by the guest; refused: 1 trap"),
+        "{rest}"
+    );
+}
+
+#[test]
+fn old_flag_names_still_work_and_server_flags_on_a_command_warn() {
+    let output = wasmhttp(&[
+        "run",
+        "--no-cache",
+        "--listen",
+        "127.0.0.1:0",
+        "--queue",
+        "3",
+        example("hello-cli").to_str().unwrap(),
+        "--",
+        "0",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("--queue is deprecated") && stderr.contains("use --queue-depth"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("is a command, not an HTTP service: --listen, --queue-depth ignored"),
+        "{stderr}"
     );
 }

@@ -315,6 +315,35 @@ fn bad_references_unreachable_registries_and_denied_pushes_are_one_line_errors()
         ),
         "pull with credentials",
     );
+
+    // Most real logins keep the secret in a credential helper: `credHelpers` per registry, else `credsStore`.
+    let helpers = dir.path().join("helpers");
+    std::fs::create_dir_all(&helpers).unwrap();
+    let helper = helpers.join("docker-credential-wasmhttp-test");
+    std::fs::write(
+        &helper,
+        "#!/bin/sh\nread server\nprintf '{\"ServerURL\":\"%s\",\"Username\":\"ci\",\"Secret\":\"s3cret\"}' \"$server\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", helpers.display(), std::env::var("PATH").unwrap());
+    let env = [
+        ("DOCKER_CONFIG", docker_config.as_path()),
+        ("PATH", std::path::Path::new(&path)),
+    ];
+    for config in [
+        format!(
+            r#"{{"credHelpers":{{"{}":"wasmhttp-test"}}}}"#,
+            registry.host
+        ),
+        r#"{"credsStore":"wasmhttp-test"}"#.to_string(),
+    ] {
+        std::fs::write(docker_config.join("config.json"), &config).unwrap();
+        ok(
+            wasmhttp_with(&["image", "push", tar, &reference, "--plain-http"], &env),
+            &format!("push with a credential helper: {config}"),
+        );
+    }
 }
 
 #[test]

@@ -88,10 +88,14 @@ fn memory_limit_fails_the_request_not_the_service() {
     assert_eq!(failcnt, Some(1), "the one 100 MiB request: {json}");
     let log = containerd.log();
     assert!(
-        log.lines().any(|l| l.contains("request failed")
+        log.lines().any(|l| l.contains("request refused")
             && l.contains("memory limit exceeded")
             && l.contains("service=hog (/app.wasm)")),
         "each refusal is logged with its cause and container: {log}"
+    );
+    assert!(
+        !log.contains("backtrace"),
+        "a refusal is one line; the guest's backtrace is for debug level: {log}"
     );
 }
 
@@ -170,13 +174,30 @@ fn update_changes_limits_under_load() {
         &image,
         "live",
         port,
-        &["--cpus", "1", "--annotation", "wasmhttp.io/queue-depth=2"],
+        &[
+            "--cpus",
+            "1",
+            "--annotation",
+            "wasmhttp.io/queue-depth=2",
+            "--annotation",
+            "wasmhttp.io/max-concurrency=3",
+        ],
     );
     let addr = loopback(port);
     wait_for_200(addr);
     let shim = the_shim(&containerd);
 
-    // pids.limit arrives by Update: 8 slow requests, 4 run, 2 wait in the queue, 2 get 503.
+    // An Update that leaves pids.limit alone keeps the annotation's concurrency.
+    assert_eq!(metric(&containerd, "live", "pids.limit"), 3);
+    update_resources(&containerd, "live", r#"{"memory":{"limit":536870912}}"#).unwrap();
+    assert_eq!(
+        metric(&containerd, "live", "pids.limit"),
+        3,
+        "the annotation survives"
+    );
+
+    // pids.limit arrives by Update, and changes the field the annotation overrode: the Update wins.
+    // 8 slow requests, 4 run, 2 wait in the queue, 2 get 503.
     update_resources(&containerd, "live", r#"{"pids":{"limit":4}}"#).unwrap();
     assert_eq!(metric(&containerd, "live", "pids.limit"), 4);
     let socket = containerd.socket();
@@ -270,7 +291,9 @@ fn annotations_and_node_configuration_apply_and_bad_values_fail_create() {
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
-        said.contains(&format!("{}:2", bad.display())) && said.contains("invalid duration"),
+        said.contains(&format!("{}:2", bad.display()))
+            && said.contains("request_timeout")
+            && said.contains("is not a duration"),
         "{said}"
     );
     containerd.ctr_ok(&["container", "rm", "badnode"]);
@@ -317,14 +340,14 @@ fn annotations_and_node_configuration_apply_and_bad_values_fail_create() {
     let reply = get(addr, "/?ms=3000");
     assert_eq!(
         (reply.status, reply.body.as_str()),
-        (500, "cpu budget exceeded\n")
+        (500, "fuel exhausted\n")
     );
 
     // The node configuration's defaults apply where the spec says nothing.
     let node = containerd.dir.path().join("node.toml");
     std::fs::write(
         &node,
-        "[defaults]\nrequest_timeout = \"150ms\"\nmemory = \"32Mi\"\n",
+        "[defaults]\nrequest-timeout = \"150ms\"\nmemory = \"32Mi\"\n[ceilings]\nqueue-depth = 4\n",
     )
     .unwrap();
     let port = free_port();
@@ -342,4 +365,29 @@ fn annotations_and_node_configuration_apply_and_bad_values_fail_create() {
         metric(&containerd, "noded", "memory.limit_in_bytes"),
         32 * MIB
     );
+
+    // The node's ceilings bound what an annotation may ask for; the error names the key and the ceiling.
+    let output = ctr_run(
+        &containerd,
+        "-d",
+        &[
+            "--net-host",
+            "--runtime-config-path",
+            node.to_str().unwrap(),
+            "--annotation",
+            "wasmhttp.io/queue-depth=10",
+            &image,
+            "greedy",
+        ],
+    );
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "an annotation above a ceiling was accepted"
+    );
+    assert!(
+        said.contains("wasmhttp.io/queue-depth=10") && said.contains("ceiling queue-depth = 4"),
+        "{said}"
+    );
+    containerd.ctr_ok(&["container", "rm", "greedy"]);
 }

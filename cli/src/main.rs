@@ -3,6 +3,7 @@
 
 mod image;
 mod install;
+mod knob_flags;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +55,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never into files or containerd's log.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Run(args) => run::run(*args),

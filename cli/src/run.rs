@@ -1,47 +1,31 @@
 //! `wasmhttp run`: flags → `Limits` + `Capabilities` → serve or run.
 
+use crate::knob_flags::KnobFlags;
 use anyhow::Context;
 use clap::Args;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use wasmhttp_runtime::{
-    Capabilities, CommandIo, EngineConfig, GuestOutput, Limits, Preopen, Runtime, Service, Source,
-    parse_cpus, parse_duration, parse_memory,
+    Capabilities, CommandIo, EngineConfig, GuestOutput, Layers, Limits, Preopen, Runtime, Service,
+    Source, fold,
 };
+
+/// Where `wasmhttp run` serves when `--listen` is not given.
+const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
 
 #[derive(Args)]
 pub struct RunArgs {
     /// The wasm binary: a wasi:http component, a wasi:cli command, or a WASI preview 1 module.
     app: PathBuf,
-    /// Address to serve HTTP on.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    listen: SocketAddr,
-    /// Memory for all live instances together (e.g. 64Mi); also the per-instance cap.
-    #[arg(long, value_parser = parse_memory)]
-    memory: Option<u64>,
-    /// Memory for one instance, when lower than --memory (e.g. 16Mi).
-    #[arg(long, value_parser = parse_memory)]
-    memory_per_instance: Option<u64>,
-    /// CPU rate in cores (0.5, 500m).
-    #[arg(long, value_parser = parse_cpus)]
-    cpus: Option<f64>,
-    /// Fuel one request (or the command) may consume.
+    /// Address to serve HTTP on [default: 127.0.0.1:8080].
     #[arg(long)]
-    fuel: Option<u64>,
-    /// Instances allowed to run at once.
-    #[arg(long)]
-    max_concurrency: Option<usize>,
-    /// Requests that may wait for a slot when --max-concurrency is reached (the rest get 503).
-    #[arg(long, default_value_t = 0)]
-    queue: usize,
-    /// Time limit of one request, or of the command (e.g. 5s, 250ms).
-    #[arg(long, value_parser = parse_duration)]
-    timeout: Option<Duration>,
-    /// Largest request body accepted (e.g. 1Mi).
-    #[arg(long, value_parser = parse_memory)]
-    max_body: Option<u64>,
+    listen: Option<SocketAddr>,
+    /// Every limit and knob (`--memory`, `--request-timeout`, … as in README's table).
+    #[command(flatten)]
+    knobs: KnobFlags,
     /// Environment variable for the guest, KEY=VALUE (repeatable). The host's environment is never passed.
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -57,9 +41,6 @@ pub struct RunArgs {
     /// Compile every time instead of using the cache.
     #[arg(long)]
     no_cache: bool,
-    /// On Ctrl-C or SIGTERM, how long in-flight requests may take to finish.
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
-    drain_timeout: Duration,
     /// Arguments passed to the guest after its name.
     #[arg(last = true)]
     args: Vec<String>,
@@ -88,21 +69,13 @@ fn parse_dir(text: &str) -> Result<Preopen, String> {
 }
 
 impl RunArgs {
+    /// The flags folded over the same built-in defaults the shim uses (no node layer, no OCI spec).
     fn limits(&self) -> Limits {
-        Limits {
-            memory_per_instance: self.memory_per_instance,
-            memory_total: self.memory,
-            cpu: self.cpus,
-            // One service per process: there is nothing to share the CPU with.
-            cpu_shares: None,
-            fuel_per_request: self.fuel,
-            max_concurrency: self.max_concurrency,
-            queue_depth: self.queue,
-            request_timeout: self.timeout,
-            max_request_body: self
-                .max_body
-                .unwrap_or(wasmhttp_runtime::DEFAULT_MAX_REQUEST_BODY),
-        }
+        let layers = Layers {
+            overrides: self.knobs.0.clone(),
+            ..Layers::default()
+        };
+        fold(&layers).expect("without ceilings or OCI values nothing is refused")
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -151,6 +124,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting tokio")?;
     if !app.kind().is_http() {
+        warn_server_flags(&args);
         let io = CommandIo {
             stdin: Some(Box::new(tokio::io::stdin())),
             stdout: GuestOutput::stdout(),
@@ -161,6 +135,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ))?;
         return Ok(ExitCode::from(exit.code as u8));
     }
+    let listen = args.listen.unwrap_or(DEFAULT_LISTEN);
+    let drain_timeout = limits.drain_timeout.unwrap_or_default();
     let service = Service::new(
         &runtime,
         &app,
@@ -169,8 +145,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         GuestOutput::stdout(),
         GuestOutput::stderr(),
     )?;
-    let listener = TcpListener::bind(args.listen)
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener =
+        TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
     tokio.block_on(async {
         let handle = service.serve(listener)?;
         // Formatted first: stderr is unbuffered, and each piece would be a write of its own.
@@ -183,23 +159,47 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
         eprint!("{ready}");
         wait_for_stop_signal().await?;
-        eprintln!("wasmhttp: draining (up to {:?})", args.drain_timeout);
-        handle.shutdown(args.drain_timeout).await;
+        eprintln!("wasmhttp: draining (up to {drain_timeout:?})");
+        handle.shutdown(drain_timeout).await;
         let stats = handle.stats();
         let mean_instantiate = stats.instantiate_time.checked_div(stats.instantiations.max(1) as u32).unwrap_or_default();
         eprintln!(
-            "wasmhttp: stopped after {} requests ({} trap, {} cpu, {} timeout, {} memory, {} overload); mean instantiation {:.1} µs",
+            "wasmhttp: stopped after {} requests ({} answered by the guest; refused: {} trap, {} fuel, {} timeout, {} memory, {} over capacity, {} cancelled); mean instantiation {:.1} µs",
+            stats.requests_total(),
             stats.requests_served,
             stats.failed_trap,
-            stats.failed_cpu,
+            stats.failed_fuel,
             stats.failed_timeout,
             stats.failed_memory,
             stats.failed_overload,
+            stats.failed_cancelled,
             mean_instantiate.as_secs_f64() * 1e6
         );
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// A command runs once and serves nothing: flags that only shape a server would be silently ignored.
+fn warn_server_flags(args: &RunArgs) {
+    let knobs = &args.knobs.0;
+    let given: Vec<&str> = [
+        ("--listen", args.listen.is_some()),
+        ("--max-concurrency", knobs.max_concurrency.is_some()),
+        ("--queue-depth", knobs.queue_depth.is_some()),
+        ("--max-request-body", knobs.max_request_body.is_some()),
+        ("--drain-timeout", knobs.drain_timeout.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(flag, set)| set.then_some(flag))
+    .collect();
+    if !given.is_empty() {
+        eprintln!(
+            "wasmhttp: warning: {} is a command, not an HTTP service: {} ignored",
+            args.app.display(),
+            given.join(", ")
+        );
+    }
 }
 
 async fn wait_for_stop_signal() -> anyhow::Result<()> {

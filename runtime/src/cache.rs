@@ -67,11 +67,6 @@ impl CompileCache {
         })
     }
 
-    /// The cache directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// (hits, misses) since this cache was opened.
     pub fn hit_counts(&self) -> (u64, u64) {
         (self.hits.load(Relaxed), self.misses.load(Relaxed))

@@ -6,7 +6,7 @@ use crate::engine::{Code, Loaded, Runtime};
 use crate::instance::{
     Guarded, InstanceGuard, InstanceIo, InstanceState, P1State, finish, new_store,
 };
-use crate::limits::Limits;
+use crate::knobs::Limits;
 use crate::output::GuestOutput;
 use crate::stats::{FailureCause, Stats, StatsSnapshot};
 use std::sync::Arc;
@@ -62,9 +62,10 @@ pub async fn run_command(
         });
     }
     caps.validate()?;
+    app.check_memory_minimum(limits)?;
     let meter = Arc::new(CpuMeter::new(
         Arc::new(Stats::default()),
-        limits.cpu,
+        limits.cpus,
         Some((runtime.cpu_shares(), limits.effective_cpu_shares())),
     ));
     let guard = InstanceGuard::new(meter.clone(), limits, runtime.config().max_table_elements);
@@ -121,6 +122,7 @@ pub async fn run_command(
     let (code, failure) = match outcome {
         Ok(code) => (code, None),
         Err((cause, detail)) => {
+            meter.stats().failed(cause);
             // After the store is gone, so the guest's own last lines come first.
             io.stderr.write_line(&format!(
                 "wasmhttp: {} stopped: {}: {detail}",

@@ -24,8 +24,6 @@ const BURST_WINDOW: Duration = Duration::from_millis(100);
 const ACTIVE_WINDOW: Duration = Duration::from_millis(50);
 /// How long a computed share stays valid; recomputing takes the group's lock.
 const SHARE_REFRESH: Duration = Duration::from_millis(10);
-/// The weight of a service that sets none (cgroup v1's default `cpu.shares`).
-pub const DEFAULT_CPU_SHARES: u64 = 1024;
 
 /// The services of one [`crate::Runtime`] that divide the host's CPUs by weight when they contend
 /// (`cpu.shares`). A service alone on the CPU is not slowed by its weight, as under CFS.
@@ -218,40 +216,13 @@ impl CpuMeter {
     }
 }
 
-/// The error a guest run ends with when the host-side deadline fires while the guest waits on I/O
-/// (CPU-bound guests are stopped earlier by the epoch deadline).
-#[derive(Debug)]
-pub(crate) struct HostTimeout;
-
-impl std::fmt::Display for HostTimeout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("request timeout elapsed while the guest was waiting")
-    }
-}
-
-impl std::error::Error for HostTimeout {}
-
 /// Runs a guest future metered by `meter` and bounded by `timeout`.
 pub(crate) async fn run_metered<R>(
     meter: &Arc<CpuMeter>,
     timeout: Option<Duration>,
     run: impl Future<Output = wasmtime::Result<R>>,
 ) -> wasmtime::Result<R> {
-    Metered::new(with_timeout(timeout, run), meter.clone()).await
-}
-
-/// Bounds a guest future by `timeout` (the caller meters it).
-pub(crate) async fn with_timeout<R>(
-    timeout: Option<Duration>,
-    run: impl Future<Output = wasmtime::Result<R>>,
-) -> wasmtime::Result<R> {
-    match timeout {
-        // A little slack lets the epoch deadline (which knows the guest was computing) fire first.
-        Some(t) => tokio::time::timeout(t + Duration::from_millis(20), run)
-            .await
-            .unwrap_or_else(|_| Err(wasmtime::Error::new(HostTimeout))),
-        None => run.await,
-    }
+    Metered::new(crate::deadline::with_timeout(timeout, run), meter.clone()).await
 }
 
 /// A future whose every poll is charged to a [`CpuMeter`]. Wrapping whole tasks (a connection, an
@@ -285,6 +256,7 @@ impl<F: Future> Future for Metered<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::knobs::DEFAULT_CPU_SHARES;
 
     #[test]
     fn debt_is_paid_back_at_the_rate() {

@@ -138,7 +138,6 @@ pub struct Loaded {
     digest: String,
     code: Code,
     from_cache: bool,
-    load_time: Duration,
 }
 
 #[derive(Clone)]
@@ -175,10 +174,6 @@ impl Loaded {
     pub fn from_cache(&self) -> bool {
         self.from_cache
     }
-    /// How long compiling or deserializing took.
-    pub fn load_time(&self) -> Duration {
-        self.load_time
-    }
     /// Bytes of compiled machine code held for this guest (shared by all its instances).
     pub fn code_size(&self) -> u64 {
         let range = match &self.code {
@@ -186,6 +181,34 @@ impl Loaded {
             Code::Module(m) => m.image_range(),
         };
         (range.end as usize - range.start as usize) as u64
+    }
+    /// Refuses limits that leave the guest less memory than its largest linear memory starts with: every
+    /// request (or the command) would fail on a memory error, so say it once, at start.
+    pub fn check_memory_minimum(&self, limits: &crate::Limits) -> Result<(), crate::Error> {
+        const PAGE: u64 = 64 << 10;
+        let required = match &self.code {
+            Code::Component(c) => c.resources_required(),
+            Code::Module(m) => Some(m.resources_required()),
+        };
+        let (Some(cap), Some(required)) = (limits.effective_instance_memory(), required) else {
+            return Ok(());
+        };
+        let needed = required
+            .max_initial_memory_size
+            .unwrap_or(0)
+            .saturating_mul(PAGE);
+        if needed > cap {
+            let show = crate::knobs::value::size::show;
+            return Err(crate::Error::Limits {
+                name: self.name.clone(),
+                detail: format!(
+                    "its linear memory starts at {} but the memory limit is {}",
+                    show(needed),
+                    show(cap)
+                ),
+            });
+        }
+        Ok(())
     }
     pub(crate) fn code(&self) -> &Code {
         &self.code
@@ -323,7 +346,6 @@ impl Runtime {
             digest: source.digest().to_string(),
             code,
             from_cache,
-            load_time,
         })
     }
 

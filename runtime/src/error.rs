@@ -46,6 +46,14 @@ pub enum Error {
         /// The linker's message (which import is missing).
         detail: String,
     },
+    /// The limits leave the guest no room to start.
+    #[error("{name} cannot start under these limits: {detail}")]
+    Limits {
+        /// The binary's name.
+        name: String,
+        /// Which limit, and what the guest needs.
+        detail: String,
+    },
     /// A granted capability is unusable.
     #[error("{0}")]
     Capability(String),

@@ -1,21 +1,54 @@
 //! One HTTP request: admission, a fresh instance, and a proper response whatever happens to it.
 
-use crate::admission::Permit;
-use crate::cpu::{Metered, with_timeout};
+use crate::admission::{Admission, Permit};
+use crate::capabilities::Capabilities;
+use crate::cpu::{CpuMeter, Metered};
+use crate::deadline::with_timeout;
+use crate::engine::Runtime;
 use crate::instance::{InstanceGuard, InstanceIo, InstanceState, finish, new_store};
-use crate::limits::Limits;
-use crate::service::Shared;
+use crate::knobs::Limits;
+use crate::output::GuestOutput;
 use crate::stats::FailureCause;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+/// State every request of a service reaches.
+pub(crate) struct Shared {
+    pub(crate) name: String,
+    pub(crate) runtime: Runtime,
+    pub(crate) pre: ProxyPre<InstanceState>,
+    pub(crate) limits: RwLock<Arc<Limits>>,
+    pub(crate) meter: Arc<CpuMeter>,
+    pub(crate) admission: Arc<Admission>,
+    pub(crate) caps: Capabilities,
+    pub(crate) stdout: GuestOutput,
+    pub(crate) stderr: GuestOutput,
+    /// Cancels in-flight instances when a drain runs out of time.
+    pub(crate) cancel: CancellationToken,
+    /// Every connection and instance task, so a drain can wait for them.
+    pub(crate) tasks: TaskTracker,
+}
+
+impl Shared {
+    pub(crate) fn limits(&self) -> Arc<Limits> {
+        self.limits
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
 
 type Outcome = Option<(FailureCause, String)>;
 
@@ -29,7 +62,7 @@ pub(crate) async fn handle(
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared_length.is_some_and(|len| len > limits.max_request_body) {
+    if declared_length.is_some_and(|len| len > limits.effective_max_request_body()) {
         return Ok(text_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request body too large",
@@ -37,7 +70,10 @@ pub(crate) async fn handle(
     }
     let Some(permit) = shared
         .admission
-        .admit(limits.max_concurrency, limits.queue_depth)
+        .admit(
+            limits.effective_max_concurrency(),
+            limits.effective_queue_depth(),
+        )
         .await
     else {
         shared.meter.stats().failed(FailureCause::Overload);
@@ -45,9 +81,18 @@ pub(crate) async fn handle(
         return Ok(failure_response(FailureCause::Overload));
     };
     let (sender, receiver) = oneshot::channel();
+    // Set when a body without a usable Content-Length runs past the cap while the guest reads it.
+    let body_cut = Arc::new(AtomicBool::new(false));
     // Metered from setup to teardown: building the store and returning its memory are the request's CPU too.
     let instance = shared.tasks.spawn(Metered::new(
-        run_instance(shared.clone(), limits, request, sender, permit),
+        run_instance(
+            shared.clone(),
+            limits,
+            request,
+            body_cut.clone(),
+            sender,
+            permit,
+        ),
         shared.meter.clone(),
     ));
     match receiver.await {
@@ -55,14 +100,24 @@ pub(crate) async fn handle(
             shared.meter.stats().served();
             Ok(response)
         }
+        Ok(Err(_)) | Err(_) if body_cut.load(Ordering::Relaxed) => Ok(text_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+        )),
         Ok(Err(code)) => {
             shared.meter.stats().served();
+            // The code's details (host error chains, backtraces) are for the log, not for the client.
+            tracing::debug!(service = %shared.name, "guest returned an error: {code:?}");
+            let name = format!("{code:?}");
+            let name = name.split(['(', ' ', '{']).next().unwrap_or_default();
             Ok(text_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("guest returned an error: {code:?}"),
+                &format!("guest returned an error: {name}"),
             ))
         }
-        // The instance ended without setting a response: its outcome says why.
+        // The instance ended without setting a response: its outcome says why, and only then is the
+        // request counted and logged as refused (a guest that answered on its own, say a 500 after a refused
+        // memory.grow, was served).
         Err(_) => {
             let cause = match instance.await {
                 Ok(Some((cause, _))) => cause,
@@ -75,6 +130,8 @@ pub(crate) async fn handle(
                     FailureCause::Trap
                 }
             };
+            shared.meter.stats().failed(cause);
+            tracing::warn!(service = %shared.name, cause = cause.reason(), "request refused");
             Ok(failure_response(cause))
         }
     }
@@ -85,6 +142,7 @@ async fn run_instance(
     shared: Arc<Shared>,
     limits: Arc<Limits>,
     request: Request<Incoming>,
+    body_cut: Arc<AtomicBool>,
     sender: oneshot::Sender<Result<Response<HyperOutgoingBody>, ErrorCode>>,
     _permit: Permit,
 ) -> Outcome {
@@ -110,7 +168,11 @@ async fn run_instance(
         }
     };
     let mut store = new_store(shared.runtime.engine(), state);
-    let request = with_body_limit(with_host(request), limits.max_request_body);
+    let request = with_body_limit(
+        with_host(request),
+        limits.effective_max_request_body(),
+        body_cut,
+    );
     let handles = store
         .data_mut()
         .http()
@@ -140,20 +202,20 @@ async fn run_instance(
             result = with_timeout(limits.request_timeout, run) => result,
             () = shared.cancel.cancelled() => {
                 drop(store);
-                return failed(&shared, FailureCause::Overload, "cancelled: the service stopped".into());
+                return failed(&shared, FailureCause::Cancelled, FailureCause::Cancelled.reason().into());
             }
         }
     };
     let outcome = finish(&mut store, &result);
     if let Some((cause, detail)) = &outcome {
-        tracing::warn!(service = %shared.name, cause = cause.reason(), "request failed: {detail}");
+        // The guest's backtrace can be dozens of lines: the one-line refusal is logged by `handle`.
+        tracing::debug!(service = %shared.name, cause = cause.reason(), "instance failed: {detail}");
     }
     outcome
 }
 
 fn failed(shared: &Shared, cause: FailureCause, detail: String) -> Outcome {
-    shared.meter.stats().failed(cause);
-    tracing::warn!(service = %shared.name, cause = cause.reason(), "request failed: {detail}");
+    tracing::debug!(service = %shared.name, cause = cause.reason(), "instance failed: {detail}");
     Some((cause, detail))
 }
 
@@ -171,11 +233,13 @@ fn with_host(mut request: Request<Incoming>) -> Request<Incoming> {
 fn with_body_limit(
     request: Request<Incoming>,
     max: u64,
+    cut: Arc<AtomicBool>,
 ) -> Request<impl hyper::body::Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static>
 {
     request.map(|body| {
         Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).map_err(move |e| {
             if e.is::<LengthLimitError>() {
+                cut.store(true, Ordering::Relaxed);
                 wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max))
             } else {
                 match e.downcast::<hyper::Error>() {
@@ -190,11 +254,11 @@ fn with_body_limit(
 /// The response for a request the guest could not answer.
 pub(crate) fn failure_response(cause: FailureCause) -> Response<HyperOutgoingBody> {
     let status = match cause {
-        FailureCause::Trap | FailureCause::Cpu | FailureCause::Memory => {
+        FailureCause::Trap | FailureCause::Fuel | FailureCause::Memory => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
         FailureCause::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        FailureCause::Overload => StatusCode::SERVICE_UNAVAILABLE,
+        FailureCause::Overload | FailureCause::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
     };
     let mut response = text_response(status, cause.reason());
     if cause == FailureCause::Overload {

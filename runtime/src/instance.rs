@@ -2,7 +2,7 @@
 
 use crate::capabilities::{Capabilities, OutboundPolicy};
 use crate::cpu::CpuMeter;
-use crate::limits::Limits;
+use crate::knobs::Limits;
 use crate::output::GuestOutput;
 use crate::stats::FailureCause;
 use std::sync::Arc;
@@ -33,11 +33,13 @@ impl InstanceGuard {
         meter.stats().instance_started();
         InstanceGuard {
             memory_per_instance: limits.effective_instance_memory(),
-            memory_total: limits.memory_total,
+            memory_total: limits.memory,
             max_table_elements,
             held: 0,
             fuel_granted: limits.fuel_per_request.unwrap_or(u64::MAX),
-            deadline: limits.request_timeout.map(|t| Instant::now() + t),
+            deadline: limits
+                .request_timeout
+                .and_then(|t| Instant::now().checked_add(t)),
             memory_denied: None,
             timed_out: false,
             meter,
@@ -74,14 +76,22 @@ impl InstanceGuard {
             return cause;
         }
         match error.downcast_ref::<Trap>() {
-            Some(Trap::OutOfFuel) => FailureCause::Cpu,
+            Some(Trap::OutOfFuel) => FailureCause::Fuel,
             Some(Trap::Interrupt) if self.timed_out => FailureCause::Timeout,
             Some(_) => FailureCause::Trap,
-            None if error.downcast_ref::<crate::cpu::HostTimeout>().is_some() => {
+            None if error
+                .downcast_ref::<crate::deadline::HostTimeout>()
+                .is_some() =>
+            {
                 FailureCause::Timeout
             }
             // The pooling allocator refuses instantiation when every slot is taken.
-            None if format!("{error:#}").contains("maximum concurrent") => FailureCause::Overload,
+            None if error
+                .downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                .is_some() =>
+            {
+                FailureCause::Overload
+            }
             None => FailureCause::Trap,
         }
     }
@@ -153,7 +163,8 @@ pub(crate) fn new_store<T: Guarded>(engine: &wasmtime::Engine, data: T) -> Store
     store
 }
 
-/// Records fuel use and returns the failure cause (if `result` is an error).
+/// Records fuel use and returns the failure cause (if `result` is an error). Counting it is the caller's
+/// call: a request whose guest already answered was not refused, whatever its instance did next.
 pub(crate) fn finish<T: Guarded, R>(
     store: &mut Store<T>,
     result: &wasmtime::Result<R>,
@@ -163,7 +174,6 @@ pub(crate) fn finish<T: Guarded, R>(
     guard.record_fuel(remaining);
     let error = result.as_ref().err()?;
     let cause = guard.failure_cause(error);
-    guard.meter.stats().failed(cause);
     Some((cause, format!("{error:#}")))
 }
 

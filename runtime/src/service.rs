@@ -1,12 +1,10 @@
 //! Serving a wasi:http component: the accept loop, per-connection HTTP/1.1, live controls, and drain.
 
-use crate::admission::Admission;
 use crate::capabilities::Capabilities;
 use crate::cpu::{CpuMeter, Metered};
 use crate::engine::{Code, Loaded, Runtime};
-use crate::handler::handle;
-use crate::instance::InstanceState;
-use crate::limits::Limits;
+use crate::handler::{Shared, handle};
+use crate::knobs::Limits;
 use crate::output::GuestOutput;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::workers::Workers;
@@ -45,32 +43,6 @@ pub struct Service {
     http: HttpOptions,
 }
 
-/// State every request of a service reaches.
-pub(crate) struct Shared {
-    pub(crate) name: String,
-    pub(crate) runtime: Runtime,
-    pub(crate) pre: ProxyPre<InstanceState>,
-    limits: RwLock<Arc<Limits>>,
-    pub(crate) meter: Arc<CpuMeter>,
-    pub(crate) admission: Arc<Admission>,
-    pub(crate) caps: Capabilities,
-    pub(crate) stdout: GuestOutput,
-    pub(crate) stderr: GuestOutput,
-    /// Cancels in-flight instances when a drain runs out of time.
-    pub(crate) cancel: CancellationToken,
-    /// Every connection and instance task, so a drain can wait for them.
-    pub(crate) tasks: TaskTracker,
-}
-
-impl Shared {
-    pub(crate) fn limits(&self) -> Arc<Limits> {
-        self.limits
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
 impl Service {
     /// Links `app` (which must be an HTTP service) against WASI and wasi:http.
     pub fn new(
@@ -101,6 +73,7 @@ impl Service {
             });
         }
         caps.validate()?;
+        app.check_memory_minimum(&limits)?;
         let pre = runtime
             .component_linker()
             .and_then(|linker| linker.instantiate_pre(component))
@@ -108,7 +81,7 @@ impl Service {
         let pre = ProxyPre::new(pre).map_err(link_error)?;
         let meter = Arc::new(CpuMeter::new(
             Arc::new(Stats::default()),
-            limits.cpu,
+            limits.cpus,
             Some((runtime.cpu_shares(), limits.effective_cpu_shares())),
         ));
         Ok(Service {
@@ -188,7 +161,7 @@ impl ServiceHandle {
     pub fn update_limits(&self, limits: Limits) {
         self.shared
             .meter
-            .set_rate(limits.cpu, limits.effective_cpu_shares());
+            .set_rate(limits.cpus, limits.effective_cpu_shares());
         *self
             .shared
             .limits

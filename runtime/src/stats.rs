@@ -9,13 +9,15 @@ pub enum FailureCause {
     /// The guest trapped (panic, unreachable, bad memory access…).
     Trap,
     /// The per-request fuel budget ran out.
-    Cpu,
+    Fuel,
     /// The request ran past its deadline.
     Timeout,
     /// An instance needed more memory than the limits allow.
     Memory,
-    /// No instance slot was free (concurrency limit, full queue, or paused/draining).
+    /// No instance slot was free (concurrency limit, full queue, or the pool).
     Overload,
+    /// The service was paused or draining: the request was cancelled, not refused for load.
+    Cancelled,
 }
 
 impl FailureCause {
@@ -23,10 +25,11 @@ impl FailureCause {
     pub fn reason(self) -> &'static str {
         match self {
             FailureCause::Trap => "guest trapped",
-            FailureCause::Cpu => "cpu budget exceeded",
+            FailureCause::Fuel => "fuel exhausted",
             FailureCause::Timeout => "deadline exceeded",
             FailureCause::Memory => "memory limit exceeded",
             FailureCause::Overload => "over capacity",
+            FailureCause::Cancelled => "cancelled: the service stopped",
         }
     }
 }
@@ -35,7 +38,7 @@ impl FailureCause {
 #[derive(Debug, Default)]
 pub struct Stats {
     requests_served: AtomicU64,
-    failed: [AtomicU64; 5],
+    failed: [AtomicU64; 6],
     fuel_consumed: AtomicU64,
     cpu_time_ns: AtomicU64,
     instantiations: AtomicU64,
@@ -55,13 +58,15 @@ pub struct StatsSnapshot {
     /// Requests that ended in a guest trap → 500.
     pub failed_trap: u64,
     /// Requests stopped for exhausting their fuel → 500.
-    pub failed_cpu: u64,
+    pub failed_fuel: u64,
     /// Requests that ran past their deadline → 504.
     pub failed_timeout: u64,
     /// Requests whose instance hit a memory limit → 500.
     pub failed_memory: u64,
     /// Requests refused for lack of capacity → 503.
     pub failed_overload: u64,
+    /// Requests cut by a stop while they waited or ran → 503.
+    pub failed_cancelled: u64,
     /// Fuel consumed by all finished instances.
     pub fuel_consumed: u64,
     /// CPU time spent running guest instances (host calls included).
@@ -82,6 +87,19 @@ pub struct StatsSnapshot {
     pub in_flight: u64,
 }
 
+impl StatsSnapshot {
+    /// Every request the service saw: answered by the guest, or refused or cut for any cause.
+    pub fn requests_total(&self) -> u64 {
+        self.requests_served
+            + self.failed_trap
+            + self.failed_fuel
+            + self.failed_timeout
+            + self.failed_memory
+            + self.failed_overload
+            + self.failed_cancelled
+    }
+}
+
 impl Stats {
     /// Reads every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -89,10 +107,11 @@ impl Stats {
         StatsSnapshot {
             requests_served: self.requests_served.load(Relaxed),
             failed_trap: failed(FailureCause::Trap),
-            failed_cpu: failed(FailureCause::Cpu),
+            failed_fuel: failed(FailureCause::Fuel),
             failed_timeout: failed(FailureCause::Timeout),
             failed_memory: failed(FailureCause::Memory),
             failed_overload: failed(FailureCause::Overload),
+            failed_cancelled: failed(FailureCause::Cancelled),
             fuel_consumed: self.fuel_consumed.load(Relaxed),
             cpu_time: Duration::from_nanos(self.cpu_time_ns.load(Relaxed)),
             instantiations: self.instantiations.load(Relaxed),

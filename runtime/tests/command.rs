@@ -117,10 +117,10 @@ async fn a_command_stopped_by_a_limit_gets_the_documented_code_and_a_message() {
         .unwrap();
     assert_eq!(
         (exit.code, exit.failure.map(|f| f.0)),
-        (EXIT_TRAP, Some(FailureCause::Cpu))
+        (EXIT_TRAP, Some(FailureCause::Fuel))
     );
     assert!(
-        stderr.text().contains("cpu budget exceeded"),
+        stderr.text().contains("fuel exhausted"),
         "{}",
         stderr.text()
     );

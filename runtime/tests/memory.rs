@@ -53,7 +53,7 @@ async fn memory_limit_gives_500_and_bounds_the_process() {
         &runtime,
         "mem-hog",
         Limits {
-            memory_total: Some(limit),
+            memory: Some(limit),
             ..Limits::default()
         },
         Capabilities::default(),
@@ -133,4 +133,37 @@ async fn memory_limit_gives_500_and_bounds_the_process() {
         "an unlimited 100 MiB request grew the process by only {} MiB",
         growth / MIB
     );
+}
+
+/// A limit below the memory the guest starts with would fail every request: it is refused at start, in one
+/// line that names both sizes.
+#[test]
+fn a_limit_below_the_guests_initial_memory_is_refused_at_start() {
+    let runtime = runtime();
+    let app = runtime.load(&example("hello")).unwrap();
+    let tiny = Limits {
+        memory: Some(64 << 10),
+        ..Limits::default()
+    };
+    let err = Service::new(
+        &runtime,
+        &app,
+        tiny.clone(),
+        Capabilities::default(),
+        GuestOutput::discard(),
+        GuestOutput::discard(),
+    )
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(
+        err.contains("cannot start under these limits")
+            && err.contains("starts at")
+            && err.contains("the memory limit is 64Ki"),
+        "{err}"
+    );
+    assert!(!err.contains('\n'), "one line: {err}");
+    let command = runtime.load(&example("hello-cli")).unwrap();
+    assert!(command.check_memory_minimum(&tiny).is_err());
+    assert!(app.check_memory_minimum(&Limits::default()).is_ok());
 }

@@ -107,11 +107,11 @@ async fn running_out_of_fuel_is_a_500_cpu_budget() {
     let reply = get_async(served.addr, "/?forever").await;
     assert_eq!(
         (reply.status, reply.body.as_str()),
-        (500, "cpu budget exceeded\n"),
+        (500, "fuel exhausted\n"),
         "{reply:?}"
     );
     assert_eq!(get_async(served.addr, "/?ms=0").await.status, 200);
-    assert_eq!(served.handle.stats().failed_cpu, 1);
+    assert_eq!(served.handle.stats().failed_fuel, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +142,7 @@ async fn one_request_over_max_concurrency_gets_503_with_retry_after() {
 async fn a_queue_holds_requests_until_a_slot_frees() {
     let limits = Limits {
         max_concurrency: Some(1),
-        queue_depth: 1,
+        queue_depth: Some(1),
         ..Limits::default()
     };
     let served = serve(&runtime(), "cpu-burn", limits, Capabilities::default());
@@ -162,7 +162,7 @@ async fn a_queue_holds_requests_until_a_slot_frees() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_sees_the_request_and_oversized_bodies_get_413() {
     let limits = Limits {
-        max_request_body: 64,
+        max_request_body: Some(64),
         ..Limits::default()
     };
     let served = serve(&runtime(), "echo", limits, Capabilities::default());
@@ -279,7 +279,7 @@ async fn updated_limits_apply_to_the_next_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cpu_rate_throttles_instead_of_failing() {
     let limits = Limits {
-        cpu: Some(0.25),
+        cpus: Some(0.25),
         ..Limits::default()
     };
     let served = serve(&runtime(), "cpu-burn", limits, Capabilities::default());
@@ -348,4 +348,58 @@ async fn a_client_that_never_finishes_its_head_is_disconnected() {
         200,
         "other clients are still served"
     );
+}
+
+/// A chunked upload declares no length: the body the guest reads is cut at the cap, and the client gets 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_over_the_cap_gets_413() {
+    let limits = Limits {
+        max_request_body: Some(64),
+        ..Limits::default()
+    };
+    let served = serve(&runtime(), "echo", limits, Capabilities::default());
+    let addr = served.addr;
+    let reply = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let chunk = "x".repeat(100);
+        let request = format!(
+            "POST / HTTP/1.1\r\nHost: test\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n\
+             {:x}\r\n{chunk}\r\n0\r\n\r\n",
+            chunk.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw).unwrap();
+        raw
+    })
+    .await
+    .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+}
+
+/// Every pooled slot busy: the next request is refused with 503 (wasmtime's typed pool error), not a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_pool_answers_503() {
+    let runtime = Runtime::new(EngineConfig {
+        max_instances: 1,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let served = serve(
+        &runtime,
+        "cpu-burn",
+        Limits::default(),
+        Capabilities::default(),
+    );
+    let busy = tokio::spawn(get_async(served.addr, "/?ms=1500"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = get_async(served.addr, "/?ms=1").await;
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.body, "over capacity\n");
+    assert_eq!(busy.await.unwrap().status, 200);
+    assert_eq!(served.handle.stats().failed_overload, 1);
 }

@@ -1,13 +1,9 @@
-//! `wasmhttp.io/` annotations: what a container can ask for that OCI's `linux.resources` cannot say.
+//! `wasmhttp.io/` annotations: every knob of the runtime's model (`wasmhttp.io/<knob>`, see README's table),
+//! plus what only a container can say:
 //!
 //! | key | accepted form | sets |
 //! |---|---|---|
-//! | `wasmhttp.io/memory-per-instance` | size: `16Mi`, `1Gi`, bytes | the memory one instance may hold |
-//! | `wasmhttp.io/fuel-per-request` | positive integer | fuel one request may burn (then 500 "cpu budget exceeded") |
-//! | `wasmhttp.io/max-concurrency` | positive integer | instances running at once (overrides `pids.limit`) |
-//! | `wasmhttp.io/queue-depth` | integer ≥ 0 | requests that may wait for a free instance |
-//! | `wasmhttp.io/request-timeout` | duration: `5s`, `250ms` | wall-clock time per request (then 504) |
-//! | `wasmhttp.io/max-request-body` | size | largest request body (then 413) |
+//! | `wasmhttp.io/<knob>` | the knob's form | the knob, ranked by [`wasmhttp_runtime::fold`] (tighten OCI freely, loosen only within node ceilings) |
 //! | `wasmhttp.io/allowed-outbound-hosts` | comma-separated `host` or `host:port` | outbound HTTP the guest may make |
 //! | `wasmhttp.io/port` | 1–65535 | the listen port (overrides env `PORT`) |
 //! | `wasmhttp.io/image` | an image reference in containerd | read the wasm layer of that image from containerd's content store (containerd 1.6, which cannot unpack wasm artifacts: `ctr run --rootfs`) |
@@ -16,14 +12,16 @@
 //! as a warning (a typo should not take a service down, but should be visible).
 
 use std::collections::HashMap;
-use wasmhttp_runtime::{Limits, parse_duration, parse_memory};
+use wasmhttp_runtime::{KNOBS, Knob, Limits};
 
 /// The annotation prefix.
 pub const PREFIX: &str = "wasmhttp.io/";
 
-/// What the annotations set beyond [`Limits`].
+/// What the annotations set.
 #[derive(Debug, Default, PartialEq)]
 pub struct Annotated {
+    /// Knobs, to be folded over the OCI values and node defaults.
+    pub limits: Limits,
     /// Hosts the guest may reach with outbound HTTP.
     pub allowed_outbound_hosts: Vec<String>,
     /// The listen port, when annotated.
@@ -32,11 +30,8 @@ pub struct Annotated {
     pub image: Option<String>,
 }
 
-/// Applies every `wasmhttp.io/` annotation onto `limits`; the error names the key and the accepted form.
-pub fn apply(
-    annotations: &HashMap<String, String>,
-    limits: &mut Limits,
-) -> Result<Annotated, String> {
+/// Reads every `wasmhttp.io/` annotation; the error names the key and the accepted form.
+pub fn parse(annotations: &HashMap<String, String>) -> Result<Annotated, String> {
     let mut annotated = Annotated::default();
     let mut keys: Vec<_> = annotations
         .iter()
@@ -47,34 +42,12 @@ pub fn apply(
         let name = &key[PREFIX.len()..];
         let bad = |form: &str| format!("annotation {key}={value:?} is invalid: expected {form}");
         let value = value.trim();
+        if let Some(knob) = KNOBS.iter().find(|k| k.name == name) {
+            knob.set(&mut annotated.limits, value)
+                .map_err(|e| format!("annotation {key}={value:?} is invalid: {e}"))?;
+            continue;
+        }
         match name {
-            "memory-per-instance" => {
-                limits.memory_per_instance =
-                    Some(parse_memory(value).map_err(|_| bad("a size such as 16Mi or 1Gi"))?)
-            }
-            "fuel-per-request" => {
-                limits.fuel_per_request =
-                    Some(positive(value).map_err(|_| bad("a positive integer"))?)
-            }
-            "max-concurrency" => {
-                limits.max_concurrency =
-                    Some(positive(value).map_err(|_| bad("a positive integer"))? as usize)
-            }
-            "queue-depth" => {
-                limits.queue_depth = value.parse().map_err(|_| bad("an integer of 0 or more"))?
-            }
-            "request-timeout" => {
-                limits.request_timeout = Some(
-                    parse_duration(value)
-                        .ok()
-                        .filter(|d| !d.is_zero())
-                        .ok_or_else(|| bad("a duration such as 5s or 250ms"))?,
-                )
-            }
-            "max-request-body" => {
-                limits.max_request_body =
-                    parse_memory(value).map_err(|_| bad("a size such as 1Mi"))?
-            }
             "allowed-outbound-hosts" => {
                 let hosts: Vec<String> = value
                     .split(',')
@@ -101,16 +74,21 @@ pub fn apply(
             "image" => return Err(bad("an image reference such as docker.io/library/hello:v1")),
             _ => tracing::warn!(
                 annotation = %key,
-                "unknown wasmhttp annotation ignored; known: memory-per-instance, fuel-per-request, \
-                 max-concurrency, queue-depth, request-timeout, max-request-body, allowed-outbound-hosts, port, image"
+                known = %known_keys(),
+                "unknown wasmhttp annotation ignored"
             ),
         }
     }
     Ok(annotated)
 }
 
-fn positive(value: &str) -> Result<u64, ()> {
-    value.parse::<u64>().ok().filter(|n| *n > 0).ok_or(())
+fn known_keys() -> String {
+    KNOBS
+        .iter()
+        .map(|k: &Knob| k.name)
+        .chain(["allowed-outbound-hosts", "port", "image"])
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -127,28 +105,25 @@ mod tests {
 
     #[test]
     fn every_key_sets_its_field() {
-        let mut limits = Limits::default();
-        let annotated = apply(
-            &annotations(&[
-                ("memory-per-instance", "16Mi"),
-                ("fuel-per-request", "1000"),
-                ("max-concurrency", "3"),
-                ("queue-depth", "5"),
-                ("request-timeout", "250ms"),
-                ("max-request-body", "1Mi"),
-                ("allowed-outbound-hosts", "example.com, db:8080"),
-                ("port", "9090"),
-                ("no-such-key", "x"),
-            ]),
-            &mut limits,
-        )
+        let annotated = parse(&annotations(&[
+            ("memory-per-instance", "16Mi"),
+            ("fuel-per-request", "1000"),
+            ("max-concurrency", "3"),
+            ("queue-depth", "5"),
+            ("request-timeout", "250ms"),
+            ("max-request-body", "1Mi"),
+            ("allowed-outbound-hosts", "example.com, db:8080"),
+            ("port", "9090"),
+            ("no-such-key", "x"),
+        ]))
         .unwrap();
+        let limits = &annotated.limits;
         assert_eq!(limits.memory_per_instance, Some(16 << 20));
         assert_eq!(limits.fuel_per_request, Some(1000));
         assert_eq!(limits.max_concurrency, Some(3));
-        assert_eq!(limits.queue_depth, 5);
+        assert_eq!(limits.queue_depth, Some(5));
         assert_eq!(limits.request_timeout, Some(Duration::from_millis(250)));
-        assert_eq!(limits.max_request_body, 1 << 20);
+        assert_eq!(limits.max_request_body, Some(1 << 20));
         assert_eq!(annotated.allowed_outbound_hosts, ["example.com", "db:8080"]);
         assert_eq!(annotated.port, Some(9090));
     }
@@ -165,7 +140,7 @@ mod tests {
             ("allowed-outbound-hosts", "http://x/y", "host:port"),
             ("port", "70000", "a port number"),
         ] {
-            let err = apply(&annotations(&[(key, value)]), &mut Limits::default()).unwrap_err();
+            let err = parse(&annotations(&[(key, value)])).unwrap_err();
             assert!(
                 err.contains(&format!("{PREFIX}{key}")) && err.contains(form),
                 "{key}: {err}"

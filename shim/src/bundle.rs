@@ -2,10 +2,10 @@
 //! or key at fault.
 
 use crate::error::{Result, ShimError};
-use crate::limits::apply_resources;
+use crate::limits::oci_limits;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use std::path::{Path, PathBuf};
-use wasmhttp_runtime::{Capabilities, Limits, Preopen, Source};
+use wasmhttp_runtime::{Capabilities, Layers, Limits, Preopen, Source, fold};
 
 /// Annotation CRI puts on every container of a pod.
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
@@ -63,7 +63,9 @@ pub struct ImageLayer {
 pub struct Workload {
     /// What to run.
     pub payload: Payload,
-    /// Limits from `linux.resources`.
+    /// The configuration layers the limits are folded from (kept for Update).
+    pub layers: Layers,
+    /// The limits in force: `layers` folded.
     pub limits: Limits,
     /// Args, env and preopened mounts for the guest.
     pub capabilities: Capabilities,
@@ -108,23 +110,36 @@ pub fn grouping_key(bundle: &Path, id: &str) -> String {
 }
 
 /// Reads the bundle into a [`Workload`]. `rootfs` are the mounts containerd passed to Create (empty when the
-/// bundle's own `root.path` already holds the files). Limits start from `base_limits` (the node's defaults),
-/// then `linux.resources`, then `wasmhttp.io/` annotations apply.
-pub fn load(bundle: &Path, rootfs: &[RootfsMount], base_limits: &Limits) -> Result<Workload> {
+/// bundle's own `root.path` already holds the files). `node` carries the node's `[defaults]` and
+/// `[ceilings]`; `linux.resources` and the `wasmhttp.io/` annotations are folded over them.
+pub fn load(bundle: &Path, rootfs: &[RootfsMount], node: &Layers) -> Result<Workload> {
     let spec = read_spec(bundle)?;
     let config = bundle.join("config.json");
     let invalid =
         |what: String| ShimError::InvalidArgument(format!("{}: {what}", config.display()));
     let annotations = spec.annotations().clone().unwrap_or_default();
     let network = network_of(&spec);
-    let mut limits = apply_resources(
-        base_limits,
-        spec.linux().as_ref().and_then(|l| l.resources().as_ref()),
-    );
-    let annotated = crate::annotations::apply(&annotations, &mut limits).map_err(invalid)?;
+    let annotated = crate::annotations::parse(&annotations).map_err(invalid)?;
+    let oci = oci_limits(spec.linux().as_ref().and_then(|l| l.resources().as_ref()));
+    let layers = Layers {
+        oci_at_create: oci.clone(),
+        oci,
+        overrides: annotated.limits.clone(),
+        ..node.clone()
+    };
+    let limits = fold(&layers).map_err(|refused| {
+        invalid(format!(
+            "annotation {}{}={} is refused: {}",
+            crate::annotations::PREFIX,
+            refused.knob,
+            refused.value,
+            refused.reason
+        ))
+    })?;
     if annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("sandbox") {
         return Ok(Workload {
             payload: Payload::Sandbox,
+            layers,
             limits,
             capabilities: Capabilities::default(),
             port: 0,
@@ -181,6 +196,7 @@ pub fn load(bundle: &Path, rootfs: &[RootfsMount], base_limits: &Limits) -> Resu
     guest_args[0] = entry.rsplit('/').next().unwrap_or(&entry).to_string();
     Ok(Workload {
         payload,
+        layers,
         limits,
         capabilities: Capabilities {
             preopens: preopens(&spec),
@@ -347,7 +363,7 @@ mod tests {
             &config(r#"["/app.wasm","--flag"]"#, extra),
             &[("app.wasm", b"\0asm\x01\0\0\0")],
         );
-        let workload = load(dir.path(), &[], &Limits::default()).unwrap();
+        let workload = load(dir.path(), &[], &Layers::default()).unwrap();
         assert!(matches!(workload.payload, Payload::Wasm(_)));
         assert_eq!(workload.port, 9000);
         assert_eq!(workload.capabilities.args, ["app.wasm", "--flag"]);
@@ -357,7 +373,7 @@ mod tests {
                 .env
                 .contains(&("GREETING".into(), "hi".into()))
         );
-        assert_eq!(workload.limits.memory_total, Some(1 << 20));
+        assert_eq!(workload.limits.memory, Some(1 << 20));
         assert_eq!(
             workload.network,
             Network::Namespace("/var/run/netns/x".into())
@@ -375,14 +391,14 @@ mod tests {
     #[test]
     fn bad_bundles_are_named_in_the_error() {
         let dir = bundle(&config("[]", ""), &[]);
-        let err = load(dir.path(), &[], &Limits::default())
+        let err = load(dir.path(), &[], &Layers::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("config.json: process.args is empty"), "{err}");
 
         // Not in the rootfs: the Task service looks for a wasm layer in the image, and gives this error if none.
         let dir = bundle(&config(r#"["/missing.wasm"]"#, ""), &[]);
-        let Payload::ImageLayer(layer) = load(dir.path(), &[], &Limits::default()).unwrap().payload
+        let Payload::ImageLayer(layer) = load(dir.path(), &[], &Layers::default()).unwrap().payload
         else {
             panic!("a missing file must be looked for in the image");
         };
@@ -395,7 +411,7 @@ mod tests {
 
         let annotated = r#","annotations":{"wasmhttp.io/image":"example.com/app:v1"}"#;
         let dir = bundle(&config("[]", annotated), &[]);
-        let workload = load(dir.path(), &[], &Limits::default()).unwrap();
+        let workload = load(dir.path(), &[], &Layers::default()).unwrap();
         let Payload::ImageLayer(layer) = &workload.payload else {
             panic!("the annotation names the image to read");
         };
@@ -411,12 +427,12 @@ mod tests {
 
         let dir = bundle(&config(r#"["/../etc/passwd"]"#, ""), &[]);
         assert!(
-            load(dir.path(), &[], &Limits::default()).is_err(),
+            load(dir.path(), &[], &Layers::default()).is_err(),
             "no escaping the rootfs"
         );
 
         let dir = bundle("{not json", &[]);
-        let err = load(dir.path(), &[], &Limits::default())
+        let err = load(dir.path(), &[], &Layers::default())
             .unwrap_err()
             .to_string();
         assert!(
@@ -428,7 +444,7 @@ mod tests {
             &config(r#"["/a.wasm"]"#, "").replace("PORT=9000", "PORT=web"),
             &[("a.wasm", b"x")],
         );
-        let err = load(dir.path(), &[], &Limits::default())
+        let err = load(dir.path(), &[], &Layers::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("PORT=\"web\" is not a port number"), "{err}");
@@ -442,7 +458,7 @@ mod tests {
         );
         let dir = bundle(&sandbox, &[]);
         assert!(matches!(
-            load(dir.path(), &[], &Limits::default()).unwrap().payload,
+            load(dir.path(), &[], &Layers::default()).unwrap().payload,
             Payload::Sandbox
         ));
         assert_eq!(grouping_key(dir.path(), "c1"), "pod1");
@@ -461,7 +477,7 @@ mod tests {
             ],
         };
         let dir = bundle(&config(r#"["/app.wasm"]"#, ""), &[]);
-        let Payload::Wasm(source) = load(dir.path(), &[mount], &Limits::default())
+        let Payload::Wasm(source) = load(dir.path(), &[mount], &Layers::default())
             .unwrap()
             .payload
         else {

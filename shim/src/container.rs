@@ -3,7 +3,7 @@
 use crate::bundle::{Network, Payload, Workload};
 use crate::error::{Result, ShimError};
 use crate::events::{Event, Events};
-use crate::limits::apply_resources;
+use crate::limits::oci_limits;
 use containerd_shim::protos::events::task::TaskExit;
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use oci_spec::runtime::LinuxResources;
@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use wasmhttp_runtime::{
-    Capabilities, CommandIo, GuestOutput, Limits, Loaded, Runtime, Service, ServiceHandle,
-    StatsSnapshot,
+    Capabilities, CommandIo, GuestOutput, Layers, Limits, Loaded, Runtime, Service, ServiceHandle,
+    StatsSnapshot, fold,
 };
 
 /// How a container ended.
@@ -99,20 +99,18 @@ pub struct CreateOptions {
     pub stderr: GuestOutput,
     /// Where task events go.
     pub events: Events,
-    /// How long SIGTERM lets in-flight requests finish.
-    pub drain_timeout: Duration,
 }
 
 /// One container of this shim.
 pub struct Container {
     id: String,
     state: Mutex<State>,
-    limits: Mutex<Limits>,
+    /// The configuration layers and the limits folded from them; Update re-folds.
+    limits: Mutex<(Layers, Limits)>,
     code_size: u64,
     killed_by: AtomicU32,
     exit: watch::Sender<Option<Exit>>,
     events: Events,
-    drain_timeout: Duration,
     network: Network,
 }
 
@@ -124,7 +122,6 @@ impl Container {
             stdout,
             stderr,
             events,
-            drain_timeout,
         } = options;
         let limits = workload.limits.clone();
         let network = workload.network.clone();
@@ -175,12 +172,11 @@ impl Container {
         Ok(Container {
             id: id.to_string(),
             state: Mutex::new(State::Created(Box::new(prepared))),
-            limits: Mutex::new(limits),
+            limits: Mutex::new((workload.layers, limits)),
             code_size,
             killed_by: AtomicU32::new(0),
             exit: watch::channel(None).0,
             events,
-            drain_timeout,
             network,
         })
     }
@@ -190,9 +186,15 @@ impl Container {
         &self.network
     }
 
-    /// How long SIGTERM lets in-flight requests finish (from the node configuration).
+    /// How long SIGTERM lets in-flight requests finish (the `drain-timeout` knob).
     pub fn drain_timeout(&self) -> Duration {
-        self.drain_timeout
+        // Folded limits always carry it (a built-in default).
+        self.limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .drain_timeout
+            .unwrap_or_default()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -399,8 +401,20 @@ impl Container {
 
     /// Applies new OCI resources to the next requests.
     pub fn update(&self, resources: &LinuxResources) -> Result<Limits> {
-        let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
-        *limits = apply_resources(&limits, Some(resources));
+        let mut guard = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        let (layers, limits) = &mut *guard;
+        let mut updated = layers.clone();
+        updated.oci.take_set(&oci_limits(Some(resources)));
+        *limits = fold(&updated).map_err(|refused| {
+            ShimError::InvalidArgument(format!(
+                "update: {}{}={} is refused: {}",
+                crate::annotations::PREFIX,
+                refused.knob,
+                refused.value,
+                refused.reason
+            ))
+        })?;
+        *layers = updated;
         if let State::Running(Active::Service(h)) | State::Paused(Active::Service(h)) =
             &*self.lock()
         {
@@ -420,6 +434,7 @@ impl Container {
             self.limits
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
+                .1
                 .clone(),
             self.code_size,
         )
@@ -434,6 +449,7 @@ mod tests {
     fn sandbox(events: Events) -> Arc<Container> {
         let workload = Workload {
             payload: Payload::Sandbox,
+            layers: Default::default(),
             limits: Limits::default(),
             capabilities: Capabilities::default(),
             port: 0,
@@ -449,7 +465,6 @@ mod tests {
             stdout: GuestOutput::discard(),
             stderr: GuestOutput::discard(),
             events,
-            drain_timeout: Duration::from_secs(1),
         };
         Arc::new(Container::create("pod-sandbox", workload, options).unwrap())
     }

@@ -7,6 +7,7 @@
 mod annotations;
 mod bundle;
 mod container;
+mod containerd_api;
 mod content;
 mod engine;
 mod error;
@@ -19,55 +20,15 @@ mod server;
 mod stdio;
 mod task;
 
-use async_trait::async_trait;
-use containerd_shim::asynchronous::{ExitSignal, Shim, run, spawn};
-use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::asynchronous::spawn;
+use containerd_shim::protos::protobuf::Message;
+use containerd_shim::protos::types::introspection::RuntimeInfo;
 use containerd_shim::util::timestamp;
-use containerd_shim::{Config, DeleteResponse, Error, Flags, StartOpts};
-use std::sync::Arc;
+use containerd_shim::{DeleteResponse, Error, Flags, StartOpts};
+use std::io::Write;
 
 /// The runtime type containerd knows us by.
 pub const RUNTIME_ID: &str = "io.containerd.wasmhttp.v1";
-
-struct WasmShim {
-    exit: Arc<ExitSignal>,
-    content: content::ContentStore,
-}
-
-#[async_trait]
-impl Shim for WasmShim {
-    type T = task::TaskService;
-
-    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
-        WasmShim {
-            exit: Arc::default(),
-            content: content::ContentStore {
-                address: args.address.clone(),
-                namespace: args.namespace.clone(),
-            },
-        }
-    }
-
-    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, Error> {
-        start_server(opts).await
-    }
-
-    async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
-        clean_up_after_shim()
-    }
-
-    async fn wait(&mut self) {
-        self.exit.wait().await;
-    }
-
-    async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
-        task::TaskService::new(
-            events::Events::new(publisher, self.content.namespace.clone()),
-            self.exit.clone(),
-            self.content.clone(),
-        )
-    }
-}
 
 /// What the `delete` action does, in the bundle directory. containerd 1.6 runs it whenever a shim's connection
 /// closes, after a normal exit too, and for a shim that died (say, SIGKILL): the task ended as if killed, and a
@@ -91,11 +52,24 @@ fn clean_up_after_shim() -> Result<DeleteResponse, Error> {
 /// the path of every `ctr run --rm`, and it starts no child to reap.
 fn delete_action() -> Result<(), Error> {
     let response = clean_up_after_shim()?;
-    let bytes = containerd_shim::protos::protobuf::Message::write_to_bytes(&response)?;
+    write_stdout(&response.write_to_bytes()?, "the delete response")
+}
+
+/// `-info`: what containerd 2.x asks a runtime about itself (`ctr info --runtime`, the CRI's introspection).
+fn info_action() -> Result<(), Error> {
+    let info = RuntimeInfo {
+        name: RUNTIME_ID.to_string(),
+        ..Default::default()
+    };
+    write_stdout(&info.write_to_bytes()?, "the runtime info")
+}
+
+fn write_stdout(bytes: &[u8], what: &str) -> Result<(), Error> {
     let mut stdout = std::io::stdout().lock();
-    std::io::Write::write_all(&mut stdout, &bytes)
-        .and_then(|()| std::io::Write::flush(&mut stdout))
-        .map_err(server::io_error("write the delete response"))
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .map_err(server::io_error(&format!("write {what}")))
 }
 
 /// Spawns the long-lived shim server (or finds the one already serving this pod) and returns its address.
@@ -136,11 +110,22 @@ async fn start_for_every_containerd(flags: Flags) -> Result<(), Error> {
 async fn main() {
     let args: Vec<_> = std::env::args_os().collect();
     let flags = match containerd_shim::parse(&args[1..]) {
-        Ok(flags) if !flags.version && !flags.info => flags,
-        // -v, -info and parse errors: the library answers them.
-        _ => return run::<WasmShim>(RUNTIME_ID, None).await,
+        Ok(flags) => flags,
+        Err(e) => {
+            eprintln!("{RUNTIME_ID}: {e}");
+            std::process::exit(2);
+        }
     };
+    if flags.version {
+        println!(
+            "{}:\n  Runtime: {RUNTIME_ID}\n  Version: {}",
+            env!("CARGO_BIN_NAME"),
+            env!("CARGO_PKG_VERSION")
+        );
+        return;
+    }
     let result = match flags.action.as_str() {
+        _ if flags.info => info_action(),
         "start" => start_for_every_containerd(flags).await,
         "delete" => delete_action(),
         _ => server::serve(flags).await,

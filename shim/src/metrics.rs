@@ -32,7 +32,7 @@ pub fn encode(
             memory: Some(v2::MemoryStat {
                 usage,
                 max_usage: peak,
-                usage_limit: limits.memory_total.unwrap_or(u64::MAX),
+                usage_limit: limits.memory.unwrap_or(u64::MAX),
                 anon: stats.memory_current,
                 ..Default::default()
             })
@@ -47,7 +47,7 @@ pub fn encode(
             .into(),
             pids: Some(v2::PidsStat {
                 current: stats.in_flight,
-                limit: limits.max_concurrency.unwrap_or(0) as u64,
+                limit: limits.max_concurrency.unwrap_or(0),
                 ..Default::default()
             })
             .into(),
@@ -65,7 +65,7 @@ pub fn encode(
                 usage: Some(v1::MemoryEntry {
                     usage,
                     max: peak,
-                    limit: limits.memory_total.unwrap_or(V1_UNLIMITED),
+                    limit: limits.memory.unwrap_or(V1_UNLIMITED),
                     failcnt: stats.failed_memory,
                     ..Default::default()
                 })
@@ -92,7 +92,7 @@ pub fn encode(
             .into(),
             pids: Some(v1::PidsStat {
                 current: stats.in_flight,
-                limit: limits.max_concurrency.unwrap_or(0) as u64,
+                limit: limits.max_concurrency.unwrap_or(0),
                 ..Default::default()
             })
             .into(),
@@ -118,7 +118,7 @@ mod tests {
             ..Default::default()
         };
         let limits = Limits {
-            memory_total: Some(4096),
+            memory: Some(4096),
             ..Limits::default()
         };
         let any = encode(&stats, &limits, 24, false).unwrap();

@@ -1,45 +1,39 @@
-//! Node configuration: engine settings and default limits an operator sets once per node.
+//! Node configuration: engine settings, default limits and ceilings an operator sets once per node.
 //!
 //! It comes from containerd's runtime options for this runtime (CRI's `runtimeoptions.v1.Options`:
 //! `ConfigPath` or `ConfigBody` in `[...runtimes.wasmhttp.options]`, or `ctr run --runtime-config-path`),
-//! else from [`DEFAULT_PATH`] when that file exists, else the built-in defaults below. A file that cannot
-//! be parsed fails Create with its path and line.
+//! else from [`DEFAULT_PATH`] when that file exists, else the built-in defaults. A file that cannot be
+//! parsed fails Create with its path, line and key.
 //!
 //! ```toml
 //! [engine]                      # read by the first container of a shim process (the engine is shared)
-//! max_instances = 256           # pooling allocator slots
-//! max_instance_memory = "1Gi"   # largest linear memory one instance may reserve
-//! cache_dir = "/var/lib/wasmhttp/cache"
-//! cache_max_size = "512Mi"
+//! max-instances = 256           # pooling allocator slots
+//! max-instance-memory = "1Gi"   # largest linear memory one instance may reserve
+//! cache-dir = "/var/lib/wasmhttp/cache"
+//! cache-max-size = "512Mi"
 //!
-//! [defaults]                    # used where the spec and the annotations say nothing
-//! memory = "512Mi"              # when linux.resources.memory.limit is unset
-//! request_timeout = "30s"
-//! queue_depth = 0
-//! max_request_body = "16Mi"
-//! drain_timeout = "10s"         # how long SIGTERM lets in-flight requests finish
-//! # memory_per_instance = "64Mi"
-//! # fuel_per_request = 1000000000
+//! [defaults]                    # any knob (README's table): used where the spec and annotations say nothing
+//! memory = "512Mi"
+//! request-timeout = "30s"
+//!
+//! [ceilings]                    # any knob: the most a wasmhttp.io/ annotation may ask for
+//! max-concurrency = 64
 //! ```
+//!
+//! Keys are the knobs' names. The `snake_case` spellings of earlier releases (`request_timeout`) are still
+//! read, with a deprecation warning, for one release.
 
+use crate::containerd_api::RuntimeOptions;
 use crate::error::{Result, ShimError};
-use containerd_shim::protos::protobuf::CodedInputStream;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
-use serde::{Deserialize, Deserializer};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-use wasmhttp_runtime::{EngineConfig, Limits, parse_duration, parse_memory};
+use wasmhttp_runtime::knobs::value::{count, size};
+use wasmhttp_runtime::{EngineConfig, Knob, Limits};
 
 /// Where the node configuration is read from when containerd passes none.
 pub const DEFAULT_PATH: &str = "/etc/wasmhttp/config.toml";
 /// Where compiled code is cached unless the configuration or `WASMHTTP_CACHE_DIR` says otherwise.
 pub const DEFAULT_CACHE_DIR: &str = "/var/lib/wasmhttp/cache";
-/// The memory a container may use when its spec sets no `memory.limit`.
-pub const DEFAULT_MEMORY: u64 = 512 << 20;
-/// The request timeout when no annotation sets one.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long SIGTERM lets in-flight requests finish.
-pub const DEFAULT_DRAIN: Duration = Duration::from_secs(10);
 /// The type containerd's CRI plugin (and `ctr --runtime-config-path`) uses for non-runc runtime options.
 const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 
@@ -48,141 +42,159 @@ const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 pub struct NodeConfig {
     /// Settings of the shared engine.
     pub engine: EngineConfig,
-    /// Limits a container starts from before its spec and annotations apply.
+    /// `[defaults]`: knobs a container starts from before its spec and annotations apply.
     pub defaults: Limits,
-    /// How long SIGTERM lets in-flight requests finish.
-    pub drain_timeout: Duration,
+    /// `[ceilings]`: the most an annotation may ask for.
+    pub ceilings: Limits,
 }
 
 impl Default for NodeConfig {
     fn default() -> Self {
-        NodeFile::default().resolve()
-    }
-}
-
-/// The file's shape; every key optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NodeFile {
-    #[serde(default)]
-    engine: EngineSection,
-    #[serde(default)]
-    defaults: DefaultsSection,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EngineSection {
-    max_instances: Option<u32>,
-    max_instance_memory: Option<Size>,
-    cache_dir: Option<PathBuf>,
-    cache_max_size: Option<Size>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DefaultsSection {
-    memory: Option<Size>,
-    memory_per_instance: Option<Size>,
-    request_timeout: Option<Time>,
-    queue_depth: Option<usize>,
-    max_request_body: Option<Size>,
-    fuel_per_request: Option<u64>,
-    drain_timeout: Option<Time>,
-}
-
-/// A size such as `"64Mi"` (or a plain number of bytes).
-#[derive(Debug, Clone, Copy)]
-struct Size(u64);
-
-impl<'de> Deserialize<'de> for Size {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Bytes(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Bytes(n) => Ok(Size(n)),
-            Raw::Text(t) => parse_memory(&t).map(Size).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-/// A duration such as `"30s"`.
-#[derive(Debug, Clone, Copy)]
-struct Time(Duration);
-
-impl<'de> Deserialize<'de> for Time {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        parse_duration(&text)
-            .map(Time)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-impl NodeFile {
-    fn resolve(self) -> NodeConfig {
-        let mut engine = EngineConfig::default();
-        let e = self.engine;
-        engine.max_instances = e.max_instances.unwrap_or(engine.max_instances);
-        engine.max_instance_memory = e
-            .max_instance_memory
-            .map_or(engine.max_instance_memory, |s| s.0);
-        engine.cache_max_bytes = e.cache_max_size.map_or(engine.cache_max_bytes, |s| s.0);
-        engine.cache_dir = Some(e.cache_dir.unwrap_or_else(|| {
-            std::env::var_os("WASMHTTP_CACHE_DIR")
-                .map(PathBuf::from)
-                .unwrap_or(DEFAULT_CACHE_DIR.into())
-        }));
-        let d = self.defaults;
-        let defaults = Limits {
-            memory_total: Some(d.memory.map_or(DEFAULT_MEMORY, |s| s.0)),
-            memory_per_instance: d.memory_per_instance.map(|s| s.0),
-            request_timeout: Some(d.request_timeout.map_or(DEFAULT_REQUEST_TIMEOUT, |t| t.0)),
-            queue_depth: d.queue_depth.unwrap_or(0),
-            max_request_body: d
-                .max_request_body
-                .map_or(Limits::default().max_request_body, |s| s.0),
-            fuel_per_request: d.fuel_per_request,
-            ..Limits::default()
-        };
-        NodeConfig {
-            engine,
-            defaults,
-            drain_timeout: d.drain_timeout.map_or(DEFAULT_DRAIN, |t| t.0),
-        }
+        parse("", "built-in defaults").expect("the empty configuration is valid")
     }
 }
 
 /// Parses configuration text; `origin` names it in errors (a path, or "runtime options ConfigBody").
 pub fn parse(text: &str, origin: &str) -> Result<NodeConfig> {
-    let file: NodeFile = toml::from_str(text).map_err(|e| {
-        let line = unknown_key_line(text, e.message()).or_else(|| {
-            e.span()
-                .map(|span| text[..span.start.min(text.len())].lines().count().max(1))
-        });
+    let fail = |line: Option<usize>, message: String| {
         let at = line.map(|l| format!(":{l}")).unwrap_or_default();
-        ShimError::InvalidArgument(format!(
-            "node configuration {origin}{at}: {}",
-            e.message().trim()
-        ))
+        ShimError::InvalidArgument(format!("node configuration {origin}{at}: {message}"))
+    };
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].lines().count().max(1));
+        fail(line, e.message().trim().to_string())
     })?;
-    Ok(file.resolve())
+    let mut config = NodeConfig {
+        engine: EngineConfig::default(),
+        defaults: Limits::default(),
+        ceilings: Limits::default(),
+    };
+    for (section, value) in &table {
+        let Some(entries) = value.as_table() else {
+            return Err(fail(
+                line_of(text, None, section),
+                format!("`{section}` must be a table: [engine], [defaults] or [ceilings]"),
+            ));
+        };
+        for (key, value) in entries {
+            let line = line_of(text, Some(section), key);
+            let text_value = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => other.to_string(),
+            };
+            let result = match section.as_str() {
+                "engine" => set_engine(&mut config.engine, key, &text_value),
+                "defaults" | "ceilings" => {
+                    let limits = if section == "defaults" {
+                        &mut config.defaults
+                    } else {
+                        &mut config.ceilings
+                    };
+                    match Knob::named(key) {
+                        Some((knob, deprecated)) => {
+                            if deprecated {
+                                warn_deprecated(origin, section, key, knob.name);
+                            }
+                            knob.set(limits, &text_value)
+                        }
+                        None => Err(format!(
+                            "unknown key `{key}` in [{section}] (knobs: {})",
+                            wasmhttp_runtime::KNOBS
+                                .iter()
+                                .map(|k| k.name)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )),
+                    }
+                }
+                _ => Err(format!(
+                    "unknown section [{section}] (sections: engine, defaults, ceilings)"
+                )),
+            };
+            result.map_err(|e| fail(line, format!("[{section}] {key}: {e}")))?;
+        }
+    }
+    if config.engine.cache_dir.is_none() {
+        config.engine.cache_dir = Some(
+            std::env::var_os("WASMHTTP_CACHE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or(DEFAULT_CACHE_DIR.into()),
+        );
+    }
+    Ok(config)
 }
 
-/// serde reports an unknown key at its table; the operator wants the key's own line.
-fn unknown_key_line(text: &str, message: &str) -> Option<usize> {
-    let key = message.strip_prefix("unknown field `")?.split('`').next()?;
-    text.lines()
-        .position(|line| {
-            line.trim_start()
-                .strip_prefix(key)
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
-        })
-        .map(|index| index + 1)
+fn set_engine(
+    engine: &mut EngineConfig,
+    key: &str,
+    value: &str,
+) -> std::result::Result<(), String> {
+    let expected = |e: String| format!("{e}: expected {}", size::FORM.expected);
+    let kebab = key.replace('_', "-");
+    match kebab.as_str() {
+        "max-instances" => {
+            engine.max_instances = count::parse(value)
+                .ok()
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{value:?}: expected a positive integer"))?
+        }
+        "max-instance-memory" => {
+            engine.max_instance_memory = size::parse(value).map_err(expected)?
+        }
+        "cache-max-size" => engine.cache_max_bytes = size::parse(value).map_err(expected)?,
+        "cache-dir" => engine.cache_dir = Some(PathBuf::from(value)),
+        _ => {
+            return Err(format!(
+                "unknown key `{key}` in [engine] (keys: max-instances, max-instance-memory, cache-dir, \
+                 cache-max-size)"
+            ));
+        }
+    }
+    if kebab != key {
+        warn_deprecated("", "engine", key, &kebab);
+    }
+    Ok(())
+}
+
+fn warn_deprecated(origin: &str, section: &str, old: &str, new: &str) {
+    tracing::warn!(
+        configuration = %origin,
+        "[{section}] {old} is deprecated and will be removed in the next release: spell it {new}"
+    );
+}
+
+/// The line of `key` (in `[section]`, or at the top when `None`), for errors: toml's own errors point at the
+/// table, and the operator wants the key's line.
+fn line_of(text: &str, section: Option<&str>, key: &str) -> Option<usize> {
+    let mut in_section = section.is_none();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.starts_with('[') {
+            let name = line
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or("")
+                .trim();
+            if section.is_none() && name == key {
+                return Some(index + 1);
+            }
+            in_section = section == Some(name);
+            continue;
+        }
+        let is_key = line
+            .strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with('='));
+        if in_section && is_key {
+            return Some(index + 1);
+        }
+    }
+    None
 }
 
 /// Reads the configuration file at `path`.
@@ -214,7 +226,7 @@ pub fn for_create(options: Option<&Any>) -> Result<NodeConfig> {
     Ok(NodeConfig::default())
 }
 
-/// Decodes `runtimeoptions.v1.Options { type_url = 1; config_path = 2; config_body = 3; }` (all strings).
+/// The `ConfigPath` and `ConfigBody` of containerd's `runtimeoptions.v1.Options`.
 fn runtime_options(any: &Any) -> Result<(String, String)> {
     let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
     if type_name != RUNTIME_OPTIONS_TYPE {
@@ -224,100 +236,116 @@ fn runtime_options(any: &Any) -> Result<(String, String)> {
             any.type_url
         )));
     }
-    let bad = |e: String| ShimError::InvalidArgument(format!("runtime options: {e}"));
-    let mut input = CodedInputStream::from_bytes(&any.value);
-    let (mut path, mut body) = (String::new(), String::new());
-    while let Some(tag) = input
-        .read_raw_tag_or_eof()
-        .map_err(|e| bad(e.to_string()))?
-    {
-        if tag & 7 != 2 {
-            return Err(bad(format!("unexpected field tag {tag}")));
-        }
-        let value = input.read_string().map_err(|e| bad(e.to_string()))?;
-        match tag >> 3 {
-            2 => path = value,
-            3 => body = value,
-            _ => {}
-        }
-    }
-    Ok((path, body))
+    let options = <RuntimeOptions as prost::Message>::decode(any.value.as_slice())
+        .map_err(|e| ShimError::InvalidArgument(format!("runtime options: {e}")))?;
+    Ok((options.config_path, options.config_body))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use containerd_shim::protos::protobuf::CodedOutputStream;
+    use std::time::Duration;
 
     #[test]
     fn defaults_without_a_file() {
         let config = NodeConfig::default();
-        assert_eq!(config.defaults.memory_total, Some(DEFAULT_MEMORY));
+        assert_eq!(config.defaults, Limits::default());
+        assert_eq!(config.ceilings, Limits::default());
         assert_eq!(
-            config.defaults.request_timeout,
-            Some(DEFAULT_REQUEST_TIMEOUT)
+            config.engine.max_instances,
+            EngineConfig::default().max_instances
         );
-        assert_eq!(config.drain_timeout, DEFAULT_DRAIN);
     }
 
     #[test]
     fn the_shipped_example_spells_out_the_defaults() {
         let example = include_str!("../../examples/containerd/wasmhttp-config.toml");
         let parsed = parse(example, "wasmhttp-config.toml").unwrap();
-        let defaults = NodeConfig::default();
-        assert_eq!(parsed.defaults, defaults.defaults);
-        assert_eq!(parsed.drain_timeout, defaults.drain_timeout);
-        assert_eq!(parsed.engine.max_instances, defaults.engine.max_instances);
+        let mut builtin = wasmhttp_runtime::knobs::builtin_defaults();
+        builtin.take_set(&parsed.defaults);
+        assert_eq!(builtin, wasmhttp_runtime::knobs::builtin_defaults());
+        let engine = EngineConfig::default();
+        assert_eq!(parsed.engine.max_instances, engine.max_instances);
         assert_eq!(
             parsed.engine.max_instance_memory,
-            defaults.engine.max_instance_memory
+            engine.max_instance_memory
         );
-        assert_eq!(
-            parsed.engine.cache_max_bytes,
-            defaults.engine.cache_max_bytes
-        );
+        assert_eq!(parsed.engine.cache_max_bytes, engine.cache_max_bytes);
     }
 
     #[test]
-    fn a_file_sets_engine_and_defaults() {
+    fn a_file_sets_engine_defaults_and_ceilings() {
         let config = parse(
-            "[engine]\nmax_instances = 8\ncache_dir = \"/tmp/c\"\ncache_max_size = \"1Gi\"\n\
-             [defaults]\nmemory = \"64Mi\"\nrequest_timeout = \"2s\"\nqueue_depth = 3\ndrain_timeout = \"1s\"\n",
+            "[engine]\nmax-instances = 8\ncache-dir = \"/tmp/c\"\ncache-max-size = \"1Gi\"\n\
+             [defaults]\nmemory = \"64Mi\"\nrequest-timeout = \"2s\"\nqueue-depth = 3\ndrain-timeout = \"1s\"\n\
+             [ceilings]\nmax-concurrency = 64\n",
             "t.toml",
         )
         .unwrap();
         assert_eq!(config.engine.max_instances, 8);
         assert_eq!(config.engine.cache_dir, Some(PathBuf::from("/tmp/c")));
         assert_eq!(config.engine.cache_max_bytes, 1 << 30);
-        assert_eq!(config.defaults.memory_total, Some(64 << 20));
+        assert_eq!(config.defaults.memory, Some(64 << 20));
         assert_eq!(
             config.defaults.request_timeout,
             Some(Duration::from_secs(2))
         );
-        assert_eq!(config.defaults.queue_depth, 3);
-        assert_eq!(config.drain_timeout, Duration::from_secs(1));
+        assert_eq!(config.defaults.queue_depth, Some(3));
+        assert_eq!(config.defaults.drain_timeout, Some(Duration::from_secs(1)));
+        assert_eq!(config.ceilings.max_concurrency, Some(64));
     }
 
     #[test]
-    fn errors_name_the_origin_and_line() {
+    fn old_snake_case_keys_are_still_read() {
+        let config = parse(
+            "[engine]\nmax_instances = 9\n[defaults]\nrequest_timeout = \"3s\"\nqueue_depth = 1\n",
+            "old.toml",
+        )
+        .unwrap();
+        assert_eq!(config.engine.max_instances, 9);
+        assert_eq!(
+            config.defaults.request_timeout,
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(config.defaults.queue_depth, Some(1));
+    }
+
+    #[test]
+    fn errors_name_the_origin_line_and_key() {
         let err = parse("[defaults]\n\nmemory = \"64Xi\"\n", "/etc/n.toml")
             .unwrap_err()
             .to_string();
         assert!(err.contains("/etc/n.toml:3"), "{err}");
-        assert!(err.contains("unknown unit"), "{err}");
-        let err = parse("[engine]\nmax_instancez = 1\n", "n.toml")
+        assert!(
+            err.contains("[defaults] memory") && err.contains("unknown unit"),
+            "{err}"
+        );
+        let err = parse("[engine]\nmax-instancez = 1\n", "n.toml")
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("n.toml:2") && err.contains("max_instancez"),
+            err.contains("n.toml:2") && err.contains("max-instancez"),
             "{err}"
         );
+        let err = parse("[ceilings]\nqueue-dept = 1\n", "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("n.toml:2") && err.contains("unknown key `queue-dept`"),
+            "{err}"
+        );
+        let err = parse("[limits]\nx = 1\n", "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown section [limits]"), "{err}");
         let err = parse("[defaults\n", "n.toml").unwrap_err().to_string();
         assert!(err.contains("n.toml:1"), "{err}");
     }
 
     #[test]
     fn runtime_options_carry_a_path_or_a_body() {
+        // Encoded by another protobuf implementation than the one that decodes it.
         let encode = |path: &str, body: &str| {
             let mut value = Vec::new();
             let mut out = CodedOutputStream::vec(&mut value);
@@ -332,8 +360,8 @@ mod tests {
                 ..Default::default()
             }
         };
-        let config = for_create(Some(&encode("", "[defaults]\nqueue_depth = 7\n"))).unwrap();
-        assert_eq!(config.defaults.queue_depth, 7);
+        let config = for_create(Some(&encode("", "[defaults]\nqueue-depth = 7\n"))).unwrap();
+        assert_eq!(config.defaults.queue_depth, Some(7));
         let err = for_create(Some(&encode("/nonexistent/wasmhttp.toml", "")))
             .unwrap_err()
             .to_string();

@@ -2,7 +2,7 @@
 
 use crate::bundle::{self, ImageLayer, Payload, RootfsMount};
 use crate::container::{Container, CreateOptions, Status};
-use crate::content::{ContentStore, WASM_LAYER_TYPES};
+use crate::content::ContentStore;
 use crate::engine::SharedRuntime;
 use crate::error::{Result, ShimError};
 use crate::events::{Event, Events};
@@ -17,6 +17,7 @@ use containerd_shim::{ExitSignal, Task, TtrpcContext, TtrpcResult};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use wasmhttp_oci::WASM_LAYER_TYPES;
 use wasmhttp_runtime::Source;
 
 /// Every container of this shim process, and the engine they share.
@@ -127,10 +128,14 @@ impl TaskService {
             req.stdout.clone(),
             req.stderr.clone(),
         );
-        let defaults = node.defaults.clone();
+        let node_layers = wasmhttp_runtime::Layers {
+            node_defaults: node.defaults.clone(),
+            node_ceilings: node.ceilings.clone(),
+            ..Default::default()
+        };
         let bundle_started = std::time::Instant::now();
         let mut workload =
-            tokio::task::spawn_blocking(move || bundle::load(&bundle_dir, &rootfs, &defaults))
+            tokio::task::spawn_blocking(move || bundle::load(&bundle_dir, &rootfs, &node_layers))
                 .await
                 .map_err(|e| ShimError::Internal(format!("reading the bundle failed: {e}")))??;
         let bundle_read = bundle_started.elapsed();
@@ -157,7 +162,6 @@ impl TaskService {
                 stdout: open(&stdout)?,
                 stderr: open(&stderr)?,
                 events,
-                drain_timeout: node.drain_timeout,
             };
             Container::create(&id, workload, options)
         })
@@ -352,7 +356,7 @@ impl Task for TaskService {
                 ))
             })?;
         let limits = container.update(&resources)?;
-        tracing::info!(container = %req.id, ?limits, "limits updated");
+        tracing::info!(container = %req.id, limits = %limits.describe(), "limits updated");
         Ok(Empty::new())
     }
 

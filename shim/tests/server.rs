@@ -52,3 +52,28 @@ fn a_server_that_fails_after_starting_logs_why_and_removes_its_socket() {
         "the socket of a failed server is not left behind"
     );
 }
+
+/// `-v` is what an operator types to see which shim containerd will run; `-info` is what containerd 2.x asks.
+#[test]
+fn version_and_info_answer_and_exit_zero() {
+    let shim = env!("CARGO_BIN_EXE_containerd-shim-wasmhttp-v1");
+    let version = Command::new(shim).arg("-v").output().unwrap();
+    assert!(version.status.success(), "{version:?}");
+    let text = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        text.contains("io.containerd.wasmhttp.v1") && text.contains(env!("CARGO_PKG_VERSION")),
+        "{text}"
+    );
+    let info = Command::new(shim)
+        .arg("-info")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(info.status.success(), "{info:?}");
+    assert!(
+        String::from_utf8_lossy(&info.stdout).contains("io.containerd.wasmhttp.v1"),
+        "the runtime info names the runtime"
+    );
+    let bad = Command::new(shim).arg("-nonsense").output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+}

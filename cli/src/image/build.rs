@@ -77,7 +77,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
             let layer = Blob::new(layout::tar_of(&[(WASM_PATH, wasm.as_slice())])?);
             let config = json!({
                 "created": created,
-                "architecture": oci_arch(),
+                "architecture": wasmhttp_oci::host_architecture().to_string(),
                 "os": "linux",
                 "config": { "Entrypoint": [format!("/{WASM_PATH}")], "Env": env },
                 "rootfs": { "type": "layers", "diff_ids": [layer.digest] },
@@ -85,7 +85,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
             (
                 layout::CONFIG_TYPE,
                 config,
-                "application/vnd.oci.image.layer.v1.tar",
+                wasmhttp_oci::TAR_LAYER_TYPE,
                 layer,
             )
         }
@@ -102,7 +102,12 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
                 "os": "wasip2",
                 "layerDigests": [layer.digest],
             });
-            (layout::WASM_CONFIG_TYPE, config, "application/wasm", layer)
+            (
+                layout::WASM_CONFIG_TYPE,
+                config,
+                wasmhttp_oci::WASM_LAYER_TYPE,
+                layer,
+            )
         }
     };
     let config = Blob::new(serde_json::to_vec(&config)?);
@@ -161,14 +166,6 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 }
 
 /// The image's architecture: the host's, in OCI (Go) spelling, so `ctr image import` matches it.
-fn oci_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]

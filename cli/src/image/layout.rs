@@ -9,24 +9,8 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
 
-/// OCI image manifest.
-pub const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
-/// Docker schema 2 manifest (what most registries still hold).
-pub const DOCKER_MANIFEST_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
-/// OCI image index.
-pub const INDEX_TYPE: &str = "application/vnd.oci.image.index.v1+json";
-/// Docker manifest list.
-pub const DOCKER_LIST_TYPE: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-/// OCI image config.
-pub const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
-/// Config of the CNCF TAG-Runtime wasm artifact.
-pub const WASM_CONFIG_TYPE: &str = "application/vnd.wasm.config.v0+json";
-/// Layer media types that hold a bare wasm binary.
-pub const WASM_LAYER_TYPES: [&str; 3] = [
-    "application/wasm",
-    "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
-    "application/vnd.wasm.content.layer.v1+wasm",
-];
+pub use wasmhttp_oci::{CONFIG_TYPE, INDEX_TYPE, MANIFEST_TYPE, WASM_CONFIG_TYPE};
+use wasmhttp_oci::{Document, is_wasm_layer};
 
 /// A blob and its `sha256:` digest.
 pub struct Blob {
@@ -83,18 +67,24 @@ pub struct Image {
 
 /// Parses an image manifest's media type, config and layers.
 pub fn parse_manifest(bytes: &[u8]) -> anyhow::Result<(String, Descriptor, Vec<Descriptor>)> {
-    let manifest: Value = serde_json::from_slice(bytes).context("the manifest is not JSON")?;
-    let media_type = manifest["mediaType"]
-        .as_str()
-        .unwrap_or(MANIFEST_TYPE)
-        .to_string();
-    if media_type == INDEX_TYPE || media_type == DOCKER_LIST_TYPE {
-        bail!("expected an image manifest, found an index ({media_type})");
-    }
-    let config = descriptor(&manifest["config"]).context("the manifest's config")?;
-    let layers = manifest["layers"]
-        .as_array()
-        .context("the manifest has no layers")?
+    let manifest =
+        match Document::parse(bytes).map_err(|e| anyhow::anyhow!("the manifest is {e}"))? {
+            Document::Manifest(manifest) => manifest,
+            Document::Index(index) => bail!(
+                "expected an image manifest, found an index ({})",
+                index
+                    .media_type()
+                    .as_ref()
+                    .map_or(wasmhttp_oci::INDEX_TYPE.to_string(), ToString::to_string)
+            ),
+        };
+    let media_type = manifest
+        .media_type()
+        .as_ref()
+        .map_or(MANIFEST_TYPE.to_string(), ToString::to_string);
+    let config = descriptor(manifest.config()).context("the manifest's config")?;
+    let layers = manifest
+        .layers()
         .iter()
         .map(descriptor)
         .collect::<anyhow::Result<Vec<_>>>()
@@ -102,21 +92,15 @@ pub fn parse_manifest(bytes: &[u8]) -> anyhow::Result<(String, Descriptor, Vec<D
     Ok((media_type, config, layers))
 }
 
-fn descriptor(value: &Value) -> anyhow::Result<Descriptor> {
-    let field = |name: &str| {
-        value[name]
-            .as_str()
-            .map(str::to_string)
-            .with_context(|| format!("descriptor has no {name}"))
-    };
-    let digest = field("digest")?;
+fn descriptor(d: &oci_spec::image::Descriptor) -> anyhow::Result<Descriptor> {
+    let digest = d.digest().to_string();
     if !digest.starts_with("sha256:") || digest.len() != 71 {
         bail!("unsupported digest {digest:?} (only sha256)");
     }
     Ok(Descriptor {
-        media_type: field("mediaType")?,
+        media_type: d.media_type().to_string(),
         digest,
-        size: value["size"].as_u64().context("descriptor has no size")?,
+        size: d.size(),
     })
 }
 
@@ -161,7 +145,7 @@ impl Image {
     }
 
     fn check_wasm(&self) -> anyhow::Result<()> {
-        let is_wasm_layer = |d: &&Descriptor| WASM_LAYER_TYPES.contains(&d.media_type.as_str());
+        let is_wasm_layer = |d: &&Descriptor| is_wasm_layer(&d.media_type.as_str().into());
         if self.config.media_type == WASM_CONFIG_TYPE
             || self.layers.iter().any(|d| is_wasm_layer(&d))
         {
@@ -183,12 +167,10 @@ impl Image {
             }
             return Ok(());
         }
-        let config: Value = serde_json::from_slice(&self.blobs[&self.config.digest])
-            .context("the image config is not JSON")?;
-        let entry = config["config"]["Entrypoint"]
-            .get(0)
-            .or_else(|| config["config"]["Cmd"].get(0))
-            .and_then(Value::as_str)
+        let config: oci_spec::image::ImageConfiguration =
+            serde_json::from_slice(&self.blobs[&self.config.digest])
+                .context("the image config is not an OCI image config")?;
+        let entry = wasmhttp_oci::entrypoint(&config)
             .context("not a wasm image: the config names no entrypoint")?;
         for layer in self.layers.iter().rev() {
             if let Some(head) = file_head(&self.blobs[&layer.digest], &layer.media_type, entry)? {
@@ -298,14 +280,14 @@ pub fn read(path: &Path) -> anyhow::Result<Image> {
         entry.read_to_end(&mut bytes).with_context(what)?;
         files.insert(name, bytes);
     }
-    let index: Value = serde_json::from_slice(files.get("index.json").with_context(what)?)
-        .with_context(|| format!("{}: index.json is not JSON", path.display()))?;
-    let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
-    let [manifest] = manifests.as_slice() else {
+    let index: oci_spec::image::ImageIndex =
+        serde_json::from_slice(files.get("index.json").with_context(what)?)
+            .with_context(|| format!("{}: index.json is not an OCI image index", path.display()))?;
+    let [manifest] = index.manifests().as_slice() else {
         bail!(
             "{}: index.json must name exactly one manifest, it names {}",
             path.display(),
-            manifests.len()
+            index.manifests().len()
         );
     };
     let blob = |digest: &str| {
@@ -317,7 +299,8 @@ pub fn read(path: &Path) -> anyhow::Result<Image> {
             .cloned()
             .with_context(|| format!("{}: blob {digest} is missing", path.display()))
     };
-    let manifest_digest = manifest["digest"].as_str().unwrap_or_default();
+    let manifest_digest = manifest.digest().to_string();
+    let manifest_digest = manifest_digest.as_str();
     let manifest_bytes = blob(manifest_digest)?;
     if digest_of(&manifest_bytes) != manifest_digest {
         bail!(

@@ -14,6 +14,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use wasmhttp_oci::{Document, choose_entry};
 
 /// How to reach the registry.
 #[derive(Args)]
@@ -181,38 +182,22 @@ impl Session {
 
     /// The image manifest's bytes; an index is resolved to the entry for wasm or this host.
     async fn manifest(&self, reference: &Reference) -> anyhow::Result<Vec<u8>> {
-        let accepted = [
-            layout::MANIFEST_TYPE,
-            layout::DOCKER_MANIFEST_TYPE,
-            layout::INDEX_TYPE,
-            layout::DOCKER_LIST_TYPE,
-        ];
+        let accepted = wasmhttp_oci::MANIFEST_TYPES;
         let (bytes, _) = self
             .client
             .pull_manifest_raw(reference, &self.auth, &accepted)
             .await
             .map_err(|e| self.explain(e))?;
-        let value: serde_json::Value =
-            serde_json::from_slice(&bytes).context("the registry's manifest is not JSON")?;
-        let Some(entries) = value["manifests"].as_array() else {
-            return Ok(bytes.to_vec());
-        };
-        let arch =
-            |e: &&serde_json::Value| e["platform"]["architecture"].as_str().map(str::to_string);
-        let host = if cfg!(target_arch = "x86_64") {
-            "amd64"
-        } else {
-            "arm64"
-        };
-        let entry = entries
-            .iter()
-            .find(|e| arch(e).as_deref() == Some("wasm"))
-            .or_else(|| entries.iter().find(|e| arch(e).as_deref() == Some(host)))
-            .or(entries.first())
-            .with_context(|| format!("{} is an empty index", self.reference))?;
-        let digest = entry["digest"]
-            .as_str()
-            .context("index entry has no digest")?;
+        let index =
+            match Document::parse(&bytes).map_err(|e| anyhow!("the registry's manifest is {e}"))? {
+                Document::Index(index) => index,
+                Document::Manifest(_) => return Ok(bytes.to_vec()),
+            };
+        let digest = choose_entry(&index)
+            .with_context(|| format!("{} is an empty index", self.reference))?
+            .digest()
+            .to_string();
+        let digest = digest.as_str();
         let by_digest = Reference::with_digest(
             reference.registry().to_string(),
             reference.repository().to_string(),

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use wasmhttp_runtime::*;
-pub use wasmhttp_tests::{Reply, get, request};
+pub use wasmhttp_test_client::{Reply, get, request};
 
 /// The built example guest `name` (built by `examples/build.sh`, which the test script runs first).
 pub fn example(name: &str) -> Source {

@@ -1,0 +1,197 @@
+//! The one fold of every configuration layer into the [`Limits`] a service runs under.
+//!
+//! Precedence, lowest first:
+//! 1. built-in defaults ([`super::builtin_defaults`]);
+//! 2. the node's `[defaults]`;
+//! 3. OCI `linux.resources` (what Kubernetes or `ctr` set);
+//! 4. overrides: `wasmhttp.io/` annotations (or `wasmhttp run` flags). An override of a knob the OCI spec set
+//!    may tighten it freely; it may loosen it only up to the node's `[ceilings]` value for that knob. Any
+//!    override above a ceiling is refused, naming both.
+//!
+//! Update re-folds with the new OCI values: an override stays in force unless the Update changed the very
+//! OCI field it overrides, in which case the operator's new value wins.
+
+use super::{KNOBS, Limits};
+
+/// Every input of the fold. Create passes the same OCI values twice; Update passes the values at Create
+/// beside the current ones, so the fold can tell which OCI fields an Update changed.
+#[derive(Debug, Clone, Default)]
+pub struct Layers {
+    /// The node's `[defaults]`.
+    pub node_defaults: Limits,
+    /// The node's `[ceilings]`: the most an override may ask for.
+    pub node_ceilings: Limits,
+    /// OCI `linux.resources` now (after any Updates).
+    pub oci: Limits,
+    /// OCI `linux.resources` at Create.
+    pub oci_at_create: Limits,
+    /// Annotations, or CLI flags.
+    pub overrides: Limits,
+}
+
+/// An override the node does not allow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    /// The knob's name.
+    pub knob: &'static str,
+    /// The value asked for.
+    pub value: String,
+    /// Why, naming the limit it would pass.
+    pub reason: String,
+}
+
+/// Folds `layers` into the limits in force (see the module docs for the precedence).
+pub fn fold(layers: &Layers) -> Result<Limits, Refused> {
+    let mut limits = super::builtin_defaults();
+    limits.take_set(&layers.node_defaults);
+    limits.take_set(&layers.oci);
+    for knob in KNOBS {
+        let Some(value) = knob.get(&layers.overrides) else {
+            continue;
+        };
+        if (knob.differs)(&layers.oci, &layers.oci_at_create) {
+            continue;
+        }
+        let refused = |reason: String| Refused {
+            knob: knob.name,
+            value: value.clone(),
+            reason,
+        };
+        if (knob.exceeds)(&layers.overrides, &layers.node_ceilings) {
+            let ceiling = knob.get(&layers.node_ceilings).unwrap_or_default();
+            return Err(refused(format!(
+                "above the node's ceiling {} = {ceiling}",
+                knob.name
+            )));
+        }
+        let ceiling_set = knob.get(&layers.node_ceilings).is_some();
+        if let Some(oci_field) = knob.oci
+            && !ceiling_set
+            && (knob.exceeds)(&layers.overrides, &layers.oci)
+        {
+            let oci_value = knob.get(&layers.oci).unwrap_or_default();
+            return Err(refused(format!(
+                "looser than linux.resources.{oci_field} ({oci_value}); the node sets no ceiling for {} \
+                 that would allow it",
+                knob.name
+            )));
+        }
+        (knob.take)(&mut limits, &layers.overrides);
+    }
+    Ok(limits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn limits(pairs: &[(&str, &str)]) -> Limits {
+        let mut limits = Limits::default();
+        for (name, text) in pairs {
+            limits.set(name, text).unwrap();
+        }
+        limits
+    }
+
+    fn create(node: Limits, ceilings: Limits, oci: Limits, overrides: Limits) -> Layers {
+        Layers {
+            node_defaults: node,
+            node_ceilings: ceilings,
+            oci_at_create: oci.clone(),
+            oci,
+            overrides,
+        }
+    }
+
+    #[test]
+    fn later_layers_win_in_order() {
+        let folded = fold(&create(
+            limits(&[
+                ("memory", "256Mi"),
+                ("request-timeout", "5s"),
+                ("queue-depth", "4"),
+            ]),
+            Limits::default(),
+            limits(&[("memory", "64Mi"), ("max-concurrency", "8")]),
+            limits(&[("queue-depth", "2"), ("max-concurrency", "3")]),
+        ))
+        .unwrap();
+        assert_eq!(folded.memory, Some(64 << 20), "OCI over node defaults");
+        assert_eq!(
+            folded.request_timeout,
+            Some(Duration::from_secs(5)),
+            "node over built-in"
+        );
+        assert_eq!(folded.queue_depth, Some(2), "annotation over node");
+        assert_eq!(folded.max_concurrency, Some(3), "annotation tightens OCI");
+        assert_eq!(
+            folded.drain_timeout,
+            Some(Duration::from_secs(10)),
+            "built-in default"
+        );
+    }
+
+    #[test]
+    fn overrides_loosen_oci_only_within_a_ceiling() {
+        let oci = limits(&[("max-concurrency", "4")]);
+        let looser = limits(&[("max-concurrency", "16")]);
+        let err = fold(&create(
+            Limits::default(),
+            Limits::default(),
+            oci.clone(),
+            looser.clone(),
+        ))
+        .unwrap_err();
+        assert_eq!(err.knob, "max-concurrency");
+        assert!(
+            err.reason.contains("linux.resources.pids.limit (4)"),
+            "{err:?}"
+        );
+
+        let ceilings = limits(&[("max-concurrency", "32")]);
+        let folded = fold(&create(
+            Limits::default(),
+            ceilings,
+            oci.clone(),
+            looser.clone(),
+        ))
+        .unwrap();
+        assert_eq!(folded.max_concurrency, Some(16));
+
+        let low_ceiling = limits(&[("max-concurrency", "8"), ("queue-depth", "10")]);
+        let err = fold(&create(Limits::default(), low_ceiling.clone(), oci, looser)).unwrap_err();
+        assert!(
+            err.reason.contains("ceiling max-concurrency = 8"),
+            "{err:?}"
+        );
+        let err = fold(&create(
+            Limits::default(),
+            low_ceiling,
+            Limits::default(),
+            limits(&[("queue-depth", "11")]),
+        ))
+        .unwrap_err();
+        assert_eq!((err.knob, err.value.as_str()), ("queue-depth", "11"));
+    }
+
+    #[test]
+    fn update_keeps_overrides_unless_it_changes_their_oci_field() {
+        let at_create = limits(&[("max-concurrency", "8"), ("memory", "64Mi")]);
+        let overrides = limits(&[("max-concurrency", "3")]);
+        let mut layers = create(Limits::default(), Limits::default(), at_create, overrides);
+        assert_eq!(fold(&layers).unwrap().max_concurrency, Some(3));
+
+        // An Update of memory only: the annotation on max-concurrency stays.
+        layers.oci.take_set(&limits(&[("memory", "128Mi")]));
+        let folded = fold(&layers).unwrap();
+        assert_eq!(
+            (folded.max_concurrency, folded.memory),
+            (Some(3), Some(128 << 20))
+        );
+
+        // An Update of pids.limit itself: the operator's new value wins.
+        layers.oci.take_set(&limits(&[("max-concurrency", "5")]));
+        assert_eq!(fold(&layers).unwrap().max_concurrency, Some(5));
+    }
+}
