@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# prost-build and tonic's builders run protoc; ttrpc-codegen (containerd-shim's protos) parses in pure Rust.
 needs_protoc=$(cargo tree --locked -e build,normal -p containerd-shim-wasmhttp -p wasmhttp-cli -p wasmhttp-bench \
-  | grep -Eo '(prost-build|tonic-build|tonic-prost-build|protobuf-codegen|protoc-[a-z-]+) v[0-9.]+' | sort -u || true)
+  | grep -Eo '(prost-build|tonic-build|tonic-prost-build|protoc-bin-[a-z0-9-]+) v[0-9.]+' | sort -u || true)
 if [ -n "$needs_protoc" ]; then
   echo "check-deps: the shim, CLI or benchmarks now build-depend on a protobuf compiler: $needs_protoc" >&2
   exit 1

@@ -83,39 +83,22 @@ fn a_command_runs_with_args_and_env_and_returns_its_exit_code() {
 #[test]
 fn a_service_serves_with_limits_and_drains_on_sigterm() {
     let cache = tempfile::tempdir().unwrap();
-    let mut child = KillOnDrop(
-        Command::new(binary("wasmhttp"))
-            .args([
-                "run",
-                "--listen",
-                "127.0.0.1:0",
-                "--memory",
-                "64Mi",
-                "--cpus",
-                "1",
-                "--max-concurrency",
-                "8",
-            ])
-            .args([
-                "--request-timeout",
-                "2s",
-                "--cache-dir",
-                cache.path().to_str().unwrap(),
-                example("hello").to_str().unwrap(),
-            ])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let cache_dir = cache.path().to_str().unwrap();
+    let (mut child, mut stderr, addr) = serve(
+        &[
+            "--memory",
+            "64Mi",
+            "--cpus",
+            "1",
+            "--max-concurrency",
+            "8",
+            "--request-timeout",
+            "2s",
+            "--cache-dir",
+            cache_dir,
+        ],
+        example("hello").to_str().unwrap(),
     );
-    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr: SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
     let reply = get(addr, "/");
     assert_eq!(
         (reply.status, reply.body.as_str()),
@@ -239,14 +222,15 @@ fn install_restart_runs_systemctl_only_when_the_config_changed() {
     );
 }
 
-/// Serves `app` on a free port; returns the child and the address its first stderr line names.
+/// Serves `app` with `args` on a free port; returns the child, its stderr after the first line, and the address
+/// that line names.
 fn serve(
     args: &[&str],
     app: &str,
 ) -> (KillOnDrop, BufReader<std::process::ChildStderr>, SocketAddr) {
     let mut child = KillOnDrop(
         Command::new(binary("wasmhttp"))
-            .args(["run", "--listen", "127.0.0.1:0", "--no-cache"])
+            .args(["run", "--listen", "127.0.0.1:0"])
             .args(args)
             .arg(app)
             .stderr(Stdio::piped())
@@ -267,7 +251,7 @@ fn serve(
 
 #[test]
 fn a_refusal_is_one_plain_line_and_the_stop_line_counts_it() {
-    let (child, mut stderr, addr) = serve(&[], example("trap").to_str().unwrap());
+    let (child, mut stderr, addr) = serve(&["--no-cache"], example("trap").to_str().unwrap());
     let reply = get(addr, "/");
     assert_eq!(
         (reply.status, reply.body.as_str()),
@@ -287,7 +271,7 @@ fn a_refusal_is_one_plain_line_and_the_stop_line_counts_it() {
         "no colour codes when stderr is not a terminal: {rest:?}"
     );
     assert!(
-        !rest.contains("backtrace"),
+        !rest.contains("wasm backtrace"),
         "the guest's backtrace is for debug level: {rest}"
     );
     assert!(

@@ -94,7 +94,7 @@ fn memory_limit_fails_the_request_not_the_service() {
         "each refusal is logged with its cause and container: {log}"
     );
     assert!(
-        !log.contains("backtrace"),
+        !log.contains("wasm backtrace"),
         "a refusal is one line; the guest's backtrace is for debug level: {log}"
     );
 }
