@@ -3,6 +3,7 @@
 
 use clap::builder::ValueParser;
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches};
+use wasmhttp_runtime::knobs::builtin_defaults;
 use wasmhttp_runtime::{KNOBS, Knob, Limits};
 
 /// The knob flags given on the command line (unset knobs stay `None`).
@@ -18,12 +19,17 @@ fn parser(knob: &'static Knob) -> ValueParser {
 
 impl Args for KnobFlags {
     fn augment_args(command: Command) -> Command {
+        let defaults = builtin_defaults();
         KNOBS.iter().fold(command, |command, knob| {
+            let help = match knob.get(&defaults) {
+                Some(default) => format!("{} [default: {default}]", knob.doc.trim()),
+                None => knob.doc.trim().to_string(),
+            };
             let command = command.arg(
                 Arg::new(knob.name)
                     .long(knob.name)
                     .value_name(knob.form.metavar)
-                    .help(knob.doc.trim().to_string())
+                    .help(help)
                     .value_parser(parser(knob)),
             );
             match knob.old_flag {
