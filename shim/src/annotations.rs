@@ -12,6 +12,7 @@
 //! as a warning (a typo should not take a service down, but should be visible).
 
 use std::collections::HashMap;
+use wasmhttp_runtime::knobs::Refused;
 use wasmhttp_runtime::{KNOBS, Knob, Limits};
 
 /// The annotation prefix.
@@ -80,6 +81,14 @@ pub fn parse(annotations: &HashMap<String, String>) -> Result<Annotated, String>
         }
     }
     Ok(annotated)
+}
+
+/// Why the fold refused an annotation, naming it as the pod author wrote it.
+pub fn refusal(refused: &Refused) -> String {
+    format!(
+        "annotation {PREFIX}{}={} is refused: {}",
+        refused.knob, refused.value, refused.reason
+    )
 }
 
 fn known_keys() -> String {

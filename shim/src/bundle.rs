@@ -127,15 +127,7 @@ pub fn load(bundle: &Path, rootfs: &[RootfsMount], node: &Layers) -> Result<Work
         overrides: annotated.limits.clone(),
         ..node.clone()
     };
-    let limits = fold(&layers).map_err(|refused| {
-        invalid(format!(
-            "annotation {}{}={} is refused: {}",
-            crate::annotations::PREFIX,
-            refused.knob,
-            refused.value,
-            refused.reason
-        ))
-    })?;
+    let limits = fold(&layers).map_err(|r| invalid(crate::annotations::refusal(&r)))?;
     if annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("sandbox") {
         return Ok(Workload {
             payload: Payload::Sandbox,

@@ -405,14 +405,8 @@ impl Container {
         let (layers, limits) = &mut *guard;
         let mut updated = layers.clone();
         updated.oci.take_set(&oci_limits(Some(resources)));
-        *limits = fold(&updated).map_err(|refused| {
-            ShimError::InvalidArgument(format!(
-                "update: {}{}={} is refused: {}",
-                crate::annotations::PREFIX,
-                refused.knob,
-                refused.value,
-                refused.reason
-            ))
+        *limits = fold(&updated).map_err(|r| {
+            ShimError::InvalidArgument(format!("update: {}", crate::annotations::refusal(&r)))
         })?;
         *layers = updated;
         if let State::Running(Active::Service(h)) | State::Paused(Active::Service(h)) =

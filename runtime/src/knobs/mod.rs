@@ -13,7 +13,7 @@
 mod fold;
 pub mod value;
 
-pub use fold::{Layers, fold};
+pub use fold::{Layers, Refused, fold};
 use std::time::Duration;
 
 /// One knob: its name, what it takes, where it may also come from, and typed access to its field.
