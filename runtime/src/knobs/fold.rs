@@ -4,9 +4,10 @@
 //! 1. built-in defaults ([`super::builtin_defaults`]);
 //! 2. the node's `[defaults]`;
 //! 3. OCI `linux.resources` (what Kubernetes or `ctr` set);
-//! 4. overrides: `wasmhttp.io/` annotations (or `wasmhttp run` flags). An override of a knob the OCI spec set
-//!    may tighten it freely; it may loosen it only up to the node's `[ceilings]` value for that knob. Any
-//!    override above a ceiling is refused, naming both.
+//! 4. overrides: `wasmhttp.io/` annotations (or `wasmhttp run` flags). An override of a knob that has an OCI
+//!    field may tighten the value in force (the OCI value, else the default standing in for it) freely; it
+//!    may loosen it only up to the node's `[ceilings]` value for that knob. Any override above a ceiling is
+//!    refused, naming both.
 //!
 //! Update re-folds with the new OCI values: an override stays in force unless the Update changed the very
 //! OCI field it overrides, in which case the operator's new value wins.
@@ -64,15 +65,22 @@ pub fn fold(layers: &Layers) -> Result<Limits, Refused> {
                 knob.name
             )));
         }
+        // `limits` holds this knob's value before any override: the OCI value, else the node's or the built-in
+        // default, which stands in for an OCI limit the spec did not set (a pod without `memory.limit` must not
+        // annotate itself past the node's default).
         let ceiling_set = knob.get(&layers.node_ceilings).is_some();
         if let Some(oci_field) = knob.oci
             && !ceiling_set
-            && (knob.exceeds)(&layers.overrides, &layers.oci)
+            && (knob.exceeds)(&layers.overrides, &limits)
         {
-            let oci_value = knob.get(&layers.oci).unwrap_or_default();
+            let in_force = knob.get(&limits).unwrap_or_default();
+            let source = if knob.get(&layers.oci).is_some() {
+                format!("linux.resources.{oci_field}")
+            } else {
+                "the default that stands in for it".to_string()
+            };
             return Err(refused(format!(
-                "looser than linux.resources.{oci_field} ({oci_value}); the node sets no ceiling for {} \
-                 that would allow it",
+                "looser than {source} ({in_force}); the node sets no ceiling for {} that would allow it",
                 knob.name
             )));
         }
@@ -148,6 +156,29 @@ mod tests {
             err.reason.contains("linux.resources.pids.limit (4)"),
             "{err:?}"
         );
+
+        // Without an OCI memory limit the node's default stands in for it: no annotating past it.
+        let node = limits(&[("memory", "256Mi")]);
+        let err = fold(&create(
+            node.clone(),
+            Limits::default(),
+            Limits::default(),
+            limits(&[("memory", "1Gi")]),
+        ))
+        .unwrap_err();
+        assert!(
+            err.reason
+                .contains("the default that stands in for it (256Mi)"),
+            "{err:?}"
+        );
+        let tighter = fold(&create(
+            node,
+            Limits::default(),
+            Limits::default(),
+            limits(&[("memory", "64Mi")]),
+        ))
+        .unwrap();
+        assert_eq!(tighter.memory, Some(64 << 20));
 
         let ceilings = limits(&[("max-concurrency", "32")]);
         let folded = fold(&create(
