@@ -36,7 +36,7 @@ pub const RUNTIME_ID: &str = "io.containerd.wasmhttp.v1";
 fn clean_up_after_shim() -> Result<DeleteResponse, Error> {
     if let Ok(address) = std::fs::read_to_string("address") {
         let path = address.trim().trim_start_matches("unix://").to_string();
-        if !path.is_empty() && std::os::unix::net::UnixStream::connect(&path).is_err() {
+        if !path.is_empty() && !still_served(&path) {
             let _ = std::fs::remove_file(&path);
         }
     }
@@ -45,6 +45,19 @@ fn clean_up_after_shim() -> Result<DeleteResponse, Error> {
         exited_at: Some(timestamp()?).into(),
         ..Default::default()
     })
+}
+
+/// Whether a server still accepts on `path`. containerd can run the `delete` action as soon as a killed shim's
+/// connection closes, while the dying process still holds its listening socket for a moment: a connect that
+/// succeeds then is retried briefly before the socket is judged alive (a live server keeps accepting).
+fn still_served(path: &str) -> bool {
+    for _ in 0..20 {
+        if std::os::unix::net::UnixStream::connect(path).is_err() {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    true
 }
 
 /// The `delete` action, answered without the library's bootstrap (signal handlers, subreaper, and blocking
