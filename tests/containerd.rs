@@ -109,6 +109,64 @@ fn guest_logs_reach_the_log_file_and_two_services_run_at_once() {
 }
 
 #[test]
+fn a_wasi_03_service_runs_with_limits_logs_and_metrics_through_ctr() {
+    let containerd = Containerd::start();
+    let image = import_example(&containerd, "counter-p3");
+    let port = free_port();
+    let annotation = "wasmhttp.io/max-instance-concurrency=8";
+    run_service(
+        &containerd,
+        &image,
+        "counter1",
+        port,
+        &["--memory-limit", "33554432", "--annotation", annotation],
+    );
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    assert!(wait_for_200(addr).starts_with("count: "));
+    let sleepers: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || get(addr, "/sleep/300").status))
+        .collect();
+    assert!(sleepers.into_iter().all(|s| s.join().unwrap() == 200));
+    let over = get(addr, "/alloc/48");
+    assert_eq!(
+        (over.status, over.body.as_str()),
+        (500, "memory limit exceeded\n")
+    );
+    assert!(
+        wait_for_200(addr).starts_with("count: "),
+        "a fresh instance serves"
+    );
+
+    let json = containerd.ctr_ok(&["task", "metrics", "--format", "json", "counter1"]);
+    let metrics: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(
+        metrics["memory"]["usage"]["limit"].as_u64(),
+        Some(32 << 20),
+        "{json}"
+    );
+    assert_eq!(
+        metrics["memory"]["usage"]["failcnt"].as_u64(),
+        Some(1),
+        "{json}"
+    );
+    assert!(
+        metrics["cpu"]["usage"]["total"].as_u64() > Some(0),
+        "{json}"
+    );
+    let log = containerd.log();
+    assert!(
+        log.lines().any(|l| l.contains("request refused")
+            && l.contains("memory limit exceeded")
+            && l.contains("service=counter1")),
+        "{log}"
+    );
+    containerd.ctr_ok(&["task", "kill", "counter1"]);
+    wait_for_status(&containerd, "counter1", "STOPPED");
+    containerd.ctr(&["task", "delete", "counter1"]);
+    containerd.ctr_ok(&["container", "rm", "counter1"]);
+}
+
+#[test]
 fn bad_images_fail_create_with_the_reason_and_exec_is_refused() {
     let containerd = Containerd::start();
     let image = import_example(&containerd, "hello");

@@ -94,6 +94,7 @@ async fn pod_lifecycle_through_cri() {
         ("mem-hog", None),
         ("cpu-burn", None),
         ("hello-cli", None),
+        ("counter-p3", None),
         ("hello", Some(SANDBOX_IMAGE)),
     ] {
         let imported = import_example_in(&containerd, "k8s.io", name);
@@ -212,6 +213,19 @@ async fn pod_lifecycle_through_cri() {
             "logger",
             "docker.io/wasmhttp-test/logger:latest",
             8081,
+            limits.clone(),
+        ),
+    )
+    .await;
+    // A WASI 0.3 service in the same pod and shim, under the same limits.
+    let counter = create_and_start(
+        &mut runtime,
+        &pod,
+        &sandbox,
+        container_config(
+            "counter",
+            "docker.io/wasmhttp-test/counter-p3:latest",
+            8082,
             limits,
         ),
     )
@@ -232,6 +246,22 @@ async fn pod_lifecycle_through_cri() {
     assert_eq!(wait_for_200_at(hello_addr, "/"), "Hello from wasmhttp!\n");
     wait_for_200_at(logger_addr, "/cri-log-check");
     assert!(std::net::TcpStream::connect(("127.0.0.1", 8080)).is_err());
+    let counter_addr: SocketAddr = format!("{ip}:8082").parse().unwrap();
+    assert!(wait_for_200_at(counter_addr, "/").starts_with("count: "));
+    let sleepers: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || get(counter_addr, "/sleep/300").status))
+        .collect();
+    assert!(sleepers.into_iter().all(|s| s.join().unwrap() == 200));
+    let over = get(counter_addr, "/alloc/80");
+    assert_eq!(over.status, 500, "past the pod's 64 MiB: {over:?}");
+    assert!(
+        wait_for_200_at(counter_addr, "/").starts_with("count: "),
+        "served again"
+    );
+    assert_eq!(
+        container_state(&mut runtime, &counter).await,
+        ContainerState::ContainerRunning
+    );
 
     // Stats, and a live resource update.
     let stats = runtime

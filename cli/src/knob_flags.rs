@@ -3,7 +3,6 @@
 
 use clap::builder::ValueParser;
 use clap::{Arg, ArgMatches, Args, Command, FromArgMatches};
-use wasmhttp_runtime::knobs::builtin_defaults;
 use wasmhttp_runtime::{KNOBS, Knob, Limits};
 
 /// The knob flags given on the command line (unset knobs stay `None`).
@@ -19,9 +18,8 @@ fn parser(knob: &'static Knob) -> ValueParser {
 
 impl Args for KnobFlags {
     fn augment_args(command: Command) -> Command {
-        let defaults = builtin_defaults();
         KNOBS.iter().fold(command, |command, knob| {
-            let help = match knob.get(&defaults) {
+            let help = match knob.default_text() {
                 Some(default) => format!("{} [default: {default}]", knob.doc.trim()),
                 None => knob.doc.trim().to_string(),
             };

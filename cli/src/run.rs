@@ -151,8 +151,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let handle = service.serve(listener)?;
         // Formatted first: stderr is unbuffered, and each piece would be a write of its own.
         let ready = format!(
-            "wasmhttp: serving {} on http://{} (ready in {} ms, code {})\n",
+            "wasmhttp: serving {} ({}) on http://{} (ready in {} ms, code {})\n",
             args.app.display(),
+            app.wasi(),
             handle.local_addr(),
             started.elapsed().as_millis(),
             if app.from_cache() { "from cache" } else { "compiled" },
@@ -189,6 +190,15 @@ fn warn_server_flags(args: &RunArgs) {
         ("--queue-depth", knobs.queue_depth.is_some()),
         ("--max-request-body", knobs.max_request_body.is_some()),
         ("--drain-timeout", knobs.drain_timeout.is_some()),
+        ("--max-instance-reuse", knobs.max_instance_reuse.is_some()),
+        (
+            "--max-instance-concurrency",
+            knobs.max_instance_concurrency.is_some(),
+        ),
+        (
+            "--idle-instance-timeout",
+            knobs.idle_instance_timeout.is_some(),
+        ),
     ]
     .into_iter()
     .filter_map(|(flag, set)| set.then_some(flag))

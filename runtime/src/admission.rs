@@ -1,9 +1,9 @@
-//! Admission control: how many instances may run at once, and who waits.
+//! Admission control: how many requests may run at once, and who waits.
 
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
-/// Counts running instances of a service against its concurrency limit, with a bounded wait queue.
+/// Counts running requests of a service against its concurrency limit, with a bounded wait queue.
 #[derive(Default)]
 pub(crate) struct Admission {
     state: Mutex<State>,

@@ -3,6 +3,31 @@
 use wasmtime::component::Component;
 use wasmtime::{Engine, ExternType, Module};
 
+/// The WASI version a guest was built for, read from the versions of what it exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WasiVersion {
+    /// WASI preview 1: a core module.
+    Preview1,
+    /// WASI 0.2 (`wasi:http/incoming-handler@0.2.x`, `wasi:cli/run@0.2.x`).
+    P2,
+    /// WASI 0.3 (`wasi:http/handler@0.3.x`, `wasi:cli/run@0.3.x`): the component-model async ABI.
+    P3,
+}
+
+impl std::fmt::Display for WasiVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WasiVersion::Preview1 => "WASI preview 1",
+            WasiVersion::P2 => "WASI 0.2",
+            WasiVersion::P3 => "WASI 0.3",
+        })
+    }
+}
+
+/// What wasmhttp runs, for messages about what it cannot.
+pub const SUPPORTED: &str = "wasi:http/incoming-handler@0.2.x, wasi:http/handler@0.3.x (HTTP services), \
+wasi:cli/run@0.2.x, wasi:cli/run@0.3.x (commands) and WASI preview 1 modules exporting _start";
+
 /// The three kinds of guest wasmhttp runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WasmKind {
@@ -64,27 +89,37 @@ pub(crate) fn encoding(name: &str, bytes: &[u8]) -> Result<Encoding, crate::Erro
     }
 }
 
-/// Classifies a compiled component by its exports.
+/// Classifies a compiled component by its exports: the interface says the kind, its version the WASI
+/// version. A component exporting both an HTTP handler and `wasi:cli/run` (as `wstd` services built as
+/// binaries do) is a service.
 pub(crate) fn component_kind(
     name: &str,
     engine: &Engine,
     component: &Component,
-) -> Result<WasmKind, crate::Error> {
+) -> Result<(WasmKind, WasiVersion), crate::Error> {
     let exports: Vec<String> = component
         .component_type()
         .exports(engine)
         .map(|(name, _)| name.to_string())
         .collect();
-    let exports_interface = |prefix: &str| {
+    let exports_interface = |interface: &str, version: &str| {
         exports.iter().any(|e| {
-            e.strip_prefix(prefix)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('@'))
+            e.strip_prefix(interface)
+                .and_then(|rest| rest.strip_prefix('@'))
+                .is_some_and(|v| {
+                    v.strip_prefix(version)
+                        .is_some_and(|patch| patch.starts_with('.'))
+                })
         })
     };
-    if exports_interface("wasi:http/incoming-handler") {
-        Ok(WasmKind::HttpService)
-    } else if exports_interface("wasi:cli/run") {
-        Ok(WasmKind::Command)
+    if exports_interface("wasi:http/handler", "0.3") {
+        Ok((WasmKind::HttpService, WasiVersion::P3))
+    } else if exports_interface("wasi:http/incoming-handler", "0.2") {
+        Ok((WasmKind::HttpService, WasiVersion::P2))
+    } else if exports_interface("wasi:cli/run", "0.3") {
+        Ok((WasmKind::Command, WasiVersion::P3))
+    } else if exports_interface("wasi:cli/run", "0.2") {
+        Ok((WasmKind::Command, WasiVersion::P2))
     } else {
         Err(crate::Error::Unsupported {
             name: name.to_string(),
@@ -94,12 +129,15 @@ pub(crate) fn component_kind(
 }
 
 /// Classifies a compiled core module: only WASI commands (`_start`) are runnable.
-pub(crate) fn module_kind(name: &str, module: &Module) -> Result<WasmKind, crate::Error> {
+pub(crate) fn module_kind(
+    name: &str,
+    module: &Module,
+) -> Result<(WasmKind, WasiVersion), crate::Error> {
     let is_start = |e: &wasmtime::ExportType<'_>| {
         e.name() == "_start" && matches!(e.ty(), ExternType::Func(_))
     };
     if module.exports().any(|e| is_start(&e)) {
-        Ok(WasmKind::PreviewOneCommand)
+        Ok((WasmKind::PreviewOneCommand, WasiVersion::Preview1))
     } else {
         Err(crate::Error::Unsupported {
             name: name.to_string(),

@@ -1,6 +1,7 @@
 //! Running a WASI command (a `wasi:cli/run` component or a preview 1 module) to completion.
 
 use crate::capabilities::Capabilities;
+use crate::classify::WasiVersion;
 use crate::cpu::{CpuMeter, run_metered};
 use crate::engine::{Code, Loaded, Runtime};
 use crate::instance::{
@@ -14,6 +15,7 @@ use wasmtime::Store;
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::cli::StdinStream;
 use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::p3::bindings as p3;
 
 /// Exit code of a command that trapped (including memory and fuel limits): 128 + SIGABRT, as a native
 /// process that aborts.
@@ -68,7 +70,8 @@ pub async fn run_command(
         limits.cpus,
         Some((runtime.cpu_shares(), limits.effective_cpu_shares())),
     ));
-    let guard = InstanceGuard::new(meter.clone(), limits, runtime.config().max_table_elements);
+    let mut guard = InstanceGuard::new(meter.clone(), limits, runtime.config().max_table_elements);
+    guard.start_request(limits);
     let instance_io = InstanceIo {
         caps,
         stdout: &io.stdout,
@@ -80,22 +83,31 @@ pub async fn run_command(
     };
     let outcome = match app.code() {
         Code::Component(component) => {
-            let pre = CommandPre::new(
-                runtime
-                    .component_linker()
-                    .and_then(|linker| linker.instantiate_pre(component))
-                    .map_err(link_error)?,
-            )
-            .map_err(link_error)?;
+            let pre = runtime
+                .component_linker(component)
+                .and_then(|linker| linker.instantiate_pre(component))
+                .map_err(link_error)?;
             let mut store = new_store(
-                runtime.engine(),
+                component.engine(),
                 InstanceState::new(instance_io, guard).map_err(setup_error)?,
             );
-            let run = async {
-                let command = pre.instantiate_async(&mut store).await?;
-                command.wasi_cli_run().call_run(&mut store).await
+            let result = if app.wasi() == WasiVersion::P3 {
+                let pre = p3::CommandPre::new(pre).map_err(link_error)?;
+                let run = async {
+                    let command = pre.instantiate_async(&mut store).await?;
+                    store
+                        .run_concurrent(async |store| command.wasi_cli_run().call_run(store).await)
+                        .await?
+                };
+                run_metered(&meter, limits.request_timeout, run).await
+            } else {
+                let pre = CommandPre::new(pre).map_err(link_error)?;
+                let run = async {
+                    let command = pre.instantiate_async(&mut store).await?;
+                    command.wasi_cli_run().call_run(&mut store).await
+                };
+                run_metered(&meter, limits.request_timeout, run).await
             };
-            let result = run_metered(&meter, limits.request_timeout, run).await;
             conclude(
                 store,
                 result.map(|status| if status.is_ok() { 0 } else { 1 }),

@@ -1,7 +1,7 @@
 //! The wasmtime engine shared by every guest of a process, its linkers, its compile cache and the epoch clock.
 
 use crate::cache::CompileCache;
-use crate::classify::{self, Encoding, WasmKind};
+use crate::classify::{self, Encoding, WasiVersion, WasmKind};
 use crate::cpu::CpuShares;
 use crate::instance::{InstanceState, P1State};
 use crate::source::Source;
@@ -67,7 +67,8 @@ impl EngineConfig {
             .map(|base| base.join("wasmhttp"))
     }
 
-    fn wasmtime_config(&self) -> Config {
+    /// The wasmtime settings: `concurrent` engines run the component-model async ABI (WASI 0.3).
+    fn wasmtime_config(&self, concurrent: bool) -> Config {
         let mut pool = PoolingAllocationConfig::new();
         let slots = self.max_instances;
         // A Rust wasip2 component instantiates a handful of core modules (main, shims, fixups).
@@ -95,10 +96,13 @@ impl EngineConfig {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .consume_fuel(true)
             .epoch_interruption(true)
-            // Guests are wasi:http 0.2 / preview 1: nothing here uses the component-model async ABI, and
-            // without it a Store skips building the concurrent-task state on every request (instantiation
-            // 26 → 18 µs, ~16k → ~20k req/s in the same quick `wrk -t2 -c50` check).
-            .concurrency_support(false);
+            // WASI 0.2 and preview 1 guests do not use the component-model async ABI, and without it a
+            // Store skips building the concurrent-task state on every request: their engine leaves it off,
+            // and only WASI 0.3 guests pay for it, on an engine of their own.
+            .concurrency_support(concurrent);
+        if concurrent {
+            config.wasm_component_model_async(true);
+        }
         config
     }
 }
@@ -110,11 +114,10 @@ pub struct Runtime {
 }
 
 struct Inner {
-    engine: Engine,
-    cache: Option<CompileCache>,
-    /// Defining the ~100 WASI and wasi:http host functions takes ~0.4 ms, a tenth of a start: it runs on its
-    /// own thread while the caller loads its guest.
-    component_linker: OnThread<Linker<InstanceState>>,
+    /// WASI 0.2 components and preview 1 modules.
+    plain: Flavour,
+    /// WASI 0.3 components (and any other that needs the async ABI), built when the first one loads.
+    concurrent: OnceLock<Result<Flavour, String>>,
     /// Built on first use: most processes only ever run components.
     module_linker: OnceLock<wasmtime::Linker<P1State>>,
     /// Started with the first service: command runs need none.
@@ -122,6 +125,106 @@ struct Inner {
     config: EngineConfig,
     ticker_stop: Arc<AtomicBool>,
     cpu_shares: Arc<CpuShares>,
+}
+
+/// One wasmtime engine with its compile cache and component linker.
+struct Flavour {
+    engine: Engine,
+    cache: Option<CompileCache>,
+    /// Defining the ~100 WASI and wasi:http host functions takes ~0.4 ms, a tenth of a start: it runs on its
+    /// own thread while the caller loads its guest.
+    component_linker: OnThread<Linker<InstanceState>>,
+}
+
+impl Flavour {
+    fn new(
+        config: &EngineConfig,
+        concurrent: bool,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Self, crate::Error> {
+        let engine = Engine::new(&config.wasmtime_config(concurrent))
+            .map_err(|e| crate::Error::Engine(format!("{e:#}")))?;
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(CompileCache::open(dir, config.cache_max_bytes, &engine)?),
+            None => None,
+        };
+        let component_linker = OnThread::spawn("WASI linker", {
+            let engine = engine.clone();
+            move || {
+                let mut linker = Linker::new(&engine);
+                wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+                wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+                if concurrent {
+                    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+                    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+                }
+                Ok(linker)
+            }
+        })?;
+        spawn_epoch_clock(engine.clone(), config.epoch_tick, stop)?;
+        Ok(Flavour {
+            engine,
+            cache,
+            component_linker,
+        })
+    }
+
+    /// Compiles a component, or fetches it from this engine's cache.
+    fn component(&self, source: &Source) -> Result<(Component, bool), wasmtime::Error> {
+        let engine = &self.engine;
+        // SAFETY: `deserialize` runs only on payloads whose sha256 matched the one written next to them,
+        // and the cache only ever stores `Component::serialize` output of an engine with the same
+        // compatibility hash (part of the entry's name) in a directory private to this user.
+        if let Some(c) = self.cached(source, |bytes| unsafe {
+            Component::deserialize(engine, bytes)
+        }) {
+            return Ok((c, true));
+        }
+        let c = Component::new(engine, source.bytes())?;
+        self.store(source, c.serialize());
+        Ok((c, false))
+    }
+
+    /// Compiles a core module, or fetches it from this engine's cache.
+    fn module(&self, source: &Source) -> Result<(Module, bool), wasmtime::Error> {
+        let engine = &self.engine;
+        // SAFETY: as above, for `Module::serialize` output.
+        if let Some(m) = self.cached(source, |bytes| unsafe {
+            Module::deserialize(engine, bytes)
+        }) {
+            return Ok((m, true));
+        }
+        let m = Module::new(engine, source.bytes())?;
+        self.store(source, m.serialize());
+        Ok((m, false))
+    }
+
+    fn cached<T>(
+        &self,
+        source: &Source,
+        deserialize: impl FnOnce(&[u8]) -> wasmtime::Result<T>,
+    ) -> Option<T> {
+        self.cache.as_ref()?.get(source.digest(), deserialize)
+    }
+
+    fn store(&self, source: &Source, serialized: wasmtime::Result<Vec<u8>>) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        match serialized {
+            Ok(bytes) => cache.put(source.digest(), &bytes),
+            Err(e) => tracing::warn!(
+                name = source.name(),
+                "cannot serialize compiled code: {e:#}"
+            ),
+        }
+    }
+
+    fn linker(&self) -> wasmtime::Result<&Linker<InstanceState>> {
+        self.component_linker
+            .get()
+            .map_err(|e| wasmtime::Error::msg(format!("linking WASI: {e}")))
+    }
 }
 
 impl Drop for Inner {
@@ -134,6 +237,7 @@ impl Drop for Inner {
 #[derive(Clone)]
 pub struct Loaded {
     kind: WasmKind,
+    wasi: WasiVersion,
     name: String,
     digest: String,
     code: Code,
@@ -150,6 +254,7 @@ impl std::fmt::Debug for Loaded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Loaded")
             .field("kind", &self.kind)
+            .field("wasi", &self.wasi)
             .field("name", &self.name)
             .field("digest", &self.digest)
             .field("from_cache", &self.from_cache)
@@ -161,6 +266,17 @@ impl Loaded {
     /// What kind of guest this is.
     pub fn kind(&self) -> WasmKind {
         self.kind
+    }
+    /// The WASI version it was built for.
+    pub fn wasi(&self) -> WasiVersion {
+        self.wasi
+    }
+    /// Whether it runs on the engine with the component-model async ABI (every WASI 0.3 guest does).
+    pub fn is_concurrent(&self) -> bool {
+        match &self.code {
+            Code::Component(c) => c.engine().get_concurrency_support(),
+            Code::Module(_) => false,
+        }
     }
     /// The source's name, for messages.
     pub fn name(&self) -> &str {
@@ -218,28 +334,12 @@ impl Loaded {
 impl Runtime {
     /// Builds the engine, the linkers and the cache, and starts the epoch clock thread.
     pub fn new(config: EngineConfig) -> Result<Self, crate::Error> {
-        let engine = Engine::new(&config.wasmtime_config())
-            .map_err(|e| crate::Error::Engine(format!("{e:#}")))?;
-        let cache = match &config.cache_dir {
-            Some(dir) => Some(CompileCache::open(dir, config.cache_max_bytes, &engine)?),
-            None => None,
-        };
-        let component_linker = OnThread::spawn("WASI linker", {
-            let engine = engine.clone();
-            move || {
-                let mut linker = Linker::new(&engine);
-                wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-                wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-                Ok(linker)
-            }
-        })?;
         let ticker_stop = Arc::new(AtomicBool::new(false));
-        spawn_epoch_clock(engine.clone(), config.epoch_tick, ticker_stop.clone())?;
+        let plain = Flavour::new(&config, false, ticker_stop.clone())?;
         Ok(Runtime {
             inner: Arc::new(Inner {
-                engine,
-                cache,
-                component_linker,
+                plain,
+                concurrent: OnceLock::new(),
                 module_linker: OnceLock::new(),
                 workers: OnceLock::new(),
                 config,
@@ -249,19 +349,32 @@ impl Runtime {
         })
     }
 
+    /// The engine for guests that need the component-model async ABI, built on first use.
+    fn concurrent(&self) -> Result<&Flavour, crate::Error> {
+        self.inner
+            .concurrent
+            .get_or_init(|| {
+                Flavour::new(&self.inner.config, true, self.inner.ticker_stop.clone())
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| crate::Error::Engine(e.clone()))
+    }
+
     /// The group in which this runtime's services share the host's CPUs by weight.
     pub(crate) fn cpu_shares(&self) -> Arc<CpuShares> {
         self.inner.cpu_shares.clone()
     }
 
-    /// The wasmtime engine.
+    /// The wasmtime engine of WASI 0.2 and preview 1 guests.
     pub fn engine(&self) -> &Engine {
-        &self.inner.engine
+        &self.inner.plain.engine
     }
 
-    /// The compile cache, if enabled.
+    /// The compile cache of WASI 0.2 and preview 1 guests, if enabled. WASI 0.3 guests are cached in the
+    /// same directory under their own engine's hash.
     pub fn cache(&self) -> Option<&CompileCache> {
-        self.inner.cache.as_ref()
+        self.inner.plain.cache.as_ref()
     }
 
     /// The settings this runtime was built with.
@@ -269,18 +382,25 @@ impl Runtime {
         &self.inner.config
     }
 
-    pub(crate) fn component_linker(&self) -> wasmtime::Result<&Linker<InstanceState>> {
-        self.inner
-            .component_linker
-            .get()
-            .map_err(|e| wasmtime::Error::msg(format!("linking WASI: {e}")))
+    /// The linker for `component`'s engine.
+    pub(crate) fn component_linker(
+        &self,
+        component: &Component,
+    ) -> wasmtime::Result<&Linker<InstanceState>> {
+        if component.engine().get_concurrency_support() {
+            self.concurrent()
+                .map_err(|e| wasmtime::Error::msg(e.to_string()))?
+                .linker()
+        } else {
+            self.inner.plain.linker()
+        }
     }
 
     pub(crate) fn module_linker(&self) -> wasmtime::Result<&wasmtime::Linker<P1State>> {
         if let Some(linker) = self.inner.module_linker.get() {
             return Ok(linker);
         }
-        let mut linker = wasmtime::Linker::new(&self.inner.engine);
+        let mut linker = wasmtime::Linker::new(&self.inner.plain.engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, |s: &mut P1State| &mut s.wasi)?;
         Ok(self.inner.module_linker.get_or_init(|| linker))
     }
@@ -294,80 +414,43 @@ impl Runtime {
     }
 
     /// Compiles (or fetches from the cache) and classifies a binary.
+    ///
+    /// A component that the plain engine rejects is tried on the concurrent one, which also validates
+    /// the component-model async ABI; its verdict is the one reported, since it accepts strictly more.
     pub fn load(&self, source: &Source) -> Result<Loaded, crate::Error> {
         let started = Instant::now();
-        let engine = &self.inner.engine;
         let name = source.name();
         let invalid = |e: wasmtime::Error| crate::Error::Invalid {
             name: name.to_string(),
             detail: format!("{e:#}"),
         };
         let (code, from_cache) = match classify::encoding(name, source.bytes())? {
-            Encoding::Component => {
-                // SAFETY: `deserialize` runs only on payloads whose sha256 matched the one written next to them,
-                // and the cache only ever stores `Component::serialize` output of an engine with the same
-                // compatibility hash (part of the entry's name) in a directory private to this user.
-                let cached = self.cached(source, |bytes| unsafe {
-                    Component::deserialize(engine, bytes)
-                });
-                match cached {
-                    Some(c) => (Code::Component(c), true),
-                    None => {
-                        let c = Component::new(engine, source.bytes()).map_err(invalid)?;
-                        self.store(source, c.serialize());
-                        (Code::Component(c), false)
-                    }
+            Encoding::Component => match self.inner.plain.component(source) {
+                Ok((c, cached)) => (Code::Component(c), cached),
+                Err(_) => {
+                    let (c, cached) = self.concurrent()?.component(source).map_err(invalid)?;
+                    (Code::Component(c), cached)
                 }
-            }
+            },
             Encoding::CoreModule => {
-                // SAFETY: as above, for `Module::serialize` output.
-                let cached = self.cached(source, |bytes| unsafe {
-                    Module::deserialize(engine, bytes)
-                });
-                match cached {
-                    Some(m) => (Code::Module(m), true),
-                    None => {
-                        let m = Module::new(engine, source.bytes()).map_err(invalid)?;
-                        self.store(source, m.serialize());
-                        (Code::Module(m), false)
-                    }
-                }
+                let (m, cached) = self.inner.plain.module(source).map_err(invalid)?;
+                (Code::Module(m), cached)
             }
         };
-        let kind = match &code {
-            Code::Component(c) => classify::component_kind(name, engine, c)?,
+        let (kind, wasi) = match &code {
+            Code::Component(c) => classify::component_kind(name, c.engine(), c)?,
             Code::Module(m) => classify::module_kind(name, m)?,
         };
         let load_time = started.elapsed();
-        tracing::debug!(name, %kind, from_cache, ?load_time, "loaded guest");
+        tracing::debug!(name, %kind, %wasi, from_cache, ?load_time, "loaded guest");
         Ok(Loaded {
             kind,
+            wasi,
             name: name.to_string(),
             digest: source.digest().to_string(),
             code,
             from_cache,
         })
-    }
-
-    fn cached<T>(
-        &self,
-        source: &Source,
-        deserialize: impl FnOnce(&[u8]) -> wasmtime::Result<T>,
-    ) -> Option<T> {
-        self.inner.cache.as_ref()?.get(source.digest(), deserialize)
-    }
-
-    fn store(&self, source: &Source, serialized: wasmtime::Result<Vec<u8>>) {
-        let Some(cache) = &self.inner.cache else {
-            return;
-        };
-        match serialized {
-            Ok(bytes) => cache.put(source.digest(), &bytes),
-            Err(e) => tracing::warn!(
-                name = source.name(),
-                "cannot serialize compiled code: {e:#}"
-            ),
-        }
     }
 }
 

@@ -19,7 +19,7 @@ pub enum Error {
         /// What was found instead.
         detail: String,
     },
-    /// Cranelift or the validator rejected the binary.
+    /// Cranelift or the validator rejected the binary (with every WebAssembly feature wasmhttp supports).
     #[error("{name} is not valid WebAssembly: {detail}")]
     Invalid {
         /// The binary's name.
@@ -29,8 +29,9 @@ pub enum Error {
     },
     /// Valid wasm, but neither an HTTP service nor a command.
     #[error(
-        "{name} exports neither wasi:http/incoming-handler, wasi:cli/run nor _start, so wasmhttp cannot run it; it exports: {}",
-        if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") }
+        "{name} exports {}; wasmhttp runs {}",
+        if exports.is_empty() { "nothing".to_string() } else { exports.join(", ") },
+        crate::classify::SUPPORTED
     )]
     Unsupported {
         /// The binary's name.

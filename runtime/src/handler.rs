@@ -1,13 +1,16 @@
-//! One HTTP request: admission, a fresh instance, and a proper response whatever happens to it.
+//! One HTTP request: admission, an instance (a fresh one, or a reused one from [`crate::reuse`]), and a
+//! proper response whatever happens to it.
 
 use crate::admission::{Admission, Permit};
 use crate::capabilities::Capabilities;
+use crate::classify::WasiVersion;
 use crate::cpu::{CpuMeter, Metered};
 use crate::deadline::with_timeout;
 use crate::engine::Runtime;
 use crate::instance::{InstanceGuard, InstanceIo, InstanceState, finish, new_store};
 use crate::knobs::Limits;
 use crate::output::GuestOutput;
+use crate::reuse::{Answer, Job, Pool, error_code_name};
 use crate::stats::FailureCause;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -16,19 +19,24 @@ use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wasmtime_wasi_http::WasiHttpView;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::handler::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
 /// State every request of a service reaches.
 pub(crate) struct Shared {
     pub(crate) name: String,
     pub(crate) runtime: Runtime,
+    /// The engine the guest was compiled for: with the async ABI for WASI 0.3, without it otherwise.
+    pub(crate) engine: wasmtime::Engine,
+    pub(crate) wasi: WasiVersion,
     pub(crate) pre: ProxyPre<InstanceState>,
+    /// Reusable instances; unused by a WASI 0.2 service that keeps a fresh instance per request.
+    pub(crate) pool: Pool,
     pub(crate) limits: RwLock<Arc<Limits>>,
     pub(crate) meter: Arc<CpuMeter>,
     pub(crate) admission: Arc<Admission>,
@@ -48,15 +56,28 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+
+    /// Whether requests under `limits` go to reused instances (always for guests on the concurrent
+    /// engine; for the others, when `max-instance-reuse` opts in).
+    fn reuses(&self, limits: &Limits) -> bool {
+        self.engine.get_concurrency_support() || limits.effective_instance_reuse(self.wasi) > 1
+    }
 }
 
 type Outcome = Option<(FailureCause, String)>;
+
+/// How a request ended, before it becomes a response.
+enum Ending {
+    Answer(Answer),
+    /// The instance ended without answering, for this reason.
+    Failed(FailureCause),
+}
 
 /// Serves one request; never fails, so hyper never drops a connection on our account.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
-) -> Result<Response<HyperOutgoingBody>, Infallible> {
+) -> Result<Response<WasiBody>, Infallible> {
     let limits = shared.limits();
     let declared_length = request
         .headers()
@@ -80,77 +101,127 @@ pub(crate) async fn handle(
         tracing::warn!(service = %shared.name, "request refused: {}", FailureCause::Overload.reason());
         return Ok(failure_response(FailureCause::Overload));
     };
-    let (sender, receiver) = oneshot::channel();
     // Set when a body without a usable Content-Length runs past the cap while the guest reads it.
     let body_cut = Arc::new(AtomicBool::new(false));
+    let request = with_body_limit(
+        with_host(request),
+        limits.effective_max_request_body(),
+        body_cut.clone(),
+    );
+    let ending = if shared.reuses(&limits) {
+        reused(&shared, limits, request.map(BodyExt::boxed_unsync), permit).await
+    } else {
+        fresh(&shared, limits, request, permit).await
+    };
+    Ok(respond(&shared, ending, &body_cut))
+}
+
+/// Runs the request on a fresh instance of its own.
+async fn fresh(
+    shared: &Arc<Shared>,
+    limits: Arc<Limits>,
+    request: Request<
+        impl hyper::body::Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static,
+    >,
+    permit: Permit,
+) -> Ending {
+    let (sender, receiver) = oneshot::channel();
     // Metered from setup to teardown: building the store and returning its memory are the request's CPU too.
     let instance = shared.tasks.spawn(Metered::new(
-        run_instance(
-            shared.clone(),
-            limits,
-            request,
-            body_cut.clone(),
-            sender,
-            permit,
-        ),
+        run_instance(shared.clone(), limits, request, sender, permit),
         shared.meter.clone(),
     ));
     match receiver.await {
-        Ok(Ok(response)) => {
-            shared.meter.stats().served();
-            Ok(response)
-        }
-        Ok(Err(_)) | Err(_) if body_cut.load(Ordering::Relaxed) => Ok(text_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body too large",
-        )),
-        Ok(Err(code)) => {
-            shared.meter.stats().served();
-            // The code's details (host error chains, backtraces) are for the log, not for the client.
-            tracing::debug!(service = %shared.name, "guest returned an error: {code:?}");
-            let name = format!("{code:?}");
-            let name = name.split(['(', ' ', '{']).next().unwrap_or_default();
-            Ok(text_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &format!("guest returned an error: {name}"),
-            ))
-        }
-        // The instance ended without setting a response: its outcome says why, and only then is the
-        // request counted and logged as refused (a guest that answered on its own, say a 500 after a refused
-        // memory.grow, was served).
+        Ok(Ok(response)) => Ending::Answer(Answer::Response(response)),
+        Ok(Err(code)) => Ending::Answer(Answer::GuestError(error_code_name(&code))),
+        // The instance ended without setting a response: its outcome says why.
+        Err(_) => match instance.await {
+            Ok(Some((cause, _))) => Ending::Failed(cause),
+            Ok(None) => Ending::Answer(Answer::Unanswered),
+            Err(join_error) => {
+                tracing::error!(service = %shared.name, "request task failed: {join_error}");
+                Ending::Failed(FailureCause::Trap)
+            }
+        },
+    }
+}
+
+/// Hands the request to a reused instance.
+async fn reused(
+    shared: &Arc<Shared>,
+    limits: Arc<Limits>,
+    request: Request<WasiBody>,
+    permit: Permit,
+) -> Ending {
+    let (answer, answered) = oneshot::channel();
+    let job = Job {
+        request,
+        answer,
+        permit,
+        limits,
+    };
+    let mut ended = shared.pool.dispatch(shared, job);
+    match answered.await {
+        Ok(answer) => Ending::Answer(answer),
         Err(_) => {
-            let cause = match instance.await {
-                Ok(Some((cause, _))) => cause,
-                Ok(None) => {
-                    tracing::warn!(service = %shared.name, "guest returned without setting a response");
-                    FailureCause::Trap
-                }
-                Err(join_error) => {
-                    tracing::error!(service = %shared.name, "request task failed: {join_error}");
-                    FailureCause::Trap
-                }
-            };
-            shared.meter.stats().failed(cause);
-            tracing::warn!(service = %shared.name, cause = cause.reason(), "request refused");
-            Ok(failure_response(cause))
+            // The instance is gone; it says why as it ends, right after dropping what it held.
+            let cause =
+                tokio::time::timeout(Duration::from_secs(5), ended.wait_for(Option::is_some))
+                    .await
+                    .ok()
+                    .and_then(|seen| seen.ok().and_then(|cause| *cause));
+            Ending::Failed(cause.unwrap_or(FailureCause::Trap))
         }
     }
+}
+
+/// The response for how the request ended, counted and logged once. A request whose guest answered is
+/// served, whatever its instance did next; only one the guest could not answer is refused.
+fn respond(shared: &Shared, ending: Ending, body_cut: &AtomicBool) -> Response<WasiBody> {
+    let cause = match ending {
+        Ending::Answer(Answer::Response(response)) => {
+            shared.meter.stats().served();
+            return response;
+        }
+        _ if body_cut.load(Ordering::Relaxed) => {
+            return text_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        }
+        Ending::Answer(Answer::GuestError(name)) => {
+            shared.meter.stats().served();
+            tracing::debug!(service = %shared.name, "guest returned an error: {name}");
+            return text_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &format!("guest returned an error: {name}"),
+            );
+        }
+        Ending::Answer(Answer::Unanswered) => {
+            tracing::warn!(service = %shared.name, "guest returned without setting a response");
+            FailureCause::Trap
+        }
+        Ending::Answer(Answer::Expired) => FailureCause::Timeout,
+        Ending::Failed(cause) => cause,
+    };
+    shared.meter.stats().failed(cause);
+    tracing::warn!(service = %shared.name, cause = cause.reason(), "request refused");
+    failure_response(cause)
 }
 
 /// Runs the guest for one request; holds the admission permit until the instance is gone.
 async fn run_instance(
     shared: Arc<Shared>,
     limits: Arc<Limits>,
-    request: Request<Incoming>,
-    body_cut: Arc<AtomicBool>,
-    sender: oneshot::Sender<Result<Response<HyperOutgoingBody>, ErrorCode>>,
+    request: Request<
+        impl hyper::body::Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static,
+    >,
+    sender: oneshot::Sender<Result<Response<WasiBody>, ErrorCode>>,
     _permit: Permit,
 ) -> Outcome {
-    let guard = InstanceGuard::new(
+    let mut guard = InstanceGuard::new(
         shared.meter.clone(),
         &limits,
         shared.runtime.config().max_table_elements,
     );
+    guard.start_request(&limits);
     let io = InstanceIo {
         caps: &shared.caps,
         stdout: &shared.stdout,
@@ -167,12 +238,7 @@ async fn run_instance(
             );
         }
     };
-    let mut store = new_store(shared.runtime.engine(), state);
-    let request = with_body_limit(
-        with_host(request),
-        limits.effective_max_request_body(),
-        body_cut,
-    );
+    let mut store = new_store(&shared.engine, state);
     let handles = store
         .data_mut()
         .http()
@@ -191,7 +257,11 @@ async fn run_instance(
     let result = {
         let run = async {
             let started = std::time::Instant::now();
-            let proxy = shared.pre.instantiate_async(&mut store).await?;
+            let Proxy::P2(proxy) = shared.pre.instantiate_async(&mut store).await? else {
+                return Err(wasmtime::format_err!(
+                    "WASI 0.3 instances are always reused"
+                ));
+            };
             shared.meter.stats().instantiated(started.elapsed());
             proxy
                 .wasi_http_incoming_handler()
@@ -252,7 +322,7 @@ fn with_body_limit(
 }
 
 /// The response for a request the guest could not answer.
-pub(crate) fn failure_response(cause: FailureCause) -> Response<HyperOutgoingBody> {
+pub(crate) fn failure_response(cause: FailureCause) -> Response<WasiBody> {
     let status = match cause {
         FailureCause::Trap | FailureCause::Fuel | FailureCause::Memory => {
             StatusCode::INTERNAL_SERVER_ERROR
@@ -269,7 +339,7 @@ pub(crate) fn failure_response(cause: FailureCause) -> Response<HyperOutgoingBod
     response
 }
 
-fn text_response(status: StatusCode, reason: &str) -> Response<HyperOutgoingBody> {
+fn text_response(status: StatusCode, reason: &str) -> Response<WasiBody> {
     let body = Full::new(Bytes::from(format!("{reason}\n")))
         .map_err(|never: Infallible| match never {})
         .boxed_unsync();

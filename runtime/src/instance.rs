@@ -21,8 +21,10 @@ pub(crate) struct InstanceGuard {
     memory_total: Option<u64>,
     max_table_elements: usize,
     held: u64,
+    /// Fuel given to the store so far, so what it burned is `fuel_granted - remaining`.
     fuel_granted: u64,
-    deadline: Option<Instant>,
+    /// The deadlines of the requests running in this instance (one, unless it is reused concurrently).
+    deadlines: Vec<Instant>,
     /// Why a memory growth was refused, if one was.
     memory_denied: Option<FailureCause>,
     timed_out: bool,
@@ -37,19 +39,35 @@ impl InstanceGuard {
             max_table_elements,
             held: 0,
             fuel_granted: limits.fuel_per_request.unwrap_or(u64::MAX),
-            deadline: limits
-                .request_timeout
-                .and_then(|t| Instant::now().checked_add(t)),
+            deadlines: Vec::new(),
             memory_denied: None,
             timed_out: false,
             meter,
         }
     }
 
-    /// Called by wasmtime each epoch tick while guest code runs.
+    /// Starts the clock of one request (or a command run) under `limits`; returns its deadline.
+    pub(crate) fn start_request(&mut self, limits: &Limits) -> Option<Instant> {
+        let deadline = limits
+            .request_timeout
+            .and_then(|t| Instant::now().checked_add(t))?;
+        self.deadlines.push(deadline);
+        Some(deadline)
+    }
+
+    /// A request ended (answered or expired): its deadline no longer interrupts the instance.
+    pub(crate) fn end_request(&mut self, deadline: Option<Instant>) {
+        if let Some(i) = deadline.and_then(|d| self.deadlines.iter().position(|&x| x == d)) {
+            self.deadlines.swap_remove(i);
+        }
+    }
+
+    /// Called by wasmtime each epoch tick while guest code runs. The engine cannot interrupt one task of a
+    /// store alone: a request past its deadline while guest code runs ends the whole instance.
     fn on_epoch(&mut self) -> wasmtime::Result<UpdateDeadline> {
         let now = Instant::now();
-        if self.deadline.is_some_and(|d| now >= d) {
+        let deadline = self.deadlines.iter().min().copied();
+        if deadline.is_some_and(|d| now >= d) {
             self.timed_out = true;
             return Ok(UpdateDeadline::Interrupt);
         }
@@ -57,7 +75,7 @@ impl InstanceGuard {
             // Yielding every tick lets the executor run other requests and fire host-side timeouts.
             return Ok(UpdateDeadline::Yield(1));
         };
-        if let Some(deadline) = self.deadline {
+        if let Some(deadline) = deadline {
             wait = wait.min(deadline - now);
         }
         let meter = self.meter.clone();
@@ -148,6 +166,31 @@ impl ResourceLimiter for InstanceGuard {
 /// Store data with a guard; lets one setup function serve components and preview 1 modules.
 pub(crate) trait Guarded: Send + 'static {
     fn guard(&mut self) -> &mut InstanceGuard;
+}
+
+/// Gives a reused instance's store the fuel of one more request. Alone in the instance, the request gets
+/// exactly its grant (what earlier ones left is recorded and dropped); next to others, the grant is added
+/// to what they share, since fuel belongs to the store, not to a task.
+pub(crate) fn grant_fuel<T: Guarded>(
+    mut store: impl wasmtime::AsContextMut<Data = T>,
+    limits: &Limits,
+    alone: bool,
+) -> wasmtime::Result<()> {
+    let Some(grant) = limits.fuel_per_request else {
+        return Ok(());
+    };
+    let mut store = store.as_context_mut();
+    let remaining = store.get_fuel()?;
+    let guard = store.data_mut().guard();
+    let fuel = if alone {
+        guard.record_fuel(remaining);
+        guard.fuel_granted = grant;
+        grant
+    } else {
+        guard.fuel_granted = guard.fuel_granted.saturating_add(grant);
+        remaining.saturating_add(grant)
+    };
+    store.set_fuel(fuel)
 }
 
 /// A store with the guard wired in as limiter, fuel meter and epoch callback.

@@ -29,6 +29,7 @@ mod handler;
 mod instance;
 pub mod knobs;
 mod output;
+mod reuse;
 mod service;
 mod source;
 mod stats;
@@ -36,7 +37,7 @@ mod workers;
 
 pub use cache::CompileCache;
 pub use capabilities::{Capabilities, Preopen};
-pub use classify::WasmKind;
+pub use classify::{WasiVersion, WasmKind};
 pub use command::{CommandExit, CommandIo, EXIT_TIMEOUT, EXIT_TRAP, run_command};
 pub use engine::{EngineConfig, Loaded, Runtime};
 pub use error::Error;

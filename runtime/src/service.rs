@@ -1,11 +1,13 @@
 //! Serving a wasi:http component: the accept loop, per-connection HTTP/1.1, live controls, and drain.
 
 use crate::capabilities::Capabilities;
+use crate::classify::WasiVersion;
 use crate::cpu::{CpuMeter, Metered};
 use crate::engine::{Code, Loaded, Runtime};
 use crate::handler::{Shared, handle};
 use crate::knobs::Limits;
 use crate::output::GuestOutput;
+use crate::reuse::Pool;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::workers::Workers;
 use hyper::server::conn::http1;
@@ -17,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::handler::ProxyPre;
 
 /// HTTP protocol bounds applied to every connection.
 #[derive(Debug, Clone)]
@@ -75,10 +77,17 @@ impl Service {
         caps.validate()?;
         app.check_memory_minimum(&limits)?;
         let pre = runtime
-            .component_linker()
+            .component_linker(component)
             .and_then(|linker| linker.instantiate_pre(component))
             .map_err(link_error)?;
-        let pre = ProxyPre::new(pre).map_err(link_error)?;
+        let pre = match app.wasi() {
+            WasiVersion::P3 => ProxyPre::P3(
+                wasmtime_wasi_http::p3::bindings::ServicePre::new(pre).map_err(link_error)?,
+            ),
+            _ => ProxyPre::P2(
+                wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).map_err(link_error)?,
+            ),
+        };
         let meter = Arc::new(CpuMeter::new(
             Arc::new(Stats::default()),
             limits.cpus,
@@ -88,7 +97,10 @@ impl Service {
             shared: Arc::new(Shared {
                 name: app.name().to_string(),
                 runtime: runtime.clone(),
+                engine: component.engine().clone(),
+                wasi: app.wasi(),
                 pre,
+                pool: Pool::default(),
                 limits: RwLock::new(Arc::new(limits)),
                 meter,
                 admission: Arc::default(),
@@ -148,7 +160,9 @@ impl ServiceHandle {
 
     /// Current counters.
     pub fn stats(&self) -> StatsSnapshot {
-        self.shared.meter.stats().snapshot()
+        let mut stats = self.shared.meter.stats().snapshot();
+        stats.in_flight = self.shared.admission.load().0 as u64;
+        stats
     }
 
     /// The limits in force.
@@ -157,8 +171,9 @@ impl ServiceHandle {
     }
 
     /// Applies new limits to the requests admitted from now on; running instances keep the limits they
-    /// started with.
+    /// started with, and reused ones take no new requests.
     pub fn update_limits(&self, limits: Limits) {
+        self.shared.pool.new_generation();
         self.shared
             .meter
             .set_rate(limits.cpus, limits.effective_cpu_shares());

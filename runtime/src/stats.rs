@@ -47,7 +47,7 @@ pub struct Stats {
     throttled_ns: AtomicU64,
     memory_current: AtomicU64,
     memory_peak: AtomicU64,
-    in_flight: AtomicU64,
+    instances_live: AtomicU64,
 }
 
 /// A consistent-enough copy of [`Stats`] (each field is read atomically, not all at once).
@@ -83,8 +83,11 @@ pub struct StatsSnapshot {
     pub memory_current: u64,
     /// The most `memory_current` has been.
     pub memory_peak: u64,
-    /// Instances running now.
+    /// Requests running now (admitted and not yet finished); for a command run, 1 while it runs. This is
+    /// what `pids.limit` (`max-concurrency`) bounds.
     pub in_flight: u64,
+    /// Instances alive now: one per running request, plus the idle reusable ones.
+    pub instances_live: u64,
 }
 
 impl StatsSnapshot {
@@ -120,7 +123,8 @@ impl Stats {
             throttled_time: Duration::from_nanos(self.throttled_ns.load(Relaxed)),
             memory_current: self.memory_current.load(Relaxed),
             memory_peak: self.memory_peak.load(Relaxed),
-            in_flight: self.in_flight.load(Relaxed),
+            in_flight: self.instances_live.load(Relaxed),
+            instances_live: self.instances_live.load(Relaxed),
         }
     }
 
@@ -153,11 +157,11 @@ impl Stats {
     }
 
     pub(crate) fn instance_started(&self) {
-        self.in_flight.fetch_add(1, Relaxed);
+        self.instances_live.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn instance_finished(&self) {
-        self.in_flight.fetch_sub(1, Relaxed);
+        self.instances_live.fetch_sub(1, Relaxed);
     }
 
     /// Charges `bytes` against `total` (if any); returns false, charging nothing, when it would not fit.

@@ -31,6 +31,9 @@ pub struct Knob {
     pub old_flag: Option<&'static str>,
     /// What happens when the limit is hit.
     pub when_hit: &'static str,
+    /// The default in words, for knobs whose built-in default depends on the guest (else it is read from
+    /// [`builtin_defaults`]).
+    pub default_note: Option<&'static str>,
     set: fn(&mut Limits, &str) -> Result<(), String>,
     get: fn(&Limits) -> Option<String>,
     take: fn(&mut Limits, &Limits),
@@ -47,6 +50,13 @@ impl Knob {
     /// This knob's value in `limits`, spelled as it would be written; `None` when unset.
     pub fn get(&self, limits: &Limits) -> Option<String> {
         (self.get)(limits)
+    }
+
+    /// The built-in default in words (`None`: no limit unless configured).
+    pub fn default_text(&self) -> Option<String> {
+        self.default_note
+            .map(str::to_string)
+            .or_else(|| self.get(&builtin_defaults()))
     }
 
     /// The knob called `name` (the TOML spelling `request_timeout` of earlier releases included: the
@@ -67,7 +77,7 @@ macro_rules! knobs {
     ($(
         $(#[doc = $doc:literal])+
         $field:ident: $ty:ty, $kind:ident, $name:literal, hit $hit:literal
-            $(, oci $oci:literal)? $(, old $old:literal)?;
+            $(, oci $oci:literal)? $(, old $old:literal)? $(, default $default:literal)?;
     )*) => {
         /// Every limit of one service (all of its instances together) or one command run. `None` means
         /// "not set here": in a folded value, no limit of that kind (or the built-in default where the
@@ -86,6 +96,7 @@ macro_rules! knobs {
                 oci: knobs!(@opt $($oci)?),
                 old_flag: knobs!(@opt $($old)?),
                 when_hit: $hit,
+                default_note: knobs!(@opt $($default)?),
                 set: |limits, text| {
                     limits.$field = Some(value::$kind::parse(text)?);
                     Ok(())
@@ -129,7 +140,17 @@ knobs! {
     max_request_body: u64, size, "max-request-body", hit "413", old "max-body";
     /// How long a stop (SIGTERM) lets in-flight requests finish.
     drain_timeout: Duration, duration, "drain-timeout", hit "unfinished requests are cut";
+    /// Requests one instance serves; above 1, a WASI 0.2 service opts in to serial reuse.
+    max_instance_reuse: u64, positive, "max-instance-reuse", hit "a fresh instance",
+        default "0.3: 1000; 0.2: 1";
+    /// Requests one WASI 0.3 instance serves at once.
+    max_instance_concurrency: u64, positive, "max-instance-concurrency", hit "another instance starts";
+    /// How long an idle reusable instance is kept.
+    idle_instance_timeout: Duration, duration, "idle-instance-timeout", hit "the instance is dropped";
 }
+
+/// Requests a WASI 0.3 instance serves, when `max-instance-reuse` is unset.
+pub const DEFAULT_P3_INSTANCE_REUSE: u64 = 1000;
 
 /// What a service or command runs under when nothing else is configured. Node defaults replace these.
 pub fn builtin_defaults() -> Limits {
@@ -139,6 +160,8 @@ pub fn builtin_defaults() -> Limits {
         request_timeout: Some(Duration::from_secs(30)),
         max_request_body: Some(DEFAULT_MAX_REQUEST_BODY),
         drain_timeout: Some(Duration::from_secs(10)),
+        max_instance_concurrency: Some(16),
+        idle_instance_timeout: Some(Duration::from_secs(10)),
         ..Limits::default()
     }
 }
@@ -191,6 +214,31 @@ impl Limits {
         self.max_request_body.unwrap_or(DEFAULT_MAX_REQUEST_BODY)
     }
 
+    /// Requests one instance of a `wasi` guest serves before it is retired.
+    pub fn effective_instance_reuse(&self, wasi: crate::WasiVersion) -> u64 {
+        match (self.max_instance_reuse, wasi) {
+            (Some(n), _) => n,
+            (None, crate::WasiVersion::P3) => DEFAULT_P3_INSTANCE_REUSE,
+            (None, _) => 1,
+        }
+    }
+
+    /// Requests one instance of a `wasi` guest serves at once: one unless it is WASI 0.3.
+    pub fn effective_instance_concurrency(&self, wasi: crate::WasiVersion) -> usize {
+        match wasi {
+            crate::WasiVersion::P3 => {
+                usize::try_from(self.max_instance_concurrency.unwrap_or(16)).unwrap_or(usize::MAX)
+            }
+            _ => 1,
+        }
+    }
+
+    /// How long an idle reusable instance is kept.
+    pub fn effective_idle_instance_timeout(&self) -> Duration {
+        self.idle_instance_timeout
+            .unwrap_or(Duration::from_secs(10))
+    }
+
     /// Every set knob as `name=value`, for log lines.
     pub fn describe(&self) -> String {
         KNOBS
@@ -203,7 +251,6 @@ impl Limits {
 
 /// README's knob table, generated from [`KNOBS`] so it cannot drift from the code.
 pub fn markdown_table() -> String {
-    let defaults = builtin_defaults();
     let mut table = String::from(
         "| knob (flag `--K`, annotation `wasmhttp.io/K`, node TOML `K`) | takes | default | OCI field it overrides | when hit |\n\
          |---|---|---|---|---|\n",
@@ -214,7 +261,7 @@ pub fn markdown_table() -> String {
             knob.name,
             knob.doc.trim(),
             knob.form.expected,
-            knob.get(&defaults).unwrap_or_else(|| "none".into()),
+            knob.default_text().unwrap_or_else(|| "none".into()),
             knob.oci
                 .map_or("—".into(), |f| format!("`linux.resources.{f}`")),
             knob.when_hit,
@@ -241,12 +288,15 @@ mod tests {
             ("request-timeout", "250ms"),
             ("max-request-body", "1Mi"),
             ("drain-timeout", "2s"),
+            ("max-instance-reuse", "100"),
+            ("max-instance-concurrency", "4"),
+            ("idle-instance-timeout", "30s"),
         ] {
             limits.set(name, text).unwrap();
             let (knob, _) = Knob::named(name).unwrap();
             assert_eq!(knob.get(&limits).as_deref(), Some(text), "{name}");
         }
-        assert_eq!(KNOBS.len(), 10, "a new knob needs a line in this test");
+        assert_eq!(KNOBS.len(), 13, "a new knob needs a line in this test");
         assert_eq!(limits.memory, Some(64 << 20));
         assert_eq!(limits.request_timeout, Some(Duration::from_millis(250)));
         let err = limits.set("queue-depth", "-1").unwrap_err();

@@ -1,0 +1,146 @@
+//! Serving on a WASI 0.3 instance: several requests at once, each a task of the store's event loop.
+//!
+//! The engine cannot interrupt one task of a store alone. A request whose deadline passes while its task
+//! waits (on I/O, a timer) gets 504 and the instance takes no more requests, serving the others it has; a
+//! request whose deadline passes while guest code runs — which holds up every task of the store until it
+//! yields — ends the instance, so every request still on it gets 504 too. A trap, fuel running out or a
+//! refused memory growth ends the instance likewise, each request on it getting the failure's status.
+
+use super::{Answer, Instance, Job, error_code_name, reply};
+use crate::instance::{Guarded, InstanceState, grant_fuel};
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::time::{Duration, Instant};
+use wasmtime::component::Accessor;
+use wasmtime::{AsContextMut, Store};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::handler::{ExpirationError, Prepared, Proxy};
+use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
+
+/// How a request left its instance.
+enum Left {
+    Answered,
+    /// Past its deadline; its task may still be running.
+    Expired,
+}
+
+/// Serves until the instance retires; an error ends the instance (and every request on it).
+pub(super) async fn serve(
+    instance: &mut Instance,
+    store: &mut Store<InstanceState>,
+    proxy: &Proxy,
+) -> wasmtime::Result<()> {
+    store
+        .run_concurrent(async |accessor| event_loop(instance, accessor, proxy).await)
+        .await?
+}
+
+async fn event_loop(
+    instance: &mut Instance,
+    accessor: &Accessor<InstanceState>,
+    proxy: &Proxy,
+) -> wasmtime::Result<()> {
+    let mut running = FuturesUnordered::new();
+    let mut idle_since = Some(Instant::now());
+    loop {
+        let limits = instance.shared.limits();
+        if running.is_empty() && instance.retiring(idle_since, &limits) {
+            // Jobs sent before it retired are still its to serve.
+            match instance.jobs.try_recv() {
+                Ok(job) => {
+                    idle_since = None;
+                    running.push(one(accessor, proxy, job, true));
+                    continue;
+                }
+                Err(_) => break,
+            }
+        }
+        let idle_timeout = limits.effective_idle_instance_timeout();
+        let idle_timer = async {
+            match idle_since {
+                Some(since) => tokio::time::sleep_until((since + idle_timeout).into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            Some(left) = running.next(), if !running.is_empty() => {
+                instance.request_done();
+                if let Left::Expired = left? {
+                    instance.retire();
+                }
+                if running.is_empty() {
+                    idle_since = Some(Instant::now());
+                }
+            }
+            Some(job) = instance.jobs.recv() => {
+                let alone = running.is_empty();
+                idle_since = None;
+                running.push(one(accessor, proxy, job, alone));
+            }
+            () = idle_timer => {}
+        }
+    }
+    // Response bodies may still be streaming from guest tasks: let them finish, for a bounded time.
+    let bound = instance
+        .shared
+        .limits()
+        .request_timeout
+        .unwrap_or(Duration::from_secs(30));
+    let _ = tokio::time::timeout(
+        bound,
+        std::future::poll_fn(|cx| accessor.poll_no_interesting_tasks(cx)),
+    )
+    .await;
+    Ok(())
+}
+
+/// Runs one request on the instance. An error is the instance's failure, not only this request's.
+async fn one(
+    accessor: &Accessor<InstanceState>,
+    proxy: &Proxy,
+    job: Job,
+    alone: bool,
+) -> wasmtime::Result<Left> {
+    let Job {
+        request,
+        answer,
+        permit,
+        limits,
+    } = job;
+    let (sender, receiver) = futures::channel::oneshot::channel();
+    let (prepared, deadline) = accessor.with(|mut store| -> wasmtime::Result<_> {
+        grant_fuel(store.as_context_mut(), &limits, alone)?;
+        let deadline = store.get().guard().start_request(&limits);
+        let prepared = Prepared::new(
+            store.as_context_mut(),
+            proxy,
+            request,
+            |state: &mut InstanceState| state.http(),
+            sender,
+        )?;
+        Ok((prepared, deadline))
+    })?;
+    let expiration = async move {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    let ran = prepared.run(accessor, expiration).await;
+    accessor.with(|mut store| store.get().guard().end_request(deadline));
+    drop(permit);
+    ran?;
+    match receiver.await {
+        Ok(Ok(response)) => reply(answer, Answer::Response(response)),
+        Ok(Err(e)) if e.is::<ExpirationError>() => {
+            reply(answer, Answer::Expired);
+            return Ok(Left::Expired);
+        }
+        Ok(Err(e)) => match e.downcast_ref::<ErrorCode>() {
+            Some(code) => reply(answer, Answer::GuestError(error_code_name(code))),
+            None => return Err(e),
+        },
+        Err(_) => reply(answer, Answer::Unanswered),
+    }
+    Ok(Left::Answered)
+}
