@@ -304,3 +304,44 @@ fn old_flag_names_still_work_and_server_flags_on_a_command_warn() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_wasi_03_service_is_served_with_reuse_and_its_knob_flags() {
+    let counter = example("counter-p3");
+    let counts = |args: &[&str]| -> Vec<u64> {
+        let (child, _stderr, addr) = serve(args, counter.to_str().unwrap());
+        let counts = (0..5)
+            .map(|_| {
+                let reply = get(addr, "/");
+                assert_eq!(reply.status, 200, "{reply:?}");
+                reply
+                    .body
+                    .trim()
+                    .trim_start_matches("count: ")
+                    .parse()
+                    .unwrap()
+            })
+            .collect();
+        drop(child);
+        counts
+    };
+    let reused = counts(&["--no-cache"]);
+    assert!(
+        reused.iter().any(|&c| c >= 2),
+        "five requests on at most two workers' instances: {reused:?}"
+    );
+    assert_eq!(
+        counts(&["--no-cache", "--max-instance-reuse", "1"]),
+        [1, 1, 1, 1, 1],
+        "a fresh instance per request"
+    );
+    let refused = wasmhttp(&[
+        "run",
+        "--max-instance-concurrency",
+        "0",
+        counter.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("--max-instance-concurrency"), "{said}");
+}

@@ -225,7 +225,7 @@ async fn pod_lifecycle_through_cri() {
         container_config(
             "counter",
             "docker.io/wasmhttp-test/counter-p3:latest",
-            8082,
+            8085,
             limits,
         ),
     )
@@ -246,7 +246,7 @@ async fn pod_lifecycle_through_cri() {
     assert_eq!(wait_for_200_at(hello_addr, "/"), "Hello from wasmhttp!\n");
     wait_for_200_at(logger_addr, "/cri-log-check");
     assert!(std::net::TcpStream::connect(("127.0.0.1", 8080)).is_err());
-    let counter_addr: SocketAddr = format!("{ip}:8082").parse().unwrap();
+    let counter_addr: SocketAddr = format!("{ip}:8085").parse().unwrap();
     assert!(wait_for_200_at(counter_addr, "/").starts_with("count: "));
     let sleepers: Vec<_> = (0..4)
         .map(|_| std::thread::spawn(move || get(counter_addr, "/sleep/300").status))

@@ -378,3 +378,39 @@ fn a_component_exporting_nothing_runnable_is_named_with_what_is_supported() {
          and WASI preview 1 modules exporting _start"
     );
 }
+
+#[test]
+fn a_wasi_03_guest_is_cached_under_its_own_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        max_instances: 8,
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..EngineConfig::default()
+    };
+    let first = Runtime::new(config.clone()).unwrap();
+    assert!(!first.load(&example("hello-p3")).unwrap().from_cache());
+    assert!(!first.load(&example("hello")).unwrap().from_cache());
+    let second = Runtime::new(config).unwrap();
+    let p3 = second.load(&example("hello-p3")).unwrap();
+    assert!(p3.from_cache() && p3.is_concurrent(), "{p3:?}");
+    let p2 = second.load(&example("hello")).unwrap();
+    assert!(p2.from_cache() && !p2.is_concurrent(), "{p2:?}");
+    let entries = walk(dir.path());
+    assert_eq!(
+        entries.iter().filter(|p| p.ends_with(".cwasm")).count(),
+        2,
+        "one entry per engine: {entries:?}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.path().is_dir() {
+            found.extend(walk(&entry.path()));
+        } else {
+            found.push(entry.path().display().to_string());
+        }
+    }
+    found
+}

@@ -130,7 +130,7 @@ knobs! {
     cpu_shares: u64, positive, "cpu-shares", hit "throttled to its share", oci "cpu.shares (or unified cpu.weight)";
     /// Fuel one request (or one command run) may burn.
     fuel_per_request: u64, positive, "fuel-per-request", hit "500 \"fuel exhausted\"", old "fuel";
-    /// Instances (requests) running at once.
+    /// Requests running at once (on fresh or reused instances).
     max_concurrency: u64, positive, "max-concurrency", hit "queued, then 503 with Retry-After", oci "pids.limit";
     /// Requests that may wait for a free slot when `max-concurrency` is reached.
     queue_depth: u64, count, "queue-depth", hit "503 with Retry-After", old "queue";
