@@ -7,7 +7,7 @@ use crate::classify::WasiVersion;
 use crate::cpu::{CpuMeter, Metered};
 use crate::deadline::with_timeout;
 use crate::engine::Runtime;
-use crate::instance::{InstanceGuard, InstanceIo, InstanceState, finish, new_store};
+use crate::instance::{Guarded, InstanceGuard, InstanceIo, InstanceState, finish, new_store};
 use crate::knobs::Limits;
 use crate::output::GuestOutput;
 use crate::reuse::{Answer, Job, Pool, error_code_name};
@@ -55,6 +55,25 @@ impl Shared {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// A store for a new instance of this service under `limits`: its WASI context and its guard.
+    pub(crate) fn new_store(
+        &self,
+        limits: &Limits,
+    ) -> wasmtime::Result<wasmtime::Store<InstanceState>> {
+        let guard = InstanceGuard::new(
+            self.meter.clone(),
+            limits,
+            self.runtime.config().max_table_elements,
+        );
+        let io = InstanceIo {
+            caps: &self.caps,
+            stdout: &self.stdout,
+            stderr: &self.stderr,
+            stdin: None,
+        };
+        Ok(new_store(&self.engine, InstanceState::new(io, guard)?))
     }
 
     /// Whether requests under `limits` go to reused instances (always for guests on the concurrent
@@ -216,20 +235,8 @@ async fn run_instance(
     sender: oneshot::Sender<Result<Response<WasiBody>, ErrorCode>>,
     _permit: Permit,
 ) -> Outcome {
-    let mut guard = InstanceGuard::new(
-        shared.meter.clone(),
-        &limits,
-        shared.runtime.config().max_table_elements,
-    );
-    guard.start_request(&limits);
-    let io = InstanceIo {
-        caps: &shared.caps,
-        stdout: &shared.stdout,
-        stderr: &shared.stderr,
-        stdin: None,
-    };
-    let state = match InstanceState::new(io, guard) {
-        Ok(state) => state,
+    let mut store = match shared.new_store(&limits) {
+        Ok(store) => store,
         Err(e) => {
             return failed(
                 &shared,
@@ -238,7 +245,7 @@ async fn run_instance(
             );
         }
     };
-    let mut store = new_store(&shared.engine, state);
+    store.data_mut().guard().start_request(&limits);
     let handles = store
         .data_mut()
         .http()

@@ -15,7 +15,7 @@ use crate::admission::Permit;
 use crate::cpu::Metered;
 use crate::deadline::with_timeout;
 use crate::handler::Shared;
-use crate::instance::{InstanceGuard, InstanceIo, InstanceState, finish, new_store};
+use crate::instance::finish;
 use crate::knobs::Limits;
 use crate::stats::FailureCause;
 use http::{Request, Response};
@@ -197,25 +197,13 @@ impl Instance {
     /// Instantiates and serves until retired; returns why the instance failed, if it did.
     async fn serve(&mut self, limits: &Limits) -> Option<FailureCause> {
         let shared = self.shared.clone();
-        let guard = InstanceGuard::new(
-            shared.meter.clone(),
-            limits,
-            shared.runtime.config().max_table_elements,
-        );
-        let io = InstanceIo {
-            caps: &shared.caps,
-            stdout: &shared.stdout,
-            stderr: &shared.stderr,
-            stdin: None,
-        };
-        let state = match InstanceState::new(io, guard) {
-            Ok(state) => state,
+        let mut store = match shared.new_store(limits) {
+            Ok(store) => store,
             Err(e) => {
                 tracing::warn!(service = %shared.name, "cannot set up an instance: {e:#}");
                 return Some(FailureCause::Trap);
             }
         };
-        let mut store = new_store(&shared.engine, state);
         let started = Instant::now();
         let proxy = with_timeout(
             limits.request_timeout,
