@@ -70,7 +70,12 @@ pub async fn run_command(
         limits.cpus,
         Some((runtime.cpu_shares(), limits.effective_cpu_shares())),
     ));
-    let mut guard = InstanceGuard::new(meter.clone(), limits, runtime.config().max_table_elements);
+    let mut guard = InstanceGuard::new(
+        app.name().into(),
+        meter.clone(),
+        limits,
+        runtime.config().max_table_elements,
+    );
     guard.start_request(limits);
     let instance_io = InstanceIo {
         caps,

@@ -29,7 +29,7 @@ use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
 /// State every request of a service reaches.
 pub(crate) struct Shared {
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
     pub(crate) runtime: Runtime,
     /// The engine the guest was compiled for: with the async ABI for WASI 0.3, without it otherwise.
     pub(crate) engine: wasmtime::Engine,
@@ -63,6 +63,7 @@ impl Shared {
         limits: &Limits,
     ) -> wasmtime::Result<wasmtime::Store<InstanceState>> {
         let guard = InstanceGuard::new(
+            self.name.clone(),
             self.meter.clone(),
             limits,
             self.runtime.config().max_table_elements,

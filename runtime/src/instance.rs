@@ -16,6 +16,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 /// Enforces one instance's limits from inside wasmtime and releases what it held when the store drops.
 pub(crate) struct InstanceGuard {
+    /// The service (or command) this instance runs, for the log.
+    name: Arc<str>,
     meter: Arc<CpuMeter>,
     memory_per_instance: Option<u64>,
     memory_total: Option<u64>,
@@ -31,9 +33,15 @@ pub(crate) struct InstanceGuard {
 }
 
 impl InstanceGuard {
-    pub(crate) fn new(meter: Arc<CpuMeter>, limits: &Limits, max_table_elements: usize) -> Self {
+    pub(crate) fn new(
+        name: Arc<str>,
+        meter: Arc<CpuMeter>,
+        limits: &Limits,
+        max_table_elements: usize,
+    ) -> Self {
         meter.stats().instance_started();
         InstanceGuard {
+            name,
             memory_per_instance: limits.effective_instance_memory(),
             memory_total: limits.memory,
             max_table_elements,
@@ -114,6 +122,21 @@ impl InstanceGuard {
         }
     }
 
+    /// Counts a refused growth and says so once per instance: a guest may catch the failure and answer
+    /// the request itself (JavaScript engines answer 500), so the refusal must be visible on its own.
+    fn refuse_memory(&mut self, cause: FailureCause, wanted: u64) {
+        self.meter.stats().memory_refused();
+        if self.memory_denied.replace(cause).is_none() {
+            tracing::warn!(
+                service = %self.name,
+                wanted,
+                limit = self.memory_per_instance.or(self.memory_total),
+                "memory growth refused: {}",
+                cause.reason()
+            );
+        }
+    }
+
     fn record_fuel(&self, remaining: u64) {
         self.meter
             .stats()
@@ -141,12 +164,12 @@ impl ResourceLimiter for InstanceGuard {
         let over_own_limit = self.memory_per_instance.is_some_and(|cap| wanted > cap)
             || self.memory_total.is_some_and(|cap| wanted > cap);
         if over_own_limit {
-            self.memory_denied = Some(FailureCause::Memory);
+            self.refuse_memory(FailureCause::Memory, wanted);
             return Ok(false);
         }
         if !self.meter.stats().try_grow_memory(grow, self.memory_total) {
             // It would fit on its own: other live instances hold the rest, so this is a retryable 503.
-            self.memory_denied = Some(FailureCause::Overload);
+            self.refuse_memory(FailureCause::Overload, wanted);
             return Ok(false);
         }
         self.held += grow;

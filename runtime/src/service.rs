@@ -95,7 +95,7 @@ impl Service {
         ));
         Ok(Service {
             shared: Arc::new(Shared {
-                name: app.name().to_string(),
+                name: app.name().into(),
                 runtime: runtime.clone(),
                 engine: component.engine().clone(),
                 wasi: app.wasi(),

@@ -47,6 +47,7 @@ pub struct Stats {
     throttled_ns: AtomicU64,
     memory_current: AtomicU64,
     memory_peak: AtomicU64,
+    memory_refusals: AtomicU64,
     instances_live: AtomicU64,
 }
 
@@ -83,6 +84,9 @@ pub struct StatsSnapshot {
     pub memory_current: u64,
     /// The most `memory_current` has been.
     pub memory_peak: u64,
+    /// Memory growths refused by a memory limit (of one instance or of the whole service). A guest may catch
+    /// the failure and answer the request itself, so this can exceed `failed_memory + failed_overload`.
+    pub memory_refusals: u64,
     /// Requests running now (admitted and not yet finished); for a command run, 1 while it runs. This is
     /// what `pids.limit` (`max-concurrency`) bounds.
     pub in_flight: u64,
@@ -123,6 +127,7 @@ impl Stats {
             throttled_time: Duration::from_nanos(self.throttled_ns.load(Relaxed)),
             memory_current: self.memory_current.load(Relaxed),
             memory_peak: self.memory_peak.load(Relaxed),
+            memory_refusals: self.memory_refusals.load(Relaxed),
             in_flight: self.instances_live.load(Relaxed),
             instances_live: self.instances_live.load(Relaxed),
         }
@@ -183,6 +188,10 @@ impl Stats {
                 Err(seen) => current = seen,
             }
         }
+    }
+
+    pub(crate) fn memory_refused(&self) {
+        self.memory_refusals.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn release_memory(&self, bytes: u64) {

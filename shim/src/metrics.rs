@@ -51,9 +51,9 @@ pub fn encode(
                 ..Default::default()
             })
             .into(),
-            // cgroup v2 counts hits of memory.max here; a request refused for memory is ours.
+            // cgroup v2 counts hits of memory.max here; a refused memory growth is ours.
             memory_events: Some(v2::MemoryEvents {
-                max: stats.failed_memory,
+                max: stats.memory_refusals,
                 ..Default::default()
             })
             .into(),
@@ -66,7 +66,7 @@ pub fn encode(
                     usage,
                     max: peak,
                     limit: limits.memory.unwrap_or(V1_UNLIMITED),
-                    failcnt: stats.failed_memory,
+                    failcnt: stats.memory_refusals,
                     ..Default::default()
                 })
                 .into(),
@@ -114,7 +114,7 @@ mod tests {
             cpu_time: std::time::Duration::from_millis(5),
             throttled_periods: 3,
             throttled_time: std::time::Duration::from_millis(7),
-            failed_memory: 2,
+            memory_refusals: 2,
             ..Default::default()
         };
         let limits = Limits {
