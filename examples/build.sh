@@ -20,7 +20,7 @@ wasi_http="$(cargo metadata --format-version 1 --locked --manifest-path "$here/.
 print(next(os.path.dirname(p["manifest_path"]) for p in json.load(sys.stdin)["packages"] if p["name"] == "wasmtime-wasi-http"))')"
 
 # fresh OUT INPUT…: OUT exists and is newer than every input (the guest builders take 10–60 s each).
-fresh() { local out=$1; shift; [ -f "$out" ] && [ -z "$(find "$@" -newer "$out" -print -quit)" ]; }
+fresh() { local out=$1; shift; [ -f "$out" ] && [ -z "$(find "$@" -newer "$out" -not -path "*/__pycache__/*" -print -quit)" ]; }
 
 py="$here/python-http"
 if ! fresh "$here/wasm/python-http.wasm" "$py" "$tools/.installed"; then
