@@ -69,13 +69,16 @@ fn parse_dir(text: &str) -> Result<Preopen, String> {
 }
 
 impl RunArgs {
-    /// The flags folded over the same built-in defaults the shim uses (no node layer, no OCI spec).
+    /// The flags folded over the same built-in defaults the shim uses. Whoever runs the CLI is the operator
+    /// of what it serves, so the flags take the place of the OCI spec (which the default only stands in for)
+    /// rather than of a tenant's annotations: any value is accepted, looser than the default included.
     fn limits(&self) -> Limits {
         let layers = Layers {
-            overrides: self.knobs.0.clone(),
+            oci: self.knobs.0.clone(),
+            oci_at_create: self.knobs.0.clone(),
             ..Layers::default()
         };
-        fold(&layers).expect("without ceilings or OCI values nothing is refused")
+        fold(&layers).expect("without overrides nothing is refused")
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -115,6 +118,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok((runtime?, source?))
     })?;
     let app = runtime.load(&source)?;
+    // The wasm bytes are compiled now; a big guest's would stay resident for nothing.
+    drop(source);
     let limits = args.limits();
     let caps = args.capabilities();
     // One thread: a command runs on it; a service only accepts connections and waits for a signal here,
@@ -235,5 +240,29 @@ mod tests {
         assert!(ro.read_only && ro.guest == "/data");
         assert!(!parse_dir("/srv:/data").unwrap().read_only);
         assert!(parse_dir("/srv").is_err());
+    }
+
+    #[test]
+    fn flags_looser_than_the_defaults_are_taken() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            run: RunArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "run",
+            "app.wasm",
+            "--memory",
+            "2Gi",
+            "--request-timeout",
+            "10m",
+        ])
+        .unwrap();
+        let limits = cli.run.limits();
+        assert_eq!(limits.memory, Some(2 << 30));
+        assert_eq!(
+            limits.request_timeout,
+            Some(std::time::Duration::from_secs(600))
+        );
     }
 }

@@ -1,10 +1,12 @@
 //! On-disk cache of compiled code, so the second load of a binary deserializes instead of compiling.
 //!
 //! An entry is named `<digest>-<engine hash>.cwasm`: the sha256 of the wasm bytes plus a hash of
-//! [`Engine::precompile_compatibility_hash`], so an engine with other settings never sees it. Its contents are
-//! `MAGIC | payload length (u64 LE) | sha256(payload) | payload`; a read checks length and hash before the
-//! payload is handed to wasmtime, so a truncated or corrupted entry is discarded and recompiled, never
-//! executed. Writes go to a temp file that is renamed into place. A hit refreshes the entry's mtime, and the
+//! [`Engine::precompile_compatibility_hash`], so an engine with other settings never sees it. It holds exactly
+//! what wasmtime serialized, so wasmtime can map the file instead of copying it into memory (code pages stay
+//! shared with the page cache and load only when touched). Beside it, `<entry>.sum` holds
+//! `MAGIC | payload length (u64 LE) | sha256(payload)`; a read checks length and hash before the file is handed
+//! to wasmtime, so a truncated, corrupted or unsummed entry is discarded and recompiled, never executed. Writes
+//! go to temp files renamed into place, the entry before its sum. A hit refreshes the entry's mtime, and the
 //! least recently used entries are deleted when the directory grows past its size cap.
 
 use sha2::{Digest, Sha256};
@@ -15,9 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::SystemTime;
 use wasmtime::Engine;
 
-const MAGIC: &[u8; 8] = b"WHCACHE1";
-const HEADER_LEN: usize = MAGIC.len() + 8 + 32;
+const MAGIC: &[u8; 8] = b"WHCACHE2";
+const SUM_LEN: usize = MAGIC.len() + 8 + 32;
 const SUFFIX: &str = ".cwasm";
+const SUM_SUFFIX: &str = ".sum";
 
 /// A directory of compiled artifacts with a size cap.
 #[derive(Debug)]
@@ -79,24 +82,23 @@ impl CompileCache {
             .join(format!("{digest}-{}{SUFFIX}", self.engine_hash))
     }
 
-    /// Returns the verified payload for `digest`, or `None` (after deleting a bad entry) to make the
-    /// caller compile. `deserialize` turns the payload into code; when it fails the entry is deleted too.
+    /// Returns what `deserialize` makes of the verified entry file for `digest`, or `None` (after deleting a
+    /// bad entry) to make the caller compile. When `deserialize` fails the entry is deleted too.
     pub(crate) fn get<T>(
         &self,
         digest: &str,
-        deserialize: impl FnOnce(&[u8]) -> wasmtime::Result<T>,
+        deserialize: impl FnOnce(&Path) -> wasmtime::Result<T>,
     ) -> Option<T> {
         let path = self.entry_path(digest);
-        let found = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(_) => {
-                self.misses.fetch_add(1, Relaxed);
-                return None;
-            }
+        if !path.exists() {
+            self.misses.fetch_add(1, Relaxed);
+            return None;
+        }
+        let loaded = match verified(&path) {
+            Ok(true) => deserialize(&path).map_err(|e| e.to_string()),
+            Ok(false) => Err("corrupt, truncated or without its sum".to_string()),
+            Err(e) => Err(format!("unreadable: {e}")),
         };
-        let loaded = verified_payload(&found)
-            .ok_or_else(|| "corrupt or truncated".to_string())
-            .and_then(|payload| deserialize(payload).map_err(|e| e.to_string()));
         match loaded {
             Ok(code) => {
                 self.hits.fetch_add(1, Relaxed);
@@ -109,7 +111,7 @@ impl CompileCache {
             }
             Err(why) => {
                 tracing::warn!(path = %path.display(), "discarding compile cache entry: {why}");
-                let _ = std::fs::remove_file(&path);
+                remove_entry(&path);
                 self.misses.fetch_add(1, Relaxed);
                 None
             }
@@ -130,13 +132,17 @@ impl CompileCache {
     }
 
     fn write_atomically(&self, path: &Path, payload: &[u8]) -> std::io::Result<()> {
-        let mut tmp = tempfile::NamedTempFile::with_prefix_in(".tmp-", &self.dir)?;
-        tmp.write_all(MAGIC)?;
-        tmp.write_all(&(payload.len() as u64).to_le_bytes())?;
-        tmp.write_all(&Sha256::digest(payload))?;
-        tmp.write_all(payload)?;
-        tmp.as_file().sync_data()?;
-        tmp.persist(path).map_err(|e| e.error)?;
+        let mut sum = Vec::with_capacity(SUM_LEN);
+        sum.extend_from_slice(MAGIC);
+        sum.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        sum.extend_from_slice(&Sha256::digest(payload));
+        // A reader that finds the new entry beside the old sum discards both: no window serves a mismatch.
+        for (bytes, to) in [(payload, path.to_path_buf()), (&sum[..], sum_path(path))] {
+            let mut tmp = tempfile::NamedTempFile::with_prefix_in(".tmp-", &self.dir)?;
+            tmp.write_all(bytes)?;
+            tmp.as_file().sync_data()?;
+            tmp.persist(to).map_err(|e| e.error)?;
+        }
         Ok(())
     }
 
@@ -160,7 +166,7 @@ impl CompileCache {
             if path == keep {
                 continue;
             }
-            std::fs::remove_file(&path)?;
+            remove_entry(&path);
             total -= len;
             tracing::debug!(path = %path.display(), "evicted compile cache entry");
         }
@@ -168,16 +174,40 @@ impl CompileCache {
     }
 }
 
-/// The payload if the entry's magic, length and hash all check out.
-fn verified_payload(entry: &[u8]) -> Option<&[u8]> {
-    let header = entry.get(..HEADER_LEN)?;
-    if &header[..MAGIC.len()] != MAGIC {
-        return None;
+fn sum_path(entry: &Path) -> PathBuf {
+    let mut name = entry.as_os_str().to_owned();
+    name.push(SUM_SUFFIX);
+    PathBuf::from(name)
+}
+
+fn remove_entry(entry: &Path) {
+    let _ = std::fs::remove_file(entry);
+    let _ = std::fs::remove_file(sum_path(entry));
+}
+
+/// Whether the entry's sum file exists and its magic, length and hash match the entry. Streams the entry
+/// through the hash, so checking a big entry costs no more memory than a small one.
+fn verified(entry: &Path) -> std::io::Result<bool> {
+    let sum = match std::fs::read(sum_path(entry)) {
+        Ok(sum) => sum,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if sum.len() != SUM_LEN || &sum[..MAGIC.len()] != MAGIC {
+        return Ok(false);
     }
-    let len = u64::from_le_bytes(header[MAGIC.len()..MAGIC.len() + 8].try_into().ok()?);
-    let payload = &entry[HEADER_LEN..];
-    (payload.len() as u64 == len && Sha256::digest(payload)[..] == header[MAGIC.len() + 8..])
-        .then_some(payload)
+    let len = u64::from_le_bytes(
+        sum[MAGIC.len()..MAGIC.len() + 8]
+            .try_into()
+            .expect("8 bytes"),
+    );
+    let mut file = std::fs::File::open(entry)?;
+    if file.metadata()?.len() != len {
+        return Ok(false);
+    }
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hasher.finalize()[..] == sum[MAGIC.len() + 8..])
 }
 
 #[cfg(test)]
@@ -192,7 +222,7 @@ mod tests {
     fn round_trip_and_corruption_is_discarded() {
         let dir = tempfile::tempdir().unwrap();
         let cache = cache(dir.path(), 1 << 20);
-        let ok = |p: &[u8]| Ok(p.to_vec());
+        let ok = |p: &Path| Ok(std::fs::read(p)?);
         assert_eq!(cache.get("sha256:aa", ok), None);
         cache.put("sha256:aa", b"compiled code");
         assert_eq!(
@@ -220,12 +250,17 @@ mod tests {
             "a truncated entry must not be returned"
         );
         assert_eq!(cache.hit_counts(), (1, 3));
+
+        cache.put("sha256:aa", b"compiled code");
+        std::fs::remove_file(sum_path(&path)).unwrap();
+        assert_eq!(cache.get("sha256:aa", ok), None, "an entry without its sum");
+        assert!(!path.exists());
     }
 
     #[test]
     fn least_recently_used_entries_are_evicted_over_the_cap() {
         let dir = tempfile::tempdir().unwrap();
-        let entry = HEADER_LEN as u64 + 100;
+        let entry = 100;
         let cache = cache(dir.path(), entry * 2);
         let old = SystemTime::now() - std::time::Duration::from_secs(60);
         cache.put("sha256:01", &[1; 100]);
@@ -239,10 +274,11 @@ mod tests {
                 .unwrap();
         }
         // A hit makes 01 the most recently used, so 02 goes when 03 arrives.
-        assert!(cache.get("sha256:01", |p| Ok(p.len())).is_some());
+        assert!(cache.get("sha256:01", |p| Ok(p.to_path_buf())).is_some());
         cache.put("sha256:03", &[3; 100]);
         assert!(cache.entry_path("sha256:01").exists());
         assert!(!cache.entry_path("sha256:02").exists());
+        assert!(!sum_path(&cache.entry_path("sha256:02")).exists());
         assert!(cache.entry_path("sha256:03").exists());
     }
 }

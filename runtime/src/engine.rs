@@ -172,15 +172,16 @@ impl Flavour {
     /// Compiles a component, or fetches it from this engine's cache.
     fn component(&self, source: &Source) -> Result<(Component, bool), wasmtime::Error> {
         let engine = &self.engine;
-        // SAFETY: `deserialize` runs only on payloads whose sha256 matched the one written next to them,
+        // SAFETY: `deserialize_file` runs only on entries whose sha256 matched the sum written next to them,
         // and the cache only ever stores `Component::serialize` output of an engine with the same
-        // compatibility hash (part of the entry's name) in a directory private to this user.
-        if let Some(c) = self.cached(source, |bytes| unsafe {
-            Component::deserialize(engine, bytes)
+        // compatibility hash (part of the entry's name) in a directory private to this user. The file is
+        // mapped, not copied: entries are replaced by rename, never rewritten in place.
+        if let Some(c) = self.cached(source, |path| unsafe {
+            Component::deserialize_file(engine, path)
         }) {
             return Ok((c, true));
         }
-        let c = Component::new(engine, source.bytes())?;
+        let c = compiling(source, || Component::new(engine, source.bytes()))?;
         self.store(source, c.serialize());
         Ok((c, false))
     }
@@ -189,12 +190,12 @@ impl Flavour {
     fn module(&self, source: &Source) -> Result<(Module, bool), wasmtime::Error> {
         let engine = &self.engine;
         // SAFETY: as above, for `Module::serialize` output.
-        if let Some(m) = self.cached(source, |bytes| unsafe {
-            Module::deserialize(engine, bytes)
+        if let Some(m) = self.cached(source, |path| unsafe {
+            Module::deserialize_file(engine, path)
         }) {
             return Ok((m, true));
         }
-        let m = Module::new(engine, source.bytes())?;
+        let m = compiling(source, || Module::new(engine, source.bytes()))?;
         self.store(source, m.serialize());
         Ok((m, false))
     }
@@ -202,7 +203,7 @@ impl Flavour {
     fn cached<T>(
         &self,
         source: &Source,
-        deserialize: impl FnOnce(&[u8]) -> wasmtime::Result<T>,
+        deserialize: impl FnOnce(&std::path::Path) -> wasmtime::Result<T>,
     ) -> Option<T> {
         self.cache.as_ref()?.get(source.digest(), deserialize)
     }
@@ -225,6 +226,24 @@ impl Flavour {
             .get()
             .map_err(|e| wasmtime::Error::msg(format!("linking WASI: {e}")))
     }
+}
+
+/// Runs `compile`, saying so before and after: compiling a big guest (an interpreter and its heap) takes
+/// seconds, and until it is done the service's port refuses connections.
+fn compiling<T>(
+    source: &Source,
+    compile: impl FnOnce() -> wasmtime::Result<T>,
+) -> wasmtime::Result<T> {
+    let started = Instant::now();
+    let bytes = source.bytes().len();
+    tracing::info!(
+        name = source.name(),
+        bytes,
+        "compiling (not in the compile cache)"
+    );
+    let compiled = compile()?;
+    tracing::info!(name = source.name(), took = ?started.elapsed(), "compiled");
+    Ok(compiled)
 }
 
 impl Drop for Inner {

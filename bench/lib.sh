@@ -1,0 +1,76 @@
+# Shared by the HTTP benchmarks (sourced, not run): the wasmtime-cli baseline, a readiness wait, and one
+# measured wrk run with the server's peak RSS and PSS. Expects $out (output directory) to be set.
+
+wasmtime_version=50.0.1
+# With backtraces enabled, wasmtime captures one for an error it builds on every Store drop; production
+# shims run without them.
+unset RUST_BACKTRACE RUST_LIB_BACKTRACE
+
+# install_wasmtime: puts `wasmtime` $wasmtime_version at bench-out/tools/bin/wasmtime (built once, ~9 min).
+install_wasmtime() {
+  tools=bench-out/tools
+  if [ ! -x "$tools/bin/wasmtime" ] || ! "$tools/bin/wasmtime" --version | grep -q "$wasmtime_version"; then
+    echo "bench: installing wasmtime-cli $wasmtime_version (takes a while, once)" >&2
+    cargo install -q wasmtime-cli --version "$wasmtime_version" --locked --root "$tools"
+  fi
+}
+
+# wait_for PORT [TRIES]: until GET / answers (any status), 50 ms apart.
+wait_for() {
+  for _ in $(seq 1 "${2:-200}"); do
+    curl -s -o /dev/null "http://127.0.0.1:$1/" && return 0
+    sleep 0.05
+  done
+  echo "port $1 never answered" >&2
+  return 1
+}
+
+# run_wrk NAME PORT CONNECTIONS COMMAND...: starts the server, warms it up, measures with wrk while sampling
+# the server's PSS, reads its peak RSS, stops it; appends "NAME rps p50 p99 peak_rss_mib peak_pss_mib" to
+# $out/results. The readiness wait allows $ready_tries × 50 ms (compiles of big guests take seconds).
+run_wrk() {
+  local name=$1 port=$2 conns=$3; shift 3
+  mkdir -p "$(dirname "$out/$name")"
+  "$@" >"$out/$name.log" 2>&1 &
+  local pid=$!
+  wait_for "$port" "${ready_tries:-200}"
+  wrk -t2 -c"$conns" -d2s "http://127.0.0.1:$port/" >/dev/null
+  (
+    peak=0
+    while kill -0 "$pid" 2>/dev/null; do
+      pss=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || echo 0)
+      [ "${pss:-0}" -gt "$peak" ] && peak=$pss && echo "$peak" >"$out/$name.pss"
+      sleep 0.2
+    done
+  ) &
+  local sampler=$!
+  wrk -t2 -c"$conns" -d"$duration" --latency "http://127.0.0.1:$port/" >"$out/$name.wrk"
+  local rss pss
+  rss=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status")
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
+  pss=$(awk '{printf "%.1f", $1 / 1024}' "$out/$name.pss" 2>/dev/null || echo "?")
+  local rps p50 p99
+  rps=$(awk '/Requests\/sec/ {print $2}' "$out/$name.wrk")
+  p50=$(awk '$1=="50%" {print $2}' "$out/$name.wrk")
+  p99=$(awk '$1=="99%" {print $2}' "$out/$name.wrk")
+  echo "$name $rps $p50 $p99 $rss $pss" >>"$out/results"
+}
+
+# rps_of NAME: the req/s recorded for NAME.
+rps_of() { awk -v n="$1" '$1 == n {print $2}' "$out/results"; }
+
+# print_table BASELINE_PREFIX: the results with each row's ratio against "$BASELINE_PREFIX/<its guest>".
+print_table() {
+  printf '%-30s %10s %9s %9s %9s %9s %12s\n' server "req/s" p50 p99 "peak RSS" "peak PSS" "vs $1"
+  while read -r name rps p50 p99 rss pss; do
+    local guest=${name#*/} base vs
+    base=$(rps_of "$1/$guest")
+    if [ -n "$base" ] && [ "$name" != "$1/$guest" ]; then
+      vs=$(echo "$rps / $base" | bc -l | xargs printf '%.2fx')
+    else
+      vs="—"
+    fi
+    printf '%-30s %10s %9s %9s %8sM %8sM %12s\n' "$name" "$rps" "$p50" "$p99" "$rss" "$pss" "$vs"
+  done <"$out/results"
+}
