@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Python and JavaScript guests, one run, same machine: examples/python-http (WASI 0.2 and 0.3, componentize-py)
 # and examples/js-http (WASI 0.2, componentize-js) under wasmhttp (limits on; 0.2 with a fresh instance per
-# request, its default, and with serial reuse opted in; 0.3 with its default reuse) and under `wasmtime serve`
+# request, its default, and with serial reuse opted in, also with 4 requests running at once; 0.3 with its
+# default reuse) and under `wasmtime serve`
 # of the same wasmtime version (its defaults: it reuses 0.3 instances, never 0.2 ones). `wrk -t2 -c16` each.
 # Prints req/s, p50, p99, the server's peak RSS and peak PSS (sampled every 200 ms), with the ratio against
-# `wasmtime serve` on the same guest.
+# `wasmtime serve` on the same guest. Then the cold start of the Python 0.2 service: `ctr run -d` through a
+# private containerd with an empty compile cache to its first 200, against `wasmtime serve` with no cache.
 # Usage: bench/guests.sh [DURATION]   (results also land in bench-out/guests.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,14 +14,22 @@ duration="${1:-8s}"
 out=bench-out/guests; mkdir -p "$out"
 source bench/lib.sh
 
-bash scripts/setup.sh wrk curl bc
+bash scripts/setup.sh wrk curl bc containerd
 bash examples/build.sh >/dev/null
-cargo build --release --locked -q -p wasmhttp-cli
+cargo build --release --locked -q -p wasmhttp-cli -p containerd-shim-wasmhttp -p wasmhttp-bench
+bin=$PWD/target/release
 install_wasmtime
 cache="$out/cache"
-limits=(--memory 1Gi --cpus 2 --max-concurrency 256 --queue-depth 1024 --request-timeout 5s)
-# Compiles of these guests take several seconds: warm both compile caches first, so the runs measure serving.
+limits=(--memory 1Gi --cpus 2 --queue-depth 1024 --request-timeout 5s)
+# Compiles of these guests take seconds and hundreds of MiB: warm both compile caches first, so the runs (and
+# their peak RSS) measure serving, not compiling. The cold start is measured on its own below.
 ready_tries=1200
+warm() { "$@" >/dev/null 2>&1 & local pid=$!; wait_for "$port" "$ready_tries"; kill "$pid"; wait "$pid" || true; }
+for guest in python-http python-http-p3 js-http; do
+  port=18282 warm "$tools/bin/wasmtime" serve -Scli -C cache=y --addr 127.0.0.1:18282 "examples/wasm/$guest.wasm"
+  port=18281 warm ./target/release/wasmhttp run "examples/wasm/$guest.wasm" --listen 127.0.0.1:18281 \
+    --cache-dir "$cache"
+done
 
 rm -f "$out/results"
 for guest in python-http python-http-p3 js-http; do
@@ -27,14 +37,31 @@ for guest in python-http python-http-p3 js-http; do
   run_wrk "wasmtime-serve/$guest" 18282 16 "$tools/bin/wasmtime" serve -Scli -C cache=y \
     --addr 127.0.0.1:18282 "$wasm"
   run_wrk "wasmhttp/$guest" 18281 16 ./target/release/wasmhttp run "$wasm" --listen 127.0.0.1:18281 \
-    --cache-dir "$cache" "${limits[@]}"
+    --cache-dir "$cache" "${limits[@]}" --max-concurrency 256
   if [ "$guest" != python-http-p3 ]; then
     run_wrk "wasmhttp-reuse/$guest" 18281 16 ./target/release/wasmhttp run "$wasm" --listen 127.0.0.1:18281 \
-      --cache-dir "$cache" "${limits[@]}" --max-instance-reuse 1000
+      --cache-dir "$cache" "${limits[@]}" --max-instance-reuse 1000 --max-concurrency 256
+    # Serial reuse keeps one live instance (and its heap) per request running at once: with 4 running and
+    # the rest queued, the two cores stay busy and a quarter of the instances stay resident.
+    run_wrk "wasmhttp-reuse-c4/$guest" 18281 16 ./target/release/wasmhttp run "$wasm" --listen 127.0.0.1:18281 \
+      --cache-dir "$cache" "${limits[@]}" --max-instance-reuse 1000 --max-concurrency 4
   fi
 done
+
+# Cold start: a fresh private containerd (its compile cache starts empty), the image imported beforehand.
+source bench/containerd.sh
+"$bin/wasmhttp" image build examples/wasm/python-http.wasm -t docker.io/bench/python-http:1 -o "$work/py.tar" \
+  2>/dev/null
+ctr_ image import "$work/py.tar" >/dev/null
+cold_ms=$("$bin/first-response" 18283 1 -- "${ctr_cmd[@]}" run -d --runtime io.containerd.wasmhttp.v1 --net-host \
+  --env PORT=18283 docker.io/bench/python-http:1 py-cold | sed -n 1p)
+remove py-cold
+serve_cold_ms=$("$bin/first-response" 18284 1 -- "$tools/bin/wasmtime" serve -Scli -C cache=n \
+  --addr 127.0.0.1:18284 examples/wasm/python-http.wasm | sed -n 1p)
 
 {
   echo "wrk -t2 -c16 -d$duration --latency, $(nproc) cores (wrk shares them), wasmtime $wasmtime_version"
   print_table wasmtime-serve
+  echo "python-http first 200, empty compile cache: ctr run -d (wasmhttp) ${cold_ms} ms," \
+    "wasmtime serve ${serve_cold_ms} ms"
 } | tee "$out/../guests.txt"

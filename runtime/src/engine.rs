@@ -36,6 +36,10 @@ pub struct EngineConfig {
     /// first starts with the first service, the others when concurrent connections need them. Defaults to
     /// the number of CPUs.
     pub http_workers: usize,
+    /// Bytes of the pages a finished instance wrote that its pool slot keeps resident (reset by copying)
+    /// for the next instance; the rest are returned to the kernel. Higher saves page faults on guests that
+    /// write a lot per request, at this much memory per idle slot.
+    pub slot_keep_resident: u64,
 }
 
 impl Default for EngineConfig {
@@ -48,6 +52,7 @@ impl Default for EngineConfig {
             cache_max_bytes: 512 << 20,
             epoch_tick: Duration::from_millis(5),
             http_workers: host_cpus(),
+            slot_keep_resident: 64 << 10,
         }
     }
 }
@@ -82,13 +87,12 @@ impl EngineConfig {
             .max_tables_per_module(4)
             // Resetting a slot for its next instance: the PAGEMAP_SCAN ioctl (Linux 6.7+; `Auto` falls back
             // to the first-N-bytes rule elsewhere) finds the pages the guest wrote, wherever they are, and up to
-            // this many bytes of them are copied back from the image instead of being dropped with madvise.
-            // madvise cost a TLB shootdown on every core plus a page fault per page on the next request: with
-            // it hello served ~11k req/s (`wrk -t2 -c50`, 2 cores), with the scan ~17k. A hello writes < 64 KiB,
-            // and a guest that writes more has the rest decommitted as before, so at most this much stays
-            // resident per idle slot.
+            // `slot_keep_resident` bytes of them are copied back from the image instead of being dropped with
+            // madvise. madvise costs a TLB shootdown on every core plus a page fault per page on the next
+            // request, so a small guest is faster with its few written pages kept; a big one (an interpreter's
+            // heap) has the rest dropped, so an idle slot never holds more than this.
             .pagemap_scan(Enabled::Auto)
-            .linear_memory_keep_resident(64 << 10)
+            .linear_memory_keep_resident(self.slot_keep_resident as usize)
             .table_keep_resident(16 << 10)
             .max_unused_warm_slots(16);
         let mut config = Config::new();

@@ -11,6 +11,7 @@
 //! max-instance-memory = "1Gi"   # largest linear memory one instance may reserve
 //! cache-dir = "/var/lib/wasmhttp/cache"
 //! cache-max-size = "512Mi"
+//! slot-keep-resident = "64Ki"   # written pages a free instance slot keeps for the next instance
 //!
 //! [defaults]                    # any knob (README's table): used where the spec and annotations say nothing
 //! memory = "512Mi"
@@ -148,10 +149,11 @@ fn set_engine(
         }
         "cache-max-size" => engine.cache_max_bytes = size::parse(value).map_err(expected)?,
         "cache-dir" => engine.cache_dir = Some(PathBuf::from(value)),
+        "slot-keep-resident" => engine.slot_keep_resident = size::parse(value).map_err(expected)?,
         _ => {
             return Err(format!(
                 "unknown key `{key}` in [engine] (keys: max-instances, max-instance-memory, cache-dir, \
-                 cache-max-size)"
+                 cache-max-size, slot-keep-resident)"
             ));
         }
     }
@@ -272,12 +274,14 @@ mod tests {
             engine.max_instance_memory
         );
         assert_eq!(parsed.engine.cache_max_bytes, engine.cache_max_bytes);
+        assert_eq!(parsed.engine.slot_keep_resident, engine.slot_keep_resident);
     }
 
     #[test]
     fn a_file_sets_engine_defaults_and_ceilings() {
         let config = parse(
             "[engine]\nmax-instances = 8\ncache-dir = \"/tmp/c\"\ncache-max-size = \"1Gi\"\n\
+             slot-keep-resident = \"1Mi\"\n\
              [defaults]\nmemory = \"64Mi\"\nrequest-timeout = \"2s\"\nqueue-depth = 3\ndrain-timeout = \"1s\"\n\
              [ceilings]\nmax-concurrency = 64\n",
             "t.toml",
@@ -286,6 +290,7 @@ mod tests {
         assert_eq!(config.engine.max_instances, 8);
         assert_eq!(config.engine.cache_dir, Some(PathBuf::from("/tmp/c")));
         assert_eq!(config.engine.cache_max_bytes, 1 << 30);
+        assert_eq!(config.engine.slot_keep_resident, 1 << 20);
         assert_eq!(config.defaults.memory, Some(64 << 20));
         assert_eq!(
             config.defaults.request_timeout,
