@@ -144,9 +144,11 @@ fn a_wasi_03_service_runs_with_limits_logs_and_metrics_through_ctr() {
         Some(32 << 20),
         "{json}"
     );
-    assert_eq!(
-        metrics["memory"]["usage"]["failcnt"].as_u64(),
-        Some(1),
+    // Like cgroups' failcnt, every refused growth counts; the guest's allocator may retry a smaller one.
+    assert!(
+        metrics["memory"]["usage"]["failcnt"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
         "{json}"
     );
     assert!(

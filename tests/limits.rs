@@ -81,11 +81,12 @@ fn memory_limit_fails_the_request_not_the_service() {
         metric(&containerd, "hog", "memory.limit_in_bytes"),
         64 * MIB
     );
-    // Requests refused for memory are counted where cgroups count limit hits (memory failcnt).
+    // Refused memory growths are counted where cgroups count limit hits (memory failcnt): the 100 MiB
+    // request's at least, and any of the burst's refused at the total limit.
     let json = containerd.ctr_ok(&["task", "metrics", "--format", "json", "hog"]);
     let metrics: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let failcnt = metrics["memory"]["usage"]["failcnt"].as_u64();
-    assert_eq!(failcnt, Some(1), "the one 100 MiB request: {json}");
+    let failcnt = metrics["memory"]["usage"]["failcnt"].as_u64().unwrap_or(0);
+    assert!(failcnt >= 1, "the 100 MiB request was refused: {json}");
     let log = containerd.log();
     assert!(
         log.lines().any(|l| l.contains("request refused")

@@ -95,8 +95,16 @@ impl CompileCache {
             return None;
         }
         let loaded = match verified(&path) {
-            Ok(true) => deserialize(&path).map_err(|e| e.to_string()),
-            Ok(false) => Err("corrupt, truncated or without its sum".to_string()),
+            Ok(Check::Good) => deserialize(&path).map_err(|e| e.to_string()),
+            Ok(Check::Bad) => Err("corrupt or truncated".to_string()),
+            Ok(Check::Unsummed) => {
+                // An entry of the format before sums (or one whose sum was never written): replaced quietly,
+                // so an upgrade does not warn once per cached guest.
+                tracing::debug!(path = %path.display(), "replacing compile cache entry without a sum");
+                remove_entry(&path);
+                self.misses.fetch_add(1, Relaxed);
+                return None;
+            }
             Err(e) => Err(format!("unreadable: {e}")),
         };
         match loaded {
@@ -185,16 +193,25 @@ fn remove_entry(entry: &Path) {
     let _ = std::fs::remove_file(sum_path(entry));
 }
 
-/// Whether the entry's sum file exists and its magic, length and hash match the entry. Streams the entry
-/// through the hash, so checking a big entry costs no more memory than a small one.
-fn verified(entry: &Path) -> std::io::Result<bool> {
+/// What checking an entry against its sum found.
+enum Check {
+    Good,
+    /// The sum says otherwise: corrupted or truncated.
+    Bad,
+    /// There is no sum to check against.
+    Unsummed,
+}
+
+/// Checks the entry against its sum file: magic, length and hash. Streams the entry through the hash, so
+/// checking a big entry costs no more memory than a small one.
+fn verified(entry: &Path) -> std::io::Result<Check> {
     let sum = match std::fs::read(sum_path(entry)) {
         Ok(sum) => sum,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Check::Unsummed),
         Err(e) => return Err(e),
     };
     if sum.len() != SUM_LEN || &sum[..MAGIC.len()] != MAGIC {
-        return Ok(false);
+        return Ok(Check::Bad);
     }
     let len = u64::from_le_bytes(
         sum[MAGIC.len()..MAGIC.len() + 8]
@@ -203,11 +220,15 @@ fn verified(entry: &Path) -> std::io::Result<bool> {
     );
     let mut file = std::fs::File::open(entry)?;
     if file.metadata()?.len() != len {
-        return Ok(false);
+        return Ok(Check::Bad);
     }
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher)?;
-    Ok(hasher.finalize()[..] == sum[MAGIC.len() + 8..])
+    Ok(if hasher.finalize()[..] == sum[MAGIC.len() + 8..] {
+        Check::Good
+    } else {
+        Check::Bad
+    })
 }
 
 #[cfg(test)]
