@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # HTTP benchmark, one run, same machine: hello for WASI 0.2 (examples/hello) and WASI 0.3 (examples/hello-p3)
 # under wasmhttp (every limit on) and `wasmtime serve` of the same wasmtime version (its default instance
-# reuse), and a native hyper server; `wrk -t2 -c50 -d10s --latency` each. Prints req/s, p50, p99 and the
-# server's peak RSS, with ratios against `wasmtime serve` on the same guest and against native; then
+# reuse), and a native hyper server; `wrk -t2 -c50 -d10s --latency` each. Prints req/s, p50, p99, the
+# server's peak RSS and PSS, with ratios against `wasmtime serve` on the same guest and against native; then
 # wasmhttp's mean instantiation, the cost of the limits, and start to first 200 with a warm compile cache.
 # Usage: bench/http.sh [DURATION]   (results also land in bench-out/http.txt)
 set -euo pipefail
