@@ -12,14 +12,7 @@ use wasmhttp_runtime::*;
 const MIB: u64 = 1 << 20;
 
 fn rss() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    statm
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 4096
+    own_status_bytes("VmRSS")
 }
 
 /// Runs `work` while a thread samples RSS every millisecond; returns the peak growth over the start.

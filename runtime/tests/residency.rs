@@ -9,13 +9,7 @@ use wasmhttp_runtime::*;
 
 /// This process's resident anonymous memory (where written linear memory lives), in bytes.
 fn rss_anon() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("RssAnon in /proc/self/status");
-    kib << 10
+    own_status_bytes("RssAnon")
 }
 
 /// Resident growth left behind by one finished request that wrote 48 MiB, under `keep` bytes of slot residency.

@@ -23,6 +23,18 @@ pub fn example(name: &str) -> Source {
     Source::from_file(&path).unwrap()
 }
 
+/// A size field of this process's `/proc/self/status` (`VmRSS`, `RssAnon`, …), in bytes. Tests that read it
+/// run alone in their test binary, so the figure is theirs.
+pub fn own_status_bytes(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"));
+    kib << 10
+}
+
 pub fn runtime() -> Runtime {
     Runtime::new(EngineConfig {
         max_instances: 64,
