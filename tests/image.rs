@@ -165,6 +165,9 @@ fn a_wasm_artifact_runs_from_the_content_store() {
     // the image whose wasm layer the shim reads from the content store.
     let empty = dir.path().join("empty-rootfs");
     std::fs::create_dir(&empty).unwrap();
+    // Such a container has no image of its own, so only a node that allows any image lets the annotation name one.
+    let node = dir.path().join("node.toml");
+    std::fs::write(&node, "[security]\nimage-annotation = \"any\"\n").unwrap();
     let run = |image: &str, id: &str| {
         let port = free_port();
         let env = format!("PORT={port}");
@@ -180,6 +183,8 @@ fn a_wasm_artifact_runs_from_the_content_store() {
                 "67108864",
                 "--annotation",
                 &annotation,
+                "--runtime-config-path",
+                node.to_str().unwrap(),
                 "--rootfs",
                 empty.to_str().unwrap(),
                 id,
@@ -217,6 +222,8 @@ fn a_wasm_artifact_runs_from_the_content_store() {
             "--net-host",
             "--annotation",
             "wasmhttp.io/image=example.com/nowhere:v1",
+            "--runtime-config-path",
+            node.to_str().unwrap(),
             "--rootfs",
             empty.to_str().unwrap(),
             "missing",

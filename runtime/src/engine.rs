@@ -40,6 +40,9 @@ pub struct EngineConfig {
     /// for the next instance; the rest are returned to the kernel. Higher saves page faults on guests that
     /// write a lot per request, at this much memory per idle slot.
     pub slot_keep_resident: u64,
+    /// The largest wasm file or image layer a container may name, in bytes: reading and compiling it is
+    /// work and memory the node spends before any limit of the container applies.
+    pub max_component_size: u64,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +56,7 @@ impl Default for EngineConfig {
             epoch_tick: Duration::from_millis(5),
             http_workers: host_cpus(),
             slot_keep_resident: 64 << 10,
+            max_component_size: 256 << 20,
         }
     }
 }

@@ -6,6 +6,7 @@ use crate::cpu::{CpuMeter, Metered};
 use crate::engine::{Code, Loaded, Runtime};
 use crate::handler::{Shared, handle};
 use crate::knobs::Limits;
+use crate::knobs::value::MAX_DURATION;
 use crate::output::GuestOutput;
 use crate::reuse::Pool;
 use crate::stats::{Stats, StatsSnapshot};
@@ -191,10 +192,16 @@ impl ServiceHandle {
 
     /// Stops accepting connections, lets in-flight requests finish for up to `grace`, then cancels the rest
     /// (they get 503). Returns when every connection and instance is gone. `Duration::ZERO` stops at once.
+    /// A later call with a shorter grace shortens a drain under way (SIGKILL after SIGTERM); a longer one
+    /// only waits.
     pub async fn shutdown(&self, grace: Duration) {
-        // Only the first request to drain sets the grace; later calls just wait.
-        self.drain
-            .send_if_modified(|current| current.is_none() && current.replace(grace).is_none());
+        self.drain.send_if_modified(|current| match current {
+            Some(set) if *set <= grace => false,
+            _ => {
+                *current = Some(grace);
+                true
+            }
+        });
         self.finished().await;
     }
 
@@ -203,6 +210,29 @@ impl ServiceHandle {
         let mut done = self.done.clone();
         // An error means the accept loop is gone, which also means finished.
         let _ = done.wait_for(|finished| *finished).await;
+    }
+}
+
+/// Waits for `drained` for up to `grace` from now, a grace a later [`ServiceHandle::shutdown`] may shorten;
+/// false when the deadline passed first.
+async fn drain_within(
+    grace: Duration,
+    drained: impl std::future::Future<Output = ()>,
+    drain: &mut watch::Receiver<Option<Duration>>,
+) -> bool {
+    let started = tokio::time::Instant::now();
+    let deadline = |grace: Duration| started.checked_add(grace).unwrap_or(started + MAX_DURATION);
+    let sleep = tokio::time::sleep_until(deadline(grace));
+    tokio::pin!(drained, sleep);
+    loop {
+        tokio::select! {
+            () = &mut drained => return true,
+            () = &mut sleep => return false,
+            Ok(()) = drain.changed() => {
+                let shorter = drain.borrow().unwrap_or(Duration::ZERO);
+                sleep.as_mut().reset(deadline(shorter));
+            }
+        }
     }
 }
 
@@ -272,10 +302,7 @@ async fn accept_loop(
     };
     drop(listener);
     tracing::info!(service = %shared.name, ?grace, "draining");
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if !drain_within(grace, graceful.shutdown(), &mut drain).await {
         let (running, waiting) = shared.admission.load();
         tracing::warn!(service = %shared.name, running, waiting, "drain deadline passed; cancelling what is left");
     }

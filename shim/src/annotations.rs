@@ -6,7 +6,7 @@
 //! | `wasmhttp.io/<knob>` | the knob's form | the knob, ranked by [`wasmhttp_runtime::fold`] (tighten OCI freely, loosen only within node ceilings) |
 //! | `wasmhttp.io/allowed-outbound-hosts` | comma-separated `host` or `host:port` | outbound HTTP the guest may make |
 //! | `wasmhttp.io/port` | 1–65535 | the listen port (overrides env `PORT`) |
-//! | `wasmhttp.io/image` | an image reference in containerd | read the wasm layer of that image from containerd's content store (containerd 1.6, which cannot unpack wasm artifacts: `ctr run --rootfs`) |
+//! | `wasmhttp.io/image` | an image reference in containerd | read the wasm layer of that image from containerd's content store (containerd 1.6, which cannot unpack wasm artifacts: `ctr run --rootfs`); an image other than the container's own only where the node's `[security] image-annotation = "any"` |
 //!
 //! A bad value fails Create naming the key and the accepted form; an unknown key under the prefix is logged
 //! as a warning (a typo should not take a service down, but should be visible).

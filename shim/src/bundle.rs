@@ -3,6 +3,7 @@
 
 use crate::error::{Result, ShimError};
 use crate::limits::oci_limits;
+use crate::rootfs::RootFs;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use std::path::{Path, PathBuf};
 use wasmhttp_runtime::{Capabilities, Layers, Limits, Preopen, Source, fold};
@@ -112,7 +113,12 @@ pub fn grouping_key(bundle: &Path, id: &str) -> String {
 /// Reads the bundle into a [`Workload`]. `rootfs` are the mounts containerd passed to Create (empty when the
 /// bundle's own `root.path` already holds the files). `node` carries the node's `[defaults]` and
 /// `[ceilings]`; `linux.resources` and the `wasmhttp.io/` annotations are folded over them.
-pub fn load(bundle: &Path, rootfs: &[RootfsMount], node: &Layers) -> Result<Workload> {
+pub fn load(
+    bundle: &Path,
+    rootfs: &[RootfsMount],
+    node: &Layers,
+    max_component_size: u64,
+) -> Result<Workload> {
     let spec = read_spec(bundle)?;
     let config = bundle.join("config.json");
     let invalid =
@@ -178,7 +184,7 @@ pub fn load(bundle: &Path, rootfs: &[RootfsMount], node: &Layers) -> Result<Work
             name: entry.clone(),
             not_in_rootfs: None,
         }),
-        None => from_rootfs(bundle, &spec, rootfs, &entry).map_err(invalid)?,
+        None => from_rootfs(bundle, &spec, rootfs, &entry, max_component_size).map_err(invalid)?,
     };
     let mut guest_args = if args.is_empty() {
         vec![entry.clone()]
@@ -208,14 +214,13 @@ fn from_rootfs(
     spec: &Spec,
     rootfs: &[RootfsMount],
     entry: &str,
+    max_bytes: u64,
 ) -> std::result::Result<Payload, String> {
-    if entry.split('/').any(|part| part == "..") {
-        return Err(format!(
-            "process.args[0] {entry} leaves the container's rootfs"
-        ));
-    }
     let roots = rootfs_dirs(bundle, spec, rootfs);
-    let Some(wasm_path) = find_in_rootfs(&roots, entry) else {
+    let found = RootFs::new(&roots)
+        .read(entry, max_bytes)
+        .map_err(|e| format!("process.args[0] {e}"))?;
+    let Some(bytes) = found else {
         return Ok(Payload::ImageLayer(ImageLayer {
             image: None,
             name: entry.to_string(),
@@ -230,12 +235,6 @@ fn from_rootfs(
             )),
         }));
     };
-    let bytes = std::fs::read(&wasm_path).map_err(|e| {
-        format!(
-            "process.args[0] {entry}: cannot read {}: {e}",
-            wasm_path.display()
-        )
-    })?;
     Ok(Payload::Wasm(Source::from_bytes(entry, bytes)))
 }
 
@@ -287,17 +286,6 @@ fn rootfs_dirs(bundle: &Path, spec: &Spec, mounts: &[RootfsMount]) -> Vec<PathBu
         });
     }
     dirs
-}
-
-fn find_in_rootfs(roots: &[PathBuf], entry: &str) -> Option<PathBuf> {
-    let relative = entry.trim_start_matches('/');
-    if relative.is_empty() || relative.split('/').any(|part| part == "..") {
-        return None;
-    }
-    roots
-        .iter()
-        .map(|root| root.join(relative))
-        .find(|path| path.is_file())
 }
 
 /// Bind mounts of directories become preopens; the kernel filesystems a container normally gets do not.
@@ -355,7 +343,7 @@ mod tests {
             &config(r#"["/app.wasm","--flag"]"#, extra),
             &[("app.wasm", b"\0asm\x01\0\0\0")],
         );
-        let workload = load(dir.path(), &[], &Layers::default()).unwrap();
+        let workload = load(dir.path(), &[], &Layers::default(), 1 << 20).unwrap();
         assert!(matches!(workload.payload, Payload::Wasm(_)));
         assert_eq!(workload.port, 9000);
         assert_eq!(workload.capabilities.args, ["app.wasm", "--flag"]);
@@ -383,14 +371,16 @@ mod tests {
     #[test]
     fn bad_bundles_are_named_in_the_error() {
         let dir = bundle(&config("[]", ""), &[]);
-        let err = load(dir.path(), &[], &Layers::default())
+        let err = load(dir.path(), &[], &Layers::default(), 1 << 20)
             .unwrap_err()
             .to_string();
         assert!(err.contains("config.json: process.args is empty"), "{err}");
 
         // Not in the rootfs: the Task service looks for a wasm layer in the image, and gives this error if none.
         let dir = bundle(&config(r#"["/missing.wasm"]"#, ""), &[]);
-        let Payload::ImageLayer(layer) = load(dir.path(), &[], &Layers::default()).unwrap().payload
+        let Payload::ImageLayer(layer) = load(dir.path(), &[], &Layers::default(), 1 << 20)
+            .unwrap()
+            .payload
         else {
             panic!("a missing file must be looked for in the image");
         };
@@ -403,7 +393,7 @@ mod tests {
 
         let annotated = r#","annotations":{"wasmhttp.io/image":"example.com/app:v1"}"#;
         let dir = bundle(&config("[]", annotated), &[]);
-        let workload = load(dir.path(), &[], &Layers::default()).unwrap();
+        let workload = load(dir.path(), &[], &Layers::default(), 1 << 20).unwrap();
         let Payload::ImageLayer(layer) = &workload.payload else {
             panic!("the annotation names the image to read");
         };
@@ -418,13 +408,22 @@ mod tests {
         assert_eq!(workload.capabilities.args, ["app.wasm"]);
 
         let dir = bundle(&config(r#"["/../etc/passwd"]"#, ""), &[]);
+        let payload = load(dir.path(), &[], &Layers::default(), 1 << 20)
+            .unwrap()
+            .payload;
         assert!(
-            load(dir.path(), &[], &Layers::default()).is_err(),
-            "no escaping the rootfs"
+            matches!(
+                payload,
+                Payload::ImageLayer(ImageLayer {
+                    not_in_rootfs: Some(_),
+                    ..
+                })
+            ),
+            "`..` stops at the container's root, so the host's /etc/passwd is not found: {payload:?}"
         );
 
         let dir = bundle("{not json", &[]);
-        let err = load(dir.path(), &[], &Layers::default())
+        let err = load(dir.path(), &[], &Layers::default(), 1 << 20)
             .unwrap_err()
             .to_string();
         assert!(
@@ -436,7 +435,7 @@ mod tests {
             &config(r#"["/a.wasm"]"#, "").replace("PORT=9000", "PORT=web"),
             &[("a.wasm", b"x")],
         );
-        let err = load(dir.path(), &[], &Layers::default())
+        let err = load(dir.path(), &[], &Layers::default(), 1 << 20)
             .unwrap_err()
             .to_string();
         assert!(err.contains("PORT=\"web\" is not a port number"), "{err}");
@@ -450,7 +449,9 @@ mod tests {
         );
         let dir = bundle(&sandbox, &[]);
         assert!(matches!(
-            load(dir.path(), &[], &Layers::default()).unwrap().payload,
+            load(dir.path(), &[], &Layers::default(), 1 << 20)
+                .unwrap()
+                .payload,
             Payload::Sandbox
         ));
         assert_eq!(grouping_key(dir.path(), "c1"), "pod1");
@@ -469,7 +470,7 @@ mod tests {
             ],
         };
         let dir = bundle(&config(r#"["/app.wasm"]"#, ""), &[]);
-        let Payload::Wasm(source) = load(dir.path(), &[mount], &Layers::default())
+        let Payload::Wasm(source) = load(dir.path(), &[mount], &Layers::default(), 1 << 20)
             .unwrap()
             .payload
         else {

@@ -18,6 +18,10 @@ use wasmhttp_runtime::{
     StatsSnapshot, fold,
 };
 
+/// The exit status of a task whose Start failed (its port was taken, say): what runc reports for a process
+/// that could not be started, so kubelet shows the same `StartError`.
+pub const EXIT_START_FAILED: u32 = 128;
+
 /// How a container ended.
 #[derive(Debug, Clone, Copy)]
 pub struct Exit {
@@ -229,7 +233,23 @@ impl Container {
         let State::Created(prepared) = std::mem::replace(&mut *state, State::Stopped) else {
             unreachable!()
         };
-        let active = match *prepared {
+        match self.activate(*prepared) {
+            Ok(active) => {
+                *state = State::Running(active);
+                Ok(())
+            }
+            Err(e) => {
+                // The task never ran, yet containerd must see it exit, or Wait hangs and Delete reports 0.
+                drop(state);
+                tracing::error!(container = %self.id, "start failed: {e}");
+                self.finish(EXIT_START_FAILED);
+                Err(e)
+            }
+        }
+    }
+
+    fn activate(self: &Arc<Self>, prepared: Prepared) -> Result<Active> {
+        Ok(match prepared {
             Prepared::Sandbox => Active::Sandbox,
             Prepared::Service {
                 service,
@@ -281,9 +301,7 @@ impl Container {
                 });
                 Active::Command(task.abort_handle())
             }
-        };
-        *state = State::Running(active);
-        Ok(())
+        })
     }
 
     /// Records the exit once and publishes it; later calls are ignored.
@@ -327,17 +345,19 @@ impl Container {
                 )));
             }
         };
-        let _ = self
-            .killed_by
-            .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+        let sigkill = signal == nix::sys::signal::Signal::SIGKILL as u32;
+        if sigkill {
+            // SIGKILL overrides a drain under way: the exit says 137, as promised.
+            self.killed_by.store(signal, Ordering::SeqCst);
+        } else {
+            let _ = self
+                .killed_by
+                .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+        }
         match active {
             Active::Service(handle) => {
                 let handle = handle.clone();
-                let grace = if signal == nix::sys::signal::Signal::SIGKILL as u32 {
-                    Duration::ZERO
-                } else {
-                    grace
-                };
+                let grace = if sigkill { Duration::ZERO } else { grace };
                 tokio::spawn(async move { handle.shutdown(grace).await });
             }
             Active::Command(task) => {

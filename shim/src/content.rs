@@ -19,6 +19,9 @@ pub struct ContentStore {
     pub namespace: String,
 }
 
+/// The most an index or manifest may weigh: they are small JSON documents.
+const MAX_DOCUMENT_BYTES: u64 = 4 << 20;
+
 /// A wasm layer read from the content store.
 pub struct WasmLayer {
     /// The image it came from.
@@ -42,7 +45,8 @@ impl ContentStore {
     }
 
     /// The wasm layer of image `name`; `Ok(None)` when the image has no wasm layer (its code is in the rootfs).
-    pub async fn wasm_layer(&self, name: &str) -> Result<Option<WasmLayer>> {
+    /// A layer larger than `max_bytes` is refused before it is read.
+    pub async fn wasm_layer(&self, name: &str, max_bytes: u64) -> Result<Option<WasmLayer>> {
         let mut client = self.connect().await?;
         let target = client
             .get_image(name)
@@ -80,7 +84,14 @@ impl ContentStore {
             return Ok(None);
         };
         let digest = layer.digest().to_string();
-        let bytes = self.read(&mut client, name, &digest).await?;
+        if layer.size() > max_bytes {
+            return Err(ShimError::InvalidArgument(format!(
+                "image {name}: its wasm layer {digest} is {} bytes, more than the node's [engine] \
+                 max-component-size ({max_bytes} bytes)",
+                layer.size()
+            )));
+        }
+        let bytes = self.read(&mut client, name, &digest, max_bytes).await?;
         Ok(Some(WasmLayer {
             image: name.to_string(),
             digest,
@@ -105,13 +116,20 @@ impl ContentStore {
         image: &str,
         digest: &str,
     ) -> Result<Document> {
-        let bytes = self.read(client, image, digest).await?;
+        let bytes = self.read(client, image, digest, MAX_DOCUMENT_BYTES).await?;
         Document::parse(&bytes)
             .map_err(|e| ShimError::InvalidArgument(format!("image {image}: {digest} is {e}")))
     }
 
     /// A whole blob, checked against its digest: the content store is trusted for bytes, not for integrity.
-    async fn read(&self, client: &mut Client, image: &str, digest: &str) -> Result<Vec<u8>> {
+    /// More than `max_bytes` is refused (a store's blob may not match the size its descriptor claims).
+    async fn read(
+        &self,
+        client: &mut Client,
+        image: &str,
+        digest: &str,
+        max_bytes: u64,
+    ) -> Result<Vec<u8>> {
         let blob = || format!("image {image}: blob {digest}");
         let mut stream = client
             .read_content(digest)
@@ -123,6 +141,12 @@ impl ContentStore {
             .await
             .map_err(|e| missing_blob(&blob(), e))?
         {
+            if (bytes.len() + chunk.data.len()) as u64 > max_bytes {
+                return Err(ShimError::InvalidArgument(format!(
+                    "{}: more than {max_bytes} bytes",
+                    blob()
+                )));
+            }
             bytes.extend_from_slice(&chunk.data);
         }
         let actual = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));

@@ -16,6 +16,7 @@ mod limits;
 mod metrics;
 mod netns;
 mod node_config;
+mod rootfs;
 mod server;
 mod stdio;
 mod task;

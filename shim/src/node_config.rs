@@ -12,6 +12,7 @@
 //! cache-dir = "/var/lib/wasmhttp/cache"
 //! cache-max-size = "512Mi"
 //! slot-keep-resident = "64Ki"   # written pages a free instance slot keeps for the next instance
+//! max-component-size = "256Mi"  # the largest wasm file or layer a container may name
 //!
 //! [defaults]                    # any knob (README's table): used where the spec and annotations say nothing
 //! memory = "512Mi"
@@ -19,6 +20,9 @@
 //!
 //! [ceilings]                    # any knob: the most a wasmhttp.io/ annotation may ask for
 //! max-concurrency = 64
+//!
+//! [security]
+//! image-annotation = "own"      # wasmhttp.io/image may name only the container's own image ("any": any image)
 //! ```
 //!
 //! Keys are the knobs' names. The `snake_case` spellings of earlier releases (`request_timeout`) are still
@@ -47,6 +51,17 @@ pub struct NodeConfig {
     pub defaults: Limits,
     /// `[ceilings]`: the most an annotation may ask for.
     pub ceilings: Limits,
+    /// `[security]`: what the node lets a pod author choose beyond limits.
+    pub security: Security,
+}
+
+/// The `[security]` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    /// `image-annotation = "any"`: `wasmhttp.io/image` may name any image in the namespace, not only the
+    /// container's own. Off by default: the annotation would let a pod run code from images its pull
+    /// credentials never reached.
+    pub any_image_annotation: bool,
 }
 
 impl Default for NodeConfig {
@@ -71,12 +86,15 @@ pub fn parse(text: &str, origin: &str) -> Result<NodeConfig> {
         engine: EngineConfig::default(),
         defaults: Limits::default(),
         ceilings: Limits::default(),
+        security: Security::default(),
     };
     for (section, value) in &table {
         let Some(entries) = value.as_table() else {
             return Err(fail(
                 line_of(text, None, section),
-                format!("`{section}` must be a table: [engine], [defaults] or [ceilings]"),
+                format!(
+                    "`{section}` must be a table: [engine], [defaults], [ceilings] or [security]"
+                ),
             ));
         };
         for (key, value) in entries {
@@ -89,6 +107,7 @@ pub fn parse(text: &str, origin: &str) -> Result<NodeConfig> {
             };
             let result = match section.as_str() {
                 "engine" => set_engine(&mut config.engine, key, &text_value),
+                "security" => set_security(&mut config.security, key, &text_value),
                 "defaults" | "ceilings" => {
                     let limits = if section == "defaults" {
                         &mut config.defaults
@@ -113,7 +132,7 @@ pub fn parse(text: &str, origin: &str) -> Result<NodeConfig> {
                     }
                 }
                 _ => Err(format!(
-                    "unknown section [{section}] (sections: engine, defaults, ceilings)"
+                    "unknown section [{section}] (sections: engine, defaults, ceilings, security)"
                 )),
             };
             result.map_err(|e| fail(line, format!("[{section}] {key}: {e}")))?;
@@ -150,15 +169,34 @@ fn set_engine(
         "cache-max-size" => engine.cache_max_bytes = size::parse(value).map_err(expected)?,
         "cache-dir" => engine.cache_dir = Some(PathBuf::from(value)),
         "slot-keep-resident" => engine.slot_keep_resident = size::parse(value).map_err(expected)?,
+        "max-component-size" => engine.max_component_size = size::parse(value).map_err(expected)?,
         _ => {
             return Err(format!(
                 "unknown key `{key}` in [engine] (keys: max-instances, max-instance-memory, cache-dir, \
-                 cache-max-size, slot-keep-resident)"
+                 cache-max-size, slot-keep-resident, max-component-size)"
             ));
         }
     }
     if kebab != key {
         warn_deprecated("", "engine", key, &kebab);
+    }
+    Ok(())
+}
+
+fn set_security(
+    security: &mut Security,
+    key: &str,
+    value: &str,
+) -> std::result::Result<(), String> {
+    match (key, value) {
+        ("image-annotation", "own") => security.any_image_annotation = false,
+        ("image-annotation", "any") => security.any_image_annotation = true,
+        ("image-annotation", _) => return Err(format!("{value:?}: expected \"own\" or \"any\"")),
+        _ => {
+            return Err(format!(
+                "unknown key `{key}` in [security] (keys: image-annotation)"
+            ));
+        }
     }
     Ok(())
 }
@@ -275,6 +313,8 @@ mod tests {
         );
         assert_eq!(parsed.engine.cache_max_bytes, engine.cache_max_bytes);
         assert_eq!(parsed.engine.slot_keep_resident, engine.slot_keep_resident);
+        assert_eq!(parsed.engine.max_component_size, engine.max_component_size);
+        assert_eq!(parsed.security, Security::default());
     }
 
     #[test]
@@ -283,10 +323,13 @@ mod tests {
             "[engine]\nmax-instances = 8\ncache-dir = \"/tmp/c\"\ncache-max-size = \"1Gi\"\n\
              slot-keep-resident = \"1Mi\"\n\
              [defaults]\nmemory = \"64Mi\"\nrequest-timeout = \"2s\"\nqueue-depth = 3\ndrain-timeout = \"1s\"\n\
-             [ceilings]\nmax-concurrency = 64\n",
+             [ceilings]\nmax-concurrency = 64\n\
+             [security]\nimage-annotation = \"any\"\n",
             "t.toml",
         )
         .unwrap();
+        assert!(config.security.any_image_annotation);
+        assert!(!NodeConfig::default().security.any_image_annotation);
         assert_eq!(config.engine.max_instances, 8);
         assert_eq!(config.engine.cache_dir, Some(PathBuf::from("/tmp/c")));
         assert_eq!(config.engine.cache_max_bytes, 1 << 30);
@@ -344,6 +387,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown section [limits]"), "{err}");
+        let err = parse("[security]\nimage-annotation = \"all\"\n", "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "n.toml:2: [security] image-annotation: \"all\": expected \"own\" or \"any\""
+            ),
+            "{err}"
+        );
         let err = parse("[defaults\n", "n.toml").unwrap_err().to_string();
         assert!(err.contains("n.toml:1"), "{err}");
     }

@@ -32,6 +32,7 @@ pub async fn serve(flags: Flags) -> Result<(), Error> {
         return Err(Error::InvalidArgument("shim socket cannot be empty".into()));
     }
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)?;
+    log_panics();
     let Some(listener) = bind(Path::new(&path))? else {
         // Another container of this pod started the server already; containerd uses that one.
         containerd_shim::util::write_str_to_file("address", &flags.socket).await?;
@@ -49,6 +50,15 @@ pub async fn serve(flags: Flags) -> Result<(), Error> {
         let _ = std::fs::remove_file(&path);
     }
     served
+}
+
+/// Sends panics to containerd's log: this process's stderr goes nowhere, and a panic in a task is otherwise
+/// only a dropped reply.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        log::error!("shim panicked: {info}\n{backtrace}");
+    }));
 }
 
 async fn serve_task_api(listener: UnixListener, flags: &Flags, path: &str) -> Result<(), Error> {
@@ -128,5 +138,39 @@ async fn ignore_termination_signals() {
             _ = term.recv() => tracing::info!("ignoring SIGTERM: containerd stops the shim with Shutdown"),
             _ = int.recv() => tracing::info!("ignoring SIGINT"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    static LOGGED: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    struct Capture;
+
+    impl log::Log for Capture {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record) {
+            LOGGED.lock().unwrap().push(record.args().to_string());
+        }
+        fn flush(&self) {}
+    }
+
+    #[test]
+    fn a_panic_reaches_the_log() {
+        log::set_logger(&Capture).unwrap();
+        log::set_max_level(log::LevelFilter::Error);
+        super::log_panics();
+        let panicked = std::thread::spawn(|| panic!("boom in a handler")).join();
+        let _ = std::panic::take_hook();
+        assert!(panicked.is_err());
+        let logged = LOGGED.lock().unwrap().join("\n");
+        assert!(
+            logged.contains("shim panicked: panicked at") && logged.contains("boom in a handler"),
+            "{logged}"
+        );
     }
 }

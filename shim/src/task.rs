@@ -6,7 +6,7 @@ use crate::content::ContentStore;
 use crate::engine::SharedRuntime;
 use crate::error::{Result, ShimError};
 use crate::events::{Event, Events};
-use crate::node_config;
+use crate::node_config::{self, NodeConfig};
 use async_trait::async_trait;
 use containerd_shim::api::*;
 use containerd_shim::protos::events::task::{
@@ -43,16 +43,31 @@ impl TaskService {
     }
 
     /// Reads the wasm of a container whose code is an image layer rather than a file in its rootfs.
-    async fn read_image_layer(&self, id: &str, layer: ImageLayer) -> Result<Payload> {
+    async fn read_image_layer(
+        &self,
+        id: &str,
+        layer: ImageLayer,
+        node: &NodeConfig,
+    ) -> Result<Payload> {
+        let max_bytes = node.engine.max_component_size;
         let found = async {
+            let own = self.content.image_of_container(id).await?;
             let image = match &layer.image {
+                Some(image) if *image != own && !node.security.any_image_annotation => {
+                    return Err(ShimError::InvalidArgument(format!(
+                        "annotation wasmhttp.io/image={image} names an image other than the container's \
+                         own ({}); this node lets it name only the container's own image (its [security] \
+                         image-annotation = \"any\" allows any)",
+                        if own.is_empty() { "none" } else { &own }
+                    )));
+                }
                 Some(image) => image.clone(),
-                None => self.content.image_of_container(id).await?,
+                None => own,
             };
             if image.is_empty() {
                 return Ok(None);
             }
-            self.content.wasm_layer(&image).await
+            self.content.wasm_layer(&image, max_bytes).await
         };
         let no_layer = |why: String| {
             ShimError::InvalidArgument(match &layer.not_in_rootfs {
@@ -133,14 +148,16 @@ impl TaskService {
             node_ceilings: node.ceilings.clone(),
             ..Default::default()
         };
+        let max_component_size = node.engine.max_component_size;
         let bundle_started = std::time::Instant::now();
-        let mut workload =
-            tokio::task::spawn_blocking(move || bundle::load(&bundle_dir, &rootfs, &node_layers))
-                .await
-                .map_err(|e| ShimError::Internal(format!("reading the bundle failed: {e}")))??;
+        let mut workload = tokio::task::spawn_blocking(move || {
+            bundle::load(&bundle_dir, &rootfs, &node_layers, max_component_size)
+        })
+        .await
+        .map_err(|e| ShimError::Internal(format!("reading the bundle failed: {e}")))??;
         let bundle_read = bundle_started.elapsed();
         if let Payload::ImageLayer(layer) = workload.payload {
-            workload.payload = self.read_image_layer(&id, layer).await?;
+            workload.payload = self.read_image_layer(&id, layer, &node).await?;
         }
         // Loading compiles (or deserializes) the wasm and opening fifos blocks: keep both off the executor.
         let container = tokio::task::spawn_blocking(move || -> Result<Container> {
