@@ -248,3 +248,101 @@ fn deleted_exit(containerd: &Containerd, id: &str) -> String {
         None => "exit code 0".into(),
     }
 }
+
+#[test]
+fn a_compile_cache_entry_copied_under_another_digest_is_recompiled_not_run() {
+    let containerd = Containerd::start();
+    let cache = containerd.dir.path().join("cache");
+    let entries = || -> Vec<std::path::PathBuf> {
+        let mut found: Vec<_> = std::fs::read_dir(&cache)
+            .map(|dir| dir.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        found.retain(|p| p.extension().is_some_and(|e| e == "cwasm"));
+        found
+    };
+    let serve = |name: &str, id: &str| -> String {
+        let image = import_example(&containerd, name);
+        let port = free_port();
+        run_service(&containerd, &image, id, port, &[]);
+        let body = wait_for_200(([127, 0, 0, 1], port).into());
+        containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", id]);
+        wait_for_status(&containerd, id, "STOPPED");
+        containerd.ctr_ok(&["task", "delete", id]);
+        containerd.ctr_ok(&["container", "rm", id]);
+        body
+    };
+    assert_eq!(serve("hello", "hello1"), "Hello from wasmhttp!\n");
+    let hello = entries();
+    assert_eq!(hello.len(), 1, "{hello:?}");
+    assert!(serve("echo", "echo1").starts_with("method: GET\n"));
+    let echo: Vec<_> = entries().into_iter().filter(|p| *p != hello[0]).collect();
+    assert_eq!(echo.len(), 1, "{echo:?}");
+    let sum = |p: &std::path::Path| format!("{}.sum", p.display());
+    // A tenant able to write the cache would plant hello's code (and its valid sum) under echo's name.
+    std::fs::copy(&hello[0], &echo[0]).unwrap();
+    std::fs::copy(sum(&hello[0]), sum(&echo[0])).unwrap();
+    assert!(
+        serve("echo", "echo2").starts_with("method: GET\n"),
+        "echo's own code runs"
+    );
+    let log = containerd.log();
+    assert!(
+        log.contains("discarding compile cache entry: it does not match its sum (corrupt, truncated or forged)"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_user_other_than_root_is_refused_a_writable_volume() {
+    let containerd = Containerd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir(&rootfs).unwrap();
+    std::fs::copy(example("hello"), rootfs.join("app.wasm")).unwrap();
+    let volume = dir.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    // ctr 1.6 has no --user: start from its default spec, as an operator's tooling would.
+    let port = free_port();
+    let spec_of =
+        |mode: &str| {
+            let mut spec: serde_json::Value =
+                serde_json::from_str(&containerd.ctr_ok(&["oci", "spec"])).unwrap();
+            spec["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+            spec["root"] = serde_json::json!({"path": rootfs});
+            spec["process"]["args"] = serde_json::json!(["/app.wasm"]);
+            spec["process"]["env"] = serde_json::json!([format!("PORT={port}")]);
+            spec["linux"]["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|ns| ns["type"] != "network");
+            spec["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/data", "type": "bind", "source": volume, "options": ["rbind", mode]
+        }));
+            let path = dir.path().join(format!("spec-{mode}.json"));
+            std::fs::write(&path, spec.to_string()).unwrap();
+            path
+        };
+    let (rw, ro) = (spec_of("rw"), spec_of("ro"));
+    let run = |spec: &std::path::Path, id: &str, mode: &str| {
+        let config = spec.to_str().unwrap();
+        ctr_run(&containerd, mode, &["--config", config, id])
+    };
+    let output = run(&rw, "user1", "--rm");
+    let _ = containerd.ctr(&["container", "rm", "user1"]);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && err.contains("process.user is 1000:1000")
+            && err.contains("writable mount /data"),
+        "{err}"
+    );
+    let output = run(&ro, "user2", "-d");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    wait_for_200(([127, 0, 0, 1], port).into());
+    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "user2"]);
+    wait_for_status(&containerd, "user2", "STOPPED");
+}

@@ -186,6 +186,21 @@ pub fn load(
         }),
         None => from_rootfs(bundle, &spec, rootfs, &entry, max_component_size).map_err(invalid)?,
     };
+    let preopens = preopens(&spec);
+    let user = process.user();
+    if let Some(writable) = preopens.iter().find(|p| !p.read_only)
+        && (user.uid() != 0 || user.gid() != 0)
+    {
+        // Guest file I/O runs as the shim (root): under another user a writable volume would be written
+        // as root, so refuse rather than pretend.
+        return Err(invalid(format!(
+            "process.user is {}:{}, but wasmhttp does file I/O as root, so it cannot give that user the \
+             writable mount {}: mount it read-only, or run the container as user 0",
+            user.uid(),
+            user.gid(),
+            writable.guest
+        )));
+    }
     let mut guest_args = if args.is_empty() {
         vec![entry.clone()]
     } else {
@@ -197,7 +212,7 @@ pub fn load(
         layers,
         limits,
         capabilities: Capabilities {
-            preopens: preopens(&spec),
+            preopens,
             env,
             args: guest_args,
             allowed_outbound_hosts: annotated.allowed_outbound_hosts,
@@ -331,6 +346,38 @@ mod tests {
                "process":{{"user":{{"uid":0,"gid":0}},"cwd":"/","args":{args},"env":["PORT=9000","GREETING=hi"]}}
                {extra}}}"#
         )
+    }
+
+    #[test]
+    fn a_user_other_than_root_gets_no_writable_mount() {
+        let mounts = |options: &str| {
+            format!(
+                r#","mounts":[{{"destination":"/data","type":"bind","source":"/tmp","options":[{options}]}}]"#
+            )
+        };
+        let as_user = |extra: &str| {
+            config(r#"["/app.wasm"]"#, extra)
+                .replace(r#""uid":0,"gid":0"#, r#""uid":1000,"gid":1000"#)
+        };
+        let files: &[(&str, &[u8])] = &[("app.wasm", b"\0asm\x01\0\0\0")];
+        let dir = bundle(&as_user(&mounts(r#""rbind","rw""#)), files);
+        let err = load(dir.path(), &[], &Layers::default(), 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("process.user is 1000:1000") && err.contains("writable mount /data"),
+            "{err}"
+        );
+        let dir = bundle(&as_user(&mounts(r#""rbind","ro""#)), files);
+        assert!(load(dir.path(), &[], &Layers::default(), 1 << 20).is_ok());
+        let dir = bundle(
+            &config(r#"["/app.wasm"]"#, &mounts(r#""rbind","rw""#)),
+            files,
+        );
+        assert!(
+            load(dir.path(), &[], &Layers::default(), 1 << 20).is_ok(),
+            "root may"
+        );
     }
 
     #[test]
