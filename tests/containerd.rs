@@ -1,10 +1,10 @@
 //! The shim through a real containerd (Debian's 1.6) driven with `ctr`, as an operator drives it.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use wasmhttp_tests::containerd::*;
+use wasmhttp_tests::netns::NetNs;
 use wasmhttp_tests::{KillOnDrop, get};
 
 #[test]
@@ -295,8 +295,8 @@ fn a_killed_shim_is_reported_exited_and_a_containerd_restart_keeps_services() {
 fn in_a_network_namespace_the_service_answers_there_and_not_on_the_host() {
     let containerd = Containerd::start();
     let image = import_example(&containerd, "hello");
-    let netns = NetNs::create("wasmhttp-test-ns", "10.213.77");
-    let ns_path = format!("/var/run/netns/{}", netns.name);
+    let netns = NetNs::create("wasmhttp-test-ns", "10.213.77", "whtest");
+    let ns_path = netns.path();
     let port = free_port();
     let port_env = format!("PORT={port}");
     let network = format!("network:{ns_path}");
@@ -332,56 +332,4 @@ fn shim_socket_of(pid: i32) -> std::path::PathBuf {
         .position(|a| a == "-socket")
         .expect("a -socket argument");
     args[at + 1].trim_start_matches("unix://").into()
-}
-
-/// A network namespace with a veth pair: host side `<prefix>.1`, namespace side `<prefix>.2`; removed on drop.
-struct NetNs {
-    name: String,
-    prefix: String,
-}
-
-impl NetNs {
-    fn create(name: &str, prefix: &str) -> Self {
-        let ip = |args: &str| {
-            let status = Command::new("ip")
-                .args(args.split_whitespace())
-                .status()
-                .expect("ip (iproute2) is installed");
-            assert!(status.success(), "ip {args}");
-        };
-        remove_netns(name);
-        ip(&format!("netns add {name}"));
-        let netns = NetNs {
-            name: name.into(),
-            prefix: prefix.into(),
-        };
-        ip("link add whtest0 type veth peer name whtest1");
-        ip(&format!("link set whtest1 netns {name}"));
-        ip(&format!("addr add {prefix}.1/24 dev whtest0"));
-        ip("link set whtest0 up");
-        ip(&format!(
-            "netns exec {name} ip addr add {prefix}.2/24 dev whtest1"
-        ));
-        ip(&format!("netns exec {name} ip link set whtest1 up"));
-        ip(&format!("netns exec {name} ip link set lo up"));
-        assert!(Path::new(&format!("/var/run/netns/{name}")).exists());
-        netns
-    }
-}
-
-/// Removes the test's veth and namespace if they exist (a crashed earlier run may have left them).
-fn remove_netns(name: &str) {
-    for args in [vec!["link", "del", "whtest0"], vec!["netns", "del", name]] {
-        let _ = Command::new("ip")
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        remove_netns(&self.name);
-    }
 }

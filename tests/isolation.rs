@@ -2,9 +2,12 @@
 //! what the node allows bounds what annotations can reach.
 
 use std::os::unix::fs::symlink;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use wasmhttp_tests::containerd::*;
 use wasmhttp_tests::example;
+use wasmhttp_tests::netns::NetNs;
 
 /// Bytes that would show in an error if the shim read the host's file (as a string and as the hex dump the
 /// "not wasm" error prints).
@@ -345,4 +348,117 @@ fn a_user_other_than_root_is_refused_a_writable_volume() {
     wait_for_200(([127, 0, 0, 1], port).into());
     containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "user2"]);
     wait_for_status(&containerd, "user2", "STOPPED");
+}
+
+/// Answers `200 ok` to each connection on `listener` until `count` connections came, counting them.
+fn serve_ok(listener: std::net::TcpListener, served: Arc<AtomicUsize>) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            served.fetch_add(1, Ordering::SeqCst);
+            let mut head = [0u8; 4096];
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = std::io::Read::read(&mut stream, &mut head);
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+            );
+        }
+    });
+}
+
+#[test]
+fn outbound_requests_leave_from_the_pods_network_namespace_and_resolve_with_its_files() {
+    let containerd = Containerd::start();
+    let image = import_example(&containerd, "probe");
+    let netns = NetNs::create("wasmhttp-iso-ns", "10.213.78", "whiso");
+
+    // A service of the node, on its loopback: what a pod must never reach.
+    let node_local = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let node_port = node_local.local_addr().unwrap().port();
+    let node_hits = Arc::new(AtomicUsize::new(0));
+    serve_ok(node_local, node_hits.clone());
+    // Another pod's address (the host end of the veth stands in for it): reachable when allowed.
+    let peer = std::net::TcpListener::bind(format!("{}.1:0", netns.prefix)).unwrap();
+    let peer_port = peer.local_addr().unwrap().port();
+    let peer_hits = Arc::new(AtomicUsize::new(0));
+    serve_ok(peer, peer_hits.clone());
+
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        format!(
+            "{}.1 peer.test\n169.254.169.254 metadata.test\n",
+            netns.prefix
+        ),
+    )
+    .unwrap();
+    let allowed = format!(
+        "wasmhttp.io/allowed-outbound-hosts=127.0.0.1:{node_port},{prefix}.1:{peer_port},\
+         peer.test:{peer_port},metadata.test",
+        prefix = netns.prefix
+    );
+    let mount = format!(
+        "type=bind,src={},dst=/etc/hosts,options=rbind:ro",
+        hosts.display()
+    );
+    let network = format!("network:{}", netns.path());
+    let output = ctr_run(
+        &containerd,
+        "-d",
+        &[
+            "--with-ns",
+            &network,
+            "--env",
+            "PORT=8080",
+            "--mount",
+            &mount,
+            "--annotation",
+            &allowed,
+            &image,
+            "outbound",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let service: std::net::SocketAddr = format!("{}.2:8080", netns.prefix).parse().unwrap();
+    wait_for_200(service);
+    let fetch = |url: &str| wasmhttp_tests::get(service, &format!("/?fetch={url}")).body;
+
+    for _ in 0..8 {
+        let body = fetch(&format!("http://127.0.0.1:{node_port}/"));
+        assert!(body.starts_with("fetch denied"), "{body}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        node_hits.load(Ordering::SeqCst),
+        0,
+        "a pod reached the node's loopback"
+    );
+
+    let by_address = fetch(&format!("http://{}.1:{peer_port}/", netns.prefix));
+    assert_eq!(by_address, "fetch allowed: 200 OK\n");
+    let by_name = fetch(&format!("http://peer.test:{peer_port}/"));
+    assert_eq!(
+        by_name, "fetch allowed: 200 OK\n",
+        "a name from the pod's /etc/hosts"
+    );
+    assert_eq!(peer_hits.load(Ordering::SeqCst), 2);
+    let not_granted = fetch(&format!("http://{}.1:{}/", netns.prefix, peer_port + 1));
+    assert!(not_granted.starts_with("fetch denied"), "{not_granted}");
+    let metadata = fetch("http://metadata.test/");
+    assert!(metadata.starts_with("fetch denied"), "{metadata}");
+    assert!(
+        containerd
+            .log()
+            .contains("every address of metadata.test is in a denied range"),
+        "{}",
+        containerd.log()
+    );
+    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "outbound"]);
+    wait_for_status(&containerd, "outbound", "STOPPED");
 }

@@ -94,6 +94,8 @@ impl RunArgs {
                 .chain(self.args.iter().cloned())
                 .collect(),
             allowed_outbound_hosts: self.allow_hosts.clone(),
+            // The host's network and resolver, minus the link-local (cloud metadata) ranges.
+            ..Capabilities::default()
         }
     }
 }

@@ -1,10 +1,10 @@
 //! What a guest may touch. The default is nothing: no directories, no host environment, no network.
 
+use crate::outbound::{IpRange, OutboundPolicy, SharedDialer, default_denied_ranges};
 use crate::output::InstanceOutput;
 use std::path::PathBuf;
 use std::sync::Arc;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
-use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// A host directory made visible to the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub struct Preopen {
 }
 
 /// Everything a guest is granted. `Capabilities::default()` grants nothing.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capabilities {
     /// Directories the guest can open.
     pub preopens: Vec<Preopen>,
@@ -28,6 +28,24 @@ pub struct Capabilities {
     pub args: Vec<String>,
     /// Hosts (`name` or `name:port`, or `*` for any) the guest may send outbound HTTP requests to.
     pub allowed_outbound_hosts: Vec<String>,
+    /// Address ranges no outbound request may reach, whatever its host resolves to (by default
+    /// [`default_denied_ranges`]: link-local, where cloud metadata answers).
+    pub denied_outbound: Vec<IpRange>,
+    /// Where outbound connections are resolved and opened (by default the host's network).
+    pub dialer: SharedDialer,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            preopens: Vec::new(),
+            env: Vec::new(),
+            args: Vec::new(),
+            allowed_outbound_hosts: Vec::new(),
+            denied_outbound: default_denied_ranges(),
+            dialer: SharedDialer::default(),
+        }
+    }
 }
 
 impl Capabilities {
@@ -74,82 +92,15 @@ impl Capabilities {
     pub(crate) fn outbound_policy(&self) -> OutboundPolicy {
         OutboundPolicy {
             allowed_hosts: Arc::from(self.allowed_outbound_hosts.as_slice()),
+            denied: Arc::from(self.denied_outbound.as_slice()),
+            dialer: self.dialer.clone(),
         }
-    }
-}
-
-/// `wasi:http/outgoing-handler` gate: requests go out only to the granted hosts.
-#[derive(Clone)]
-pub(crate) struct OutboundPolicy {
-    allowed_hosts: Arc<[String]>,
-}
-
-impl OutboundPolicy {
-    fn allows(&self, authority: &str) -> bool {
-        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-        self.allowed_hosts
-            .iter()
-            .any(|allowed| allowed == "*" || allowed == authority || allowed == host)
-    }
-}
-
-type SendFuture = Box<
-    dyn Future<
-            Output = Result<
-                (
-                    http::Response<WasiBody>,
-                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-                ),
-                HttpError,
-            >,
-        > + Send,
->;
-
-impl WasiHttpHooks for OutboundPolicy {
-    fn send_request(
-        &mut self,
-        request: http::Request<WasiBody>,
-        options: Option<RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-    ) -> SendFuture {
-        let authority = request
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
-        if !self.allows(&authority) {
-            tracing::warn!(%authority, "outbound HTTP request denied: host not granted");
-            return Box::new(async { Err(HttpError::HttpRequestDenied) });
-        }
-        Box::new(async move {
-            use http_body_util::BodyExt;
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
-            ))
-        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn outbound_hosts_match_by_name_or_name_and_port() {
-        let policy = Capabilities {
-            allowed_outbound_hosts: vec!["api.example.com".into(), "db:5432".into()],
-            ..Default::default()
-        }
-        .outbound_policy();
-        assert!(policy.allows("api.example.com"));
-        assert!(policy.allows("api.example.com:443"));
-        assert!(policy.allows("db:5432"));
-        assert!(!policy.allows("db:80"));
-        assert!(!policy.allows("evil.example.com"));
-        assert!(!Capabilities::default().outbound_policy().allows("anything"));
-    }
 
     #[test]
     fn a_missing_preopen_is_named() {

@@ -1,8 +1,9 @@
 //! Per-instance state: the WASI contexts, and the guard that enforces limits inside the store.
 
-use crate::capabilities::{Capabilities, OutboundPolicy};
+use crate::capabilities::Capabilities;
 use crate::cpu::CpuMeter;
 use crate::knobs::Limits;
+use crate::outbound::OutboundPolicy;
 use crate::output::GuestOutput;
 use crate::stats::FailureCause;
 use std::sync::Arc;

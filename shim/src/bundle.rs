@@ -72,8 +72,22 @@ pub struct Workload {
     pub capabilities: Capabilities,
     /// The port from `PORT` (HTTP services only).
     pub port: u16,
-    /// Where the listener goes.
+    /// Where the listener and every outbound connection go.
     pub network: Network,
+    /// The host files the spec mounts at `/etc/hosts` and `/etc/resolv.conf`: the container's resolver.
+    pub resolver_files: (Option<PathBuf>, Option<PathBuf>),
+}
+
+impl Workload {
+    /// Opens the guest's outbound connections in the container's network namespace, resolving with its
+    /// own resolver files, and keeps them out of `denied` ranges. Called once the network is final (a pod's
+    /// container learns its sandbox's namespace after the bundle is read).
+    pub fn confine_outbound(&mut self, denied: Vec<wasmhttp_runtime::IpRange>) {
+        let (hosts, resolv_conf) = self.resolver_files.clone();
+        let dialer = crate::netns::NamespaceDialer::new(self.network.clone(), hosts, resolv_conf);
+        self.capabilities.dialer = wasmhttp_runtime::SharedDialer(std::sync::Arc::new(dialer));
+        self.capabilities.denied_outbound = denied;
+    }
 }
 
 /// Reads `config.json` from a bundle directory.
@@ -142,6 +156,7 @@ pub fn load(
             capabilities: Capabilities::default(),
             port: 0,
             network,
+            resolver_files: (None, None),
         });
     }
     let process = spec
@@ -216,8 +231,10 @@ pub fn load(
             env,
             args: guest_args,
             allowed_outbound_hosts: annotated.allowed_outbound_hosts,
+            ..Capabilities::default()
         },
         port,
+        resolver_files: resolver_files(&spec, &network),
         network,
     })
 }
@@ -301,6 +318,21 @@ fn rootfs_dirs(bundle: &Path, spec: &Spec, mounts: &[RootfsMount]) -> Vec<PathBu
         });
     }
     dirs
+}
+
+/// The host files behind the container's `/etc/hosts` and `/etc/resolv.conf`: the mounts its spec names
+/// (CRI adds them), else, in the host's network, the host's own.
+fn resolver_files(spec: &Spec, network: &Network) -> (Option<PathBuf>, Option<PathBuf>) {
+    let mounts = spec.mounts().clone().unwrap_or_default();
+    let mounted = |destination: &str| {
+        mounts
+            .iter()
+            .rev()
+            .find(|m| m.destination() == Path::new(destination))
+            .and_then(|m| m.source().clone())
+            .or_else(|| (*network == Network::Host).then(|| PathBuf::from(destination)))
+    };
+    (mounted("/etc/hosts"), mounted("/etc/resolv.conf"))
 }
 
 /// Bind mounts of directories become preopens; the kernel filesystems a container normally gets do not.

@@ -468,6 +468,7 @@ mod tests {
             capabilities: Capabilities::default(),
             port: 0,
             network: Network::Host,
+            resolver_files: (None, None),
         };
         let runtime = Runtime::new(EngineConfig {
             max_instances: 4,

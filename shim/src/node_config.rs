@@ -23,6 +23,7 @@
 //!
 //! [security]
 //! image-annotation = "own"      # wasmhttp.io/image may name only the container's own image ("any": any image)
+//! deny-outbound = ["169.254.0.0/16", "fe80::/10", "fd00:ec2::254"]  # no guest request reaches these
 //! ```
 //!
 //! Keys are the knobs' names. The `snake_case` spellings of earlier releases (`request_timeout`) are still
@@ -33,7 +34,7 @@ use crate::error::{Result, ShimError};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use std::path::{Path, PathBuf};
 use wasmhttp_runtime::knobs::value::{count, size};
-use wasmhttp_runtime::{EngineConfig, Knob, Limits};
+use wasmhttp_runtime::{EngineConfig, IpRange, Knob, Limits};
 
 /// Where the node configuration is read from when containerd passes none.
 pub const DEFAULT_PATH: &str = "/etc/wasmhttp/config.toml";
@@ -56,12 +57,23 @@ pub struct NodeConfig {
 }
 
 /// The `[security]` section.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Security {
     /// `image-annotation = "any"`: `wasmhttp.io/image` may name any image in the namespace, not only the
     /// container's own. Off by default: the annotation would let a pod run code from images its pull
     /// credentials never reached.
     pub any_image_annotation: bool,
+    /// `deny-outbound`: address ranges no guest's outbound request may reach, whatever a name resolves to.
+    pub deny_outbound: Vec<IpRange>,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            any_image_annotation: false,
+            deny_outbound: wasmhttp_runtime::outbound::default_denied_ranges(),
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -103,6 +115,12 @@ pub fn parse(text: &str, origin: &str) -> Result<NodeConfig> {
                 toml::Value::String(s) => s.clone(),
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Float(f) => f.to_string(),
+                // A list is read as its comma-separated items.
+                toml::Value::Array(items) => items
+                    .iter()
+                    .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+                    .collect::<Vec<_>>()
+                    .join(","),
                 other => other.to_string(),
             };
             let result = match section.as_str() {
@@ -192,9 +210,17 @@ fn set_security(
         ("image-annotation", "own") => security.any_image_annotation = false,
         ("image-annotation", "any") => security.any_image_annotation = true,
         ("image-annotation", _) => return Err(format!("{value:?}: expected \"own\" or \"any\"")),
+        ("deny-outbound", _) => {
+            security.deny_outbound = value
+                .split(',')
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(str::parse)
+                .collect::<std::result::Result<_, _>>()?
+        }
         _ => {
             return Err(format!(
-                "unknown key `{key}` in [security] (keys: image-annotation)"
+                "unknown key `{key}` in [security] (keys: image-annotation, deny-outbound)"
             ));
         }
     }

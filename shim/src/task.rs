@@ -170,6 +170,7 @@ impl TaskService {
                     )
                 })?;
             }
+            workload.confine_outbound(node.security.deny_outbound.clone());
             let open = |path: &str| {
                 crate::stdio::open_output(path)
                     .map_err(|e| ShimError::InvalidArgument(format!("cannot open {path}: {e}")))

@@ -4,6 +4,7 @@
 pub mod containerd;
 pub mod cri;
 pub mod load;
+pub mod netns;
 pub mod registry;
 
 use std::path::PathBuf;
