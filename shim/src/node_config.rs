@@ -350,11 +350,22 @@ mod tests {
              slot-keep-resident = \"1Mi\"\n\
              [defaults]\nmemory = \"64Mi\"\nrequest-timeout = \"2s\"\nqueue-depth = 3\ndrain-timeout = \"1s\"\n\
              [ceilings]\nmax-concurrency = 64\n\
-             [security]\nimage-annotation = \"any\"\n",
+             [security]\nimage-annotation = \"any\"\ndeny-outbound = [\"10.0.0.0/8\", \"fd00::1\"]\n",
             "t.toml",
         )
         .unwrap();
         assert!(config.security.any_image_annotation);
+        assert_eq!(
+            config.security.deny_outbound,
+            [
+                "10.0.0.0/8".parse().unwrap(),
+                "fd00::1/128".parse().unwrap()
+            ]
+        );
+        assert!(
+            NodeConfig::default().security.deny_outbound[0]
+                .contains("169.254.169.254".parse().unwrap())
+        );
         assert!(!NodeConfig::default().security.any_image_annotation);
         assert_eq!(config.engine.max_instances, 8);
         assert_eq!(config.engine.cache_dir, Some(PathBuf::from("/tmp/c")));
@@ -413,6 +424,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown section [limits]"), "{err}");
+        let err = parse("[security]\ndeny-outbound = [\"metadata\"]\n", "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "n.toml:2: [security] deny-outbound: \"metadata\" is not an address range"
+            ),
+            "{err}"
+        );
         let err = parse("[security]\nimage-annotation = \"all\"\n", "n.toml")
             .unwrap_err()
             .to_string();
