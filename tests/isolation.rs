@@ -462,3 +462,55 @@ fn outbound_requests_leave_from_the_pods_network_namespace_and_resolve_with_its_
     containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "outbound"]);
     wait_for_status(&containerd, "outbound", "STOPPED");
 }
+
+#[test]
+fn slow_clients_hold_no_slot_and_a_normal_request_is_served_at_once() {
+    let containerd = Containerd::start();
+    let image = import_example(&containerd, "echo");
+    let port = free_port();
+    run_service(
+        &containerd,
+        &image,
+        "slowloris",
+        port,
+        &[
+            "--annotation",
+            "wasmhttp.io/max-concurrency=16",
+            "--annotation",
+            "wasmhttp.io/request-timeout=3s",
+        ],
+    );
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for_200(addr);
+    // Each sends its head and 2 of the 100 bytes it announced, then nothing.
+    let slow: Vec<std::net::TcpStream> = (0..256)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            std::io::Write::write_all(
+                &mut stream,
+                b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nab",
+            )
+            .unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let reply = wasmhttp_tests::get(addr, "/");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a normal request waited {:?}",
+        started.elapsed()
+    );
+    // A slow client is answered once the request timeout passes, and never reached the guest.
+    let mut first = &slow[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    std::io::Read::read_exact(&mut first, &mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 408");
+    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "slowloris"]);
+    wait_for_status(&containerd, "slowloris", "STOPPED");
+}

@@ -154,6 +154,9 @@ pub async fn run_command(
             (code, Some((cause, detail)))
         }
     };
+    // What the command printed reaches its reader before its exit is reported.
+    io.stdout.drain_at_end().await;
+    io.stderr.drain_at_end().await;
     Ok(CommandExit {
         code,
         failure,

@@ -9,7 +9,9 @@ use crate::deadline::with_timeout;
 use crate::engine::Runtime;
 use crate::instance::{Guarded, InstanceGuard, InstanceIo, InstanceState, finish, new_store};
 use crate::knobs::Limits;
+use crate::knobs::value::MAX_DURATION;
 use crate::output::GuestOutput;
+use crate::preread::{Preread, PrereadError, preread};
 use crate::reuse::{Answer, Job, Pool, error_code_name};
 use crate::stats::FailureCause;
 use bytes::Bytes;
@@ -109,6 +111,28 @@ pub(crate) async fn handle(
             "request body too large",
         ));
     }
+    // The body's start first, so a client that trickles it holds no slot (see `preread`).
+    let (parts, body) = request.into_parts();
+    let timeout = limits.request_timeout.unwrap_or(MAX_DURATION);
+    let body = match preread(body, timeout).await {
+        Ok(body) => body,
+        // Not the guest's doing, and a flood of them must not flood the log either: debug only.
+        Err(PrereadError::TimedOut) => {
+            tracing::debug!(service = %shared.name, "request body not received within {timeout:?}");
+            return Ok(text_response(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body not received in time",
+            ));
+        }
+        Err(PrereadError::Broken(e)) => {
+            tracing::debug!(service = %shared.name, "request body unreadable: {e}");
+            return Ok(text_response(
+                StatusCode::BAD_REQUEST,
+                "request body unreadable",
+            ));
+        }
+    };
+    let request = Request::from_parts(parts, body);
     let Some(permit) = shared
         .admission
         .admit(
@@ -298,7 +322,7 @@ fn failed(shared: &Shared, cause: FailureCause, detail: String) -> Outcome {
 }
 
 /// wasi:http needs an authority; HTTP/1.0 clients may send neither a Host header nor an absolute URI.
-fn with_host(mut request: Request<Incoming>) -> Request<Incoming> {
+fn with_host<B>(mut request: Request<B>) -> Request<B> {
     if request.uri().authority().is_none() && !request.headers().contains_key(header::HOST) {
         request
             .headers_mut()
@@ -309,7 +333,7 @@ fn with_host(mut request: Request<Incoming>) -> Request<Incoming> {
 
 /// Caps the body the guest can read, for bodies without (or lying about) a Content-Length.
 fn with_body_limit(
-    request: Request<Incoming>,
+    request: Request<Preread>,
     max: u64,
     cut: Arc<AtomicBool>,
 ) -> Request<impl hyper::body::Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static>

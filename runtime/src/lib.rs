@@ -30,6 +30,7 @@ mod instance;
 pub mod knobs;
 pub mod outbound;
 mod output;
+mod preread;
 mod reuse;
 mod service;
 mod source;

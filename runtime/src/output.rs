@@ -3,30 +3,49 @@
 //! Every instance gets its own line buffer in front of the caller's writer, so lines from concurrent
 //! request instances never interleave mid-line; whatever is left without a newline is written when the
 //! instance is dropped, so nothing is lost at exit.
+//!
+//! Serving never waits for the writer: complete lines go into a bounded queue that a thread of the
+//! destination's own writes out (to containerd's fifo, say). When the reader stalls and the queue is full,
+//! lines are dropped, counted, and the count is logged once the writer moves again: a stalled log reader
+//! costs log lines, never requests.
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
 /// A line longer than this is written out in pieces rather than buffered without bound.
 const MAX_PENDING_LINE: usize = 64 << 10;
-
-type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
+/// Bytes of complete lines a destination holds while its writer is busy; more are dropped.
+const MAX_QUEUED: usize = 1 << 20;
+/// How long the end of a command or service waits for its output to be written.
+pub(crate) const FINAL_DRAIN: Duration = Duration::from_secs(2);
 
 /// A destination for one guest output stream (stdout or stderr), shared by all instances of a service.
 #[derive(Clone, Default)]
 pub struct GuestOutput {
-    sink: Option<Sink>,
+    sink: Option<Arc<Sink>>,
 }
 
 impl GuestOutput {
-    /// Sends complete lines to `writer`, flushing after each batch.
+    /// Sends complete lines to `writer`, from a thread of its own, flushing after each batch.
     pub fn new(writer: impl Write + Send + 'static) -> Self {
+        let queue = Arc::new(Queue::default());
+        let writing = queue.clone();
+        let spawned = std::thread::Builder::new()
+            .name("wasmhttp-output".into())
+            .spawn(move || writing.write_out(Box::new(writer)));
+        if let Err(e) = spawned {
+            tracing::warn!("guest output discarded: cannot start its writer thread: {e}");
+            return Self::discard();
+        }
         GuestOutput {
-            sink: Some(Arc::new(Mutex::new(Box::new(writer)))),
+            sink: Some(Arc::new(Sink(queue))),
         }
     }
 
@@ -48,8 +67,34 @@ impl GuestOutput {
     /// Writes one line from the host itself (say, why a guest was stopped).
     pub fn write_line(&self, line: &str) {
         if let Some(sink) = &self.sink {
-            write_to(sink, format!("{line}\n").as_bytes());
+            sink.0.push(format!("{line}\n").into_bytes());
         }
+    }
+
+    /// Lines dropped so far because the reader did not keep up.
+    pub fn dropped_lines(&self) -> u64 {
+        self.sink
+            .as_ref()
+            .map_or(0, |s| s.0.dropped.load(Ordering::Relaxed))
+    }
+
+    /// Waits up to `timeout` until every queued line is written (a command's output before its exit is
+    /// reported); false when the writer is still stalled.
+    pub fn drain(&self, timeout: Duration) -> bool {
+        let Some(sink) = &self.sink else { return true };
+        let state = sink.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (_state, waited) = sink
+            .0
+            .idle
+            .wait_timeout_while(state, timeout, |s| !s.lines.is_empty() || s.writing)
+            .unwrap_or_else(|e| e.into_inner());
+        !waited.timed_out()
+    }
+
+    /// [`Self::drain`] for up to [`FINAL_DRAIN`], off the async executor.
+    pub(crate) async fn drain_at_end(&self) {
+        let output = self.clone();
+        let _ = tokio::task::spawn_blocking(move || output.drain(FINAL_DRAIN)).await;
     }
 
     /// A fresh per-instance line buffer in front of this destination.
@@ -71,9 +116,96 @@ impl std::fmt::Debug for GuestOutput {
     }
 }
 
+/// The producers' handle on a queue: when the last one goes, the writer finishes the queue and stops.
+struct Sink(Arc<Queue>);
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .closed = true;
+        self.0.ready.notify_one();
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Signalled when lines arrive or the producers are gone.
+    ready: Condvar,
+    /// Signalled when the queue is empty and nothing is being written.
+    idle: Condvar,
+    dropped: AtomicU64,
+}
+
+#[derive(Default)]
+struct QueueState {
+    lines: VecDeque<Vec<u8>>,
+    bytes: usize,
+    writing: bool,
+    closed: bool,
+    /// Dropped since the last report.
+    unreported: u64,
+}
+
+impl Queue {
+    fn push(&self, chunk: Vec<u8>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.bytes + chunk.len() > MAX_QUEUED {
+            let lines = chunk.iter().filter(|&&b| b == b'\n').count().max(1) as u64;
+            state.unreported += lines;
+            self.dropped.fetch_add(lines, Ordering::Relaxed);
+            return;
+        }
+        state.bytes += chunk.len();
+        state.lines.push_back(chunk);
+        drop(state);
+        self.ready.notify_one();
+    }
+
+    /// The writer thread: writes batches as they come, blocking on `writer` alone.
+    fn write_out(&self, mut writer: Box<dyn Write + Send>) {
+        loop {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.writing = false;
+            if state.lines.is_empty() {
+                self.idle.notify_all();
+            }
+            state = self
+                .ready
+                .wait_while(state, |s| s.lines.is_empty() && !s.closed)
+                .unwrap_or_else(|e| e.into_inner());
+            if state.lines.is_empty() {
+                return; // closed, and everything written
+            }
+            let batch: Vec<Vec<u8>> = state.lines.drain(..).collect();
+            state.bytes = 0;
+            state.writing = true;
+            let unreported = std::mem::take(&mut state.unreported);
+            drop(state);
+            if unreported > 0 {
+                tracing::warn!(
+                    lines = unreported,
+                    "guest output dropped: the log reader did not keep up"
+                );
+            }
+            // A reader that went away (closed fifo, closed terminal) must not take the guest down with it.
+            let written = batch
+                .iter()
+                .try_for_each(|chunk| writer.write_all(chunk))
+                .and_then(|()| writer.flush());
+            if let Err(e) = written {
+                tracing::debug!("guest output dropped: {e}");
+            }
+        }
+    }
+}
+
 struct LineBuffer {
     pending: Vec<u8>,
-    sink: Option<Sink>,
+    sink: Option<Arc<Sink>>,
 }
 
 impl LineBuffer {
@@ -85,8 +217,8 @@ impl LineBuffer {
             None if self.pending.len() >= MAX_PENDING_LINE => self.pending.len(),
             None => return,
         };
-        write_to(sink, &self.pending[..cut]);
-        self.pending.drain(..cut);
+        let rest = self.pending.split_off(cut);
+        sink.0.push(std::mem::replace(&mut self.pending, rest));
     }
 }
 
@@ -94,17 +226,8 @@ impl Drop for LineBuffer {
     fn drop(&mut self) {
         if let (Some(sink), false) = (&self.sink, self.pending.is_empty()) {
             self.pending.push(b'\n');
-            write_to(sink, &self.pending);
+            sink.0.push(std::mem::take(&mut self.pending));
         }
-    }
-}
-
-fn write_to(sink: &Sink, bytes: &[u8]) {
-    // A poisoned lock only means another writer panicked mid-write; the writer itself is still usable.
-    let mut writer = sink.lock().unwrap_or_else(|e| e.into_inner());
-    // A reader that went away (closed fifo, closed terminal) must not take the guest down with it.
-    if let Err(e) = writer.write_all(bytes).and_then(|()| writer.flush()) {
-        tracing::debug!("guest output dropped: {e}");
     }
 }
 
@@ -170,7 +293,53 @@ mod tests {
         a.0.lock().unwrap().write(b"half\na-tail");
         drop(a);
         drop(b);
+        assert!(output.drain(Duration::from_secs(5)));
         let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text, "b-line\na-first half\na-tail\n");
+    }
+
+    #[test]
+    fn a_stalled_reader_costs_lines_never_a_blocked_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+            0,
+        )
+        .unwrap();
+        // Opened for reading and writing, so the open does not wait for a reader; nobody ever reads it.
+        let stalled = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open(&fifo)
+            .unwrap();
+        let output = GuestOutput::new(stalled);
+        let stream = output.instance_stream();
+        let line = [b'x'; 1023];
+        let started = std::time::Instant::now();
+        for _ in 0..8192 {
+            let mut guard = stream.0.lock().unwrap();
+            guard.write(&line);
+            guard.write(b"\n");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "8 MiB of lines took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            output.dropped_lines() > 4096,
+            "the pipe and the queue hold about 1 MiB, the rest is dropped: {}",
+            output.dropped_lines()
+        );
+        assert!(
+            !output.drain(Duration::from_millis(100)),
+            "the writer is stalled"
+        );
+        drop(stream);
+        drop(output); // the stalled writer thread is left behind, the guest is not
     }
 }

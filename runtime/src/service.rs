@@ -310,5 +310,7 @@ async fn accept_loop(
     shared.cancel.cancel();
     shared.tasks.close();
     shared.tasks.wait().await;
+    shared.stdout.drain_at_end().await;
+    shared.stderr.drain_at_end().await;
     let _ = done.send(true);
 }

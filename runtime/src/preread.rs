@@ -1,0 +1,112 @@
+//! Reading the start of a request body before the request takes a concurrency slot.
+//!
+//! A slot (and, for a fresh-instance service, an instance) is scarce: a client that sends its head and then
+//! trickles the body would otherwise hold one for as long as the request timeout allows, so a few hundred
+//! slow connections would lock everybody else out. The body's first [`PREREAD_MAX`] bytes (all of a small
+//! body) are read first, within the request timeout, on the connection's own task; only then is the request
+//! admitted. A request without a body goes straight on.
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// The most of a body read before admission; the rest streams to the guest as it arrives.
+pub(crate) const PREREAD_MAX: usize = 64 << 10;
+
+/// Why the start of a body could not be read.
+#[derive(Debug)]
+pub(crate) enum PrereadError {
+    /// The client did not send it within the time allowed.
+    TimedOut,
+    /// The connection failed or the body was malformed.
+    Broken(hyper::Error),
+}
+
+/// A request body whose start was read ahead: that start, then the rest as it arrives.
+pub(crate) struct Preread {
+    head: Option<Bytes>,
+    rest: Option<Incoming>,
+    trailers: Option<HeaderMap>,
+}
+
+/// Reads up to [`PREREAD_MAX`] bytes of `body` (all of it, when smaller) within `timeout`.
+pub(crate) async fn preread(
+    mut body: Incoming,
+    timeout: Duration,
+) -> Result<Preread, PrereadError> {
+    if body.is_end_stream() {
+        return Ok(Preread {
+            head: None,
+            rest: None,
+            trailers: None,
+        });
+    }
+    let mut head = BytesMut::new();
+    let mut trailers = None;
+    let read = async {
+        while head.len() < PREREAD_MAX {
+            match body.frame().await {
+                None => return Ok(true),
+                Some(Err(e)) => return Err(PrereadError::Broken(e)),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => head.extend_from_slice(&data),
+                    Err(frame) => trailers = frame.into_trailers().ok(),
+                },
+            }
+        }
+        Ok(false)
+    };
+    let complete = tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| PrereadError::TimedOut)??;
+    Ok(Preread {
+        head: Some(head.freeze()),
+        rest: (!complete).then_some(body),
+        trailers,
+    })
+}
+
+impl Body for Preread {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(head) = self.head.take().filter(|h| !h.is_empty()) {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        if let Some(rest) = self.rest.as_mut() {
+            return Pin::new(rest).poll_frame(cx);
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.as_ref().is_none_or(Bytes::is_empty)
+            && self.rest.as_ref().is_none_or(Body::is_end_stream)
+            && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let head = self.head.as_ref().map_or(0, |h| h.len() as u64);
+        match &self.rest {
+            None => SizeHint::with_exact(head),
+            Some(rest) => {
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(head + rest.lower());
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(head + upper);
+                }
+                hint
+            }
+        }
+    }
+}
