@@ -514,3 +514,48 @@ fn slow_clients_hold_no_slot_and_a_normal_request_is_served_at_once() {
     containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "slowloris"]);
     wait_for_status(&containerd, "slowloris", "STOPPED");
 }
+
+#[test]
+fn connections_past_max_connections_wait_in_the_backlog_until_one_closes() {
+    use std::io::{Read, Write};
+    let containerd = Containerd::start();
+    let image = import_example(&containerd, "hello");
+    let port = free_port();
+    run_service(
+        &containerd,
+        &image,
+        "capped",
+        port,
+        &["--annotation", "wasmhttp.io/max-connections=2"],
+    );
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_for_200(addr);
+    let request = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+    let answered = |stream: &mut std::net::TcpStream, within: Duration| {
+        stream.set_read_timeout(Some(within)).unwrap();
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).is_ok() && &head == b"HTTP/1.1 200"
+    };
+    // Two kept-alive connections, each served once: the cap.
+    let mut held: Vec<std::net::TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(addr).unwrap();
+            stream.write_all(request).unwrap();
+            assert!(answered(&mut stream, Duration::from_secs(5)));
+            stream
+        })
+        .collect();
+    let mut third = std::net::TcpStream::connect(addr).unwrap();
+    third.write_all(request).unwrap();
+    assert!(
+        !answered(&mut third, Duration::from_millis(700)),
+        "a third connection was served past max-connections 2"
+    );
+    held.pop();
+    assert!(
+        answered(&mut third, Duration::from_secs(5)),
+        "served once a connection closed"
+    );
+    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "capped"]);
+    wait_for_status(&containerd, "capped", "STOPPED");
+}

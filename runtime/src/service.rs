@@ -15,6 +15,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -213,6 +214,30 @@ impl ServiceHandle {
     }
 }
 
+/// The connections a service holds, and a signal when one closes.
+#[derive(Default)]
+struct OpenConnections {
+    open: AtomicUsize,
+    closed: tokio::sync::Notify,
+}
+
+/// One open connection, counted until dropped.
+struct OpenConnection(Arc<OpenConnections>);
+
+impl OpenConnection {
+    fn new(connections: &Arc<OpenConnections>) -> Self {
+        connections.open.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(connections.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.closed.notify_one();
+    }
+}
+
 /// Waits for `drained` for up to `grace` from now, a grace a later [`ServiceHandle::shutdown`] may shorten;
 /// false when the deadline passed first.
 async fn drain_within(
@@ -255,12 +280,19 @@ async fn accept_loop(
         // the small responses typical here that beat a vectored write (hello: ~49 → ~44 µs of CPU each).
         .writev(false);
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(OpenConnections::default());
     let grace = loop {
+        // At `max-connections`, leave further clients in the kernel's listen backlog (which costs this
+        // process nothing) until one of ours closes.
+        let closed = connections.closed.notified();
+        let at_cap =
+            connections.open.load(Ordering::SeqCst) >= shared.limits().effective_max_connections();
         tokio::select! {
             changed = drain.changed() => {
                 break changed.ok().and_then(|()| *drain.borrow()).unwrap_or(Duration::ZERO);
             }
-            accepted = listener.accept() => {
+            () = closed, if at_cap => continue,
+            accepted = listener.accept(), if !at_cap => {
                 let stream = match accepted.and_then(|(stream, _peer)| stream.into_std()) {
                     Ok(stream) => stream,
                     Err(e) => {
@@ -289,8 +321,10 @@ async fn accept_loop(
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 let cancel = shared.cancel.clone();
                 // HTTP parsing and writing are charged to the service, so its quota covers what it costs.
+                let open = OpenConnection::new(&connections);
                 worker.spawn(shared.tasks.track_future(Metered::new(async move {
                     let _assignment = assignment;
+                    let _open = open;
                     tokio::select! {
                         result = connection => if let Err(e) = result { tracing::debug!("connection ended: {e}") },
                         // Cancelled requests still get their 503 written before the connection goes.

@@ -48,17 +48,42 @@ fn clean_up_after_shim() -> Result<DeleteResponse, Error> {
     })
 }
 
-/// Whether a server still accepts on `path`. containerd can run the `delete` action as soon as a killed shim's
-/// connection closes, while the dying process still holds its listening socket for a moment: a connect that
-/// succeeds then is retried briefly before the socket is judged alive (a live server keeps accepting).
+/// Whether a live server still accepts on `path`. A killed shim keeps its listening socket until the kernel
+/// has torn down its address space (the engine's reservations make that slow), and the kernel queues
+/// connections to it meanwhile; so a connect that succeeds is not enough: the listener's process (its
+/// `SO_PEERCRED` pid) must also be alive and not exiting.
 fn still_served(path: &str) -> bool {
     for _ in 0..20 {
-        if std::os::unix::net::UnixStream::connect(path).is_err() {
+        let Ok(stream) = std::os::unix::net::UnixStream::connect(path) else {
             return false;
+        };
+        match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
+            Ok(peer) if !process_alive(peer.pid()) => return false,
+            Ok(_) => return true,
+            // No credentials: judge by whether it keeps accepting, as a live server does.
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     true
+}
+
+/// Whether `pid` exists and is not exiting (`PF_EXITING` in `/proc/PID/stat`'s flags) or a zombie.
+fn process_alive(pid: i32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The command name may hold spaces and parentheses: fields are counted after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let (state, flags) = (
+        fields.first(),
+        fields.get(6).and_then(|f| f.parse::<u64>().ok()),
+    );
+    !matches!(state, Some(&"Z") | Some(&"X") | None) && flags.is_some_and(|f| f & PF_EXITING == 0)
 }
 
 /// The `delete` action, answered without the library's bootstrap (signal handlers, subreaper, and blocking
@@ -147,5 +172,39 @@ async fn main() {
     if let Err(e) = result {
         eprintln!("{RUNTIME_ID}: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_is_served_only_by_a_live_process() {
+        assert!(process_alive(std::process::id() as i32));
+        assert!(!process_alive(i32::MAX), "no such process");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        let started = std::time::Instant::now();
+        while process_alive(pid) {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "`true` never exited"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // Exited but not yet reaped: a zombie serves nothing.
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        child.wait().unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(
+            still_served(path.to_str().unwrap()),
+            "this live process listens"
+        );
+        drop(listener);
+        assert!(!still_served(path.to_str().unwrap()));
     }
 }

@@ -147,6 +147,8 @@ knobs! {
     max_instance_concurrency: u64, positive, "max-instance-concurrency", hit "another instance starts";
     /// How long an idle reusable instance is kept.
     idle_instance_timeout: Duration, duration, "idle-instance-timeout", hit "the instance is dropped";
+    /// Client connections a service holds open at once.
+    max_connections: u64, positive, "max-connections", hit "more wait in the listen backlog";
 }
 
 /// Requests a WASI 0.3 instance serves, when `max-instance-reuse` is unset.
@@ -162,10 +164,13 @@ pub fn builtin_defaults() -> Limits {
         drain_timeout: Some(Duration::from_secs(10)),
         max_instance_concurrency: Some(16),
         idle_instance_timeout: Some(Duration::from_secs(10)),
+        max_connections: Some(DEFAULT_MAX_CONNECTIONS),
         ..Limits::default()
     }
 }
 
+/// Connections a service holds when nothing else is configured.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
 /// The request body cap when none is set: 16 MiB.
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 16 << 20;
 /// CPU weight of a service whose `cpu-shares` is unset (cgroup v1's default).
@@ -201,6 +206,12 @@ impl Limits {
     /// Requests that may wait; none when unset.
     pub fn effective_queue_depth(&self) -> usize {
         usize::try_from(self.queue_depth.unwrap_or(0)).unwrap_or(usize::MAX)
+    }
+
+    /// Client connections held at once; [`DEFAULT_MAX_CONNECTIONS`] when unset.
+    pub fn effective_max_connections(&self) -> usize {
+        usize::try_from(self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS))
+            .unwrap_or(usize::MAX)
     }
 
     /// Instances at once; `None` = unbounded (the engine's pool still bounds it).
@@ -291,12 +302,13 @@ mod tests {
             ("max-instance-reuse", "100"),
             ("max-instance-concurrency", "4"),
             ("idle-instance-timeout", "30s"),
+            ("max-connections", "64"),
         ] {
             limits.set(name, text).unwrap();
             let (knob, _) = Knob::named(name).unwrap();
             assert_eq!(knob.get(&limits).as_deref(), Some(text), "{name}");
         }
-        assert_eq!(KNOBS.len(), 13, "a new knob needs a line in this test");
+        assert_eq!(KNOBS.len(), 14, "a new knob needs a line in this test");
         assert_eq!(limits.memory, Some(64 << 20));
         assert_eq!(limits.request_timeout, Some(Duration::from_millis(250)));
         let err = limits.set("queue-depth", "-1").unwrap_err();
