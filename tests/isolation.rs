@@ -222,8 +222,7 @@ fn a_failed_start_exits_and_sigkill_cuts_a_drain_short() {
         "the drain waits for the sleeper"
     );
     let killed = Instant::now();
-    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "draining"]);
-    wait_for_status(&containerd, "draining", "STOPPED");
+    kill_now(&containerd, "draining");
     assert!(
         killed.elapsed() < Duration::from_secs(5),
         "SIGKILL took {:?}",
@@ -268,8 +267,7 @@ fn a_compile_cache_entry_copied_under_another_digest_is_recompiled_not_run() {
         let port = free_port();
         run_service(&containerd, &image, id, port, &[]);
         let body = wait_for_200(([127, 0, 0, 1], port).into());
-        containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", id]);
-        wait_for_status(&containerd, id, "STOPPED");
+        kill_now(&containerd, id);
         containerd.ctr_ok(&["task", "delete", id]);
         containerd.ctr_ok(&["container", "rm", id]);
         body
@@ -346,8 +344,7 @@ fn a_user_other_than_root_is_refused_a_writable_volume() {
         String::from_utf8_lossy(&output.stderr)
     );
     wait_for_200(([127, 0, 0, 1], port).into());
-    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "user2"]);
-    wait_for_status(&containerd, "user2", "STOPPED");
+    kill_now(&containerd, "user2");
 }
 
 /// Answers `200 ok` to each connection on `listener` until `count` connections came, counting them.
@@ -459,8 +456,7 @@ fn outbound_requests_leave_from_the_pods_network_namespace_and_resolve_with_its_
         "{}",
         containerd.log()
     );
-    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "outbound"]);
-    wait_for_status(&containerd, "outbound", "STOPPED");
+    kill_now(&containerd, "outbound");
 }
 
 #[test]
@@ -511,8 +507,7 @@ fn slow_clients_hold_no_slot_and_a_normal_request_is_served_at_once() {
     let mut head = [0u8; 12];
     std::io::Read::read_exact(&mut first, &mut head).unwrap();
     assert_eq!(&head, b"HTTP/1.1 408");
-    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "slowloris"]);
-    wait_for_status(&containerd, "slowloris", "STOPPED");
+    kill_now(&containerd, "slowloris");
 }
 
 #[test]
@@ -556,6 +551,5 @@ fn connections_past_max_connections_wait_in_the_backlog_until_one_closes() {
         answered(&mut third, Duration::from_secs(5)),
         "served once a connection closed"
     );
-    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "capped"]);
-    wait_for_status(&containerd, "capped", "STOPPED");
+    kill_now(&containerd, "capped");
 }

@@ -51,18 +51,21 @@ impl TaskService {
     ) -> Result<Payload> {
         let max_bytes = node.engine.max_component_size;
         let found = async {
-            let own = self.content.image_of_container(id).await?;
             let image = match &layer.image {
-                Some(image) if *image != own && !node.security.any_image_annotation => {
-                    return Err(ShimError::InvalidArgument(format!(
-                        "annotation wasmhttp.io/image={image} names an image other than the container's \
-                         own ({}); this node lets it name only the container's own image (its [security] \
-                         image-annotation = \"any\" allows any)",
-                        if own.is_empty() { "none" } else { &own }
-                    )));
+                Some(image) if node.security.any_image_annotation => image.clone(),
+                Some(image) => {
+                    let own = self.content.image_of_container(id).await?;
+                    if *image != own {
+                        return Err(ShimError::InvalidArgument(format!(
+                            "annotation wasmhttp.io/image={image} names an image other than the \
+                             container's own ({}); this node lets it name only the container's own image \
+                             (its [security] image-annotation = \"any\" allows any)",
+                            if own.is_empty() { "none" } else { &own }
+                        )));
+                    }
+                    own
                 }
-                Some(image) => image.clone(),
-                None => own,
+                None => self.content.image_of_container(id).await?,
             };
             if image.is_empty() {
                 return Ok(None);

@@ -323,6 +323,12 @@ pub fn task_status(containerd: &Containerd, id: &str) -> String {
         .to_string()
 }
 
+/// SIGKILLs the task `id` and waits until it is stopped.
+pub fn kill_now(containerd: &Containerd, id: &str) {
+    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", id]);
+    wait_for_status(containerd, id, "STOPPED");
+}
+
 /// Waits until `ctr task ls` shows `status` for `id`.
 pub fn wait_for_status(containerd: &Containerd, id: &str, status: &str) {
     let started = Instant::now();
