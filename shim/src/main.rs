@@ -6,6 +6,7 @@
 
 mod annotations;
 mod bundle;
+mod confine;
 mod container;
 mod containerd_api;
 mod content;
@@ -19,6 +20,7 @@ mod node_config;
 mod rootfs;
 mod server;
 mod stdio;
+mod syscalls;
 mod task;
 
 use containerd_shim::asynchronous::spawn;
@@ -116,9 +118,25 @@ async fn start_server(opts: StartOpts) -> Result<String, Error> {
     // containerd runs `start` in the bundle directory; containers of one pod share a shim process.
     let cwd = std::env::current_dir().map_err(server::io_error("bundle directory"))?;
     let grouping = bundle::grouping_key(&cwd, &opts.id);
-    let address = spawn(opts, &grouping, Vec::new()).await?;
+    let seccomp = seccomp_mode_of_runtime_options();
+    let vars = vec![(confine::SECCOMP_MODE_ENV, seccomp.name())];
+    let address = spawn(opts, &grouping, vars).await?;
     containerd_shim::util::write_str_to_file("address", &address).await?;
     Ok(address)
+}
+
+/// The seccomp mode the node configuration asks for. containerd writes the runtime options (the ones
+/// Create gets) to `start`'s stdin; a configuration that does not read gets the default here, and its error
+/// from Create.
+fn seccomp_mode_of_runtime_options() -> confine::SeccompMode {
+    use containerd_shim::protos::protobuf::well_known_types::any::Any;
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let _ = std::io::stdin().take(1 << 20).read_to_end(&mut bytes);
+    let options = Any::parse_from_bytes(&bytes).ok();
+    node_config::for_create(options.as_ref())
+        .map(|node| node.security.seccomp)
+        .unwrap_or_default()
 }
 
 /// The `start` action, answered with the bare socket address: containerd 1.6 reads nothing else, and 1.7

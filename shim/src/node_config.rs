@@ -24,11 +24,13 @@
 //! [security]
 //! image-annotation = "own"      # wasmhttp.io/image may name only the container's own image ("any": any image)
 //! deny-outbound = ["169.254.0.0/16", "fe80::/10", "fd00:ec2::254"]  # no guest request reaches these
+//! seccomp = "enforce"           # the shim server's syscall filter: "enforce", "log" (dmesg) or "off"
 //! ```
 //!
 //! Keys are the knobs' names. The `snake_case` spellings of earlier releases (`request_timeout`) are still
 //! read, with a deprecation warning, for one release.
 
+use crate::confine::SeccompMode;
 use crate::containerd_api::RuntimeOptions;
 use crate::error::{Result, ShimError};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
@@ -65,6 +67,9 @@ pub struct Security {
     pub any_image_annotation: bool,
     /// `deny-outbound`: address ranges no guest's outbound request may reach, whatever a name resolves to.
     pub deny_outbound: Vec<IpRange>,
+    /// `seccomp`: the shim server's system-call filter. Read when the shim process starts (the first
+    /// container of a pod decides), as the engine's settings are.
+    pub seccomp: SeccompMode,
 }
 
 impl Default for Security {
@@ -72,6 +77,7 @@ impl Default for Security {
         Security {
             any_image_annotation: false,
             deny_outbound: wasmhttp_runtime::outbound::default_denied_ranges(),
+            seccomp: SeccompMode::default(),
         }
     }
 }
@@ -210,6 +216,7 @@ fn set_security(
         ("image-annotation", "own") => security.any_image_annotation = false,
         ("image-annotation", "any") => security.any_image_annotation = true,
         ("image-annotation", _) => return Err(format!("{value:?}: expected \"own\" or \"any\"")),
+        ("seccomp", _) => security.seccomp = value.parse()?,
         ("deny-outbound", _) => {
             security.deny_outbound = value
                 .split(',')
@@ -220,7 +227,7 @@ fn set_security(
         }
         _ => {
             return Err(format!(
-                "unknown key `{key}` in [security] (keys: image-annotation, deny-outbound)"
+                "unknown key `{key}` in [security] (keys: image-annotation, deny-outbound, seccomp)"
             ));
         }
     }
@@ -350,11 +357,14 @@ mod tests {
              slot-keep-resident = \"1Mi\"\n\
              [defaults]\nmemory = \"64Mi\"\nrequest-timeout = \"2s\"\nqueue-depth = 3\ndrain-timeout = \"1s\"\n\
              [ceilings]\nmax-concurrency = 64\n\
-             [security]\nimage-annotation = \"any\"\ndeny-outbound = [\"10.0.0.0/8\", \"fd00::1\"]\n",
+             [security]\nimage-annotation = \"any\"\ndeny-outbound = [\"10.0.0.0/8\", \"fd00::1\"]\n\
+             seccomp = \"log\"\n",
             "t.toml",
         )
         .unwrap();
         assert!(config.security.any_image_annotation);
+        assert_eq!(config.security.seccomp, SeccompMode::Log);
+        assert_eq!(NodeConfig::default().security.seccomp, SeccompMode::Enforce);
         assert_eq!(
             config.security.deny_outbound,
             [
@@ -439,6 +449,15 @@ mod tests {
         assert!(
             err.contains(
                 "n.toml:2: [security] image-annotation: \"all\": expected \"own\" or \"any\""
+            ),
+            "{err}"
+        );
+        let err = parse("[security]\nseccomp = \"strict\"\n", "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "n.toml:2: [security] seccomp: \"strict\": expected \"enforce\", \"log\" or \"off\""
             ),
             "{err}"
         );

@@ -44,12 +44,30 @@ pub async fn serve(flags: Flags) -> Result<(), Error> {
     // the engine's thread) with the `start` action's exit. This process's stderr goes nowhere, so a failure
     // from here on is logged for containerd's log, and containerd sees the socket close.
     signal_started()?;
+    confine_server()?;
     let served = serve_task_api(listener, &flags, &path).await;
     if let Err(e) = &served {
         tracing::error!("shim server failed: {e}");
         let _ = std::fs::remove_file(&path);
     }
     served
+}
+
+/// Drops capabilities and installs the seccomp filter in the mode `start` passed down; the server refuses to
+/// run unconfined rather than run so silently.
+fn confine_server() -> Result<(), Error> {
+    let mode = match std::env::var(crate::confine::SECCOMP_MODE_ENV) {
+        Ok(text) => text.parse().map_err(|e| {
+            Error::InvalidArgument(format!("{}: {e}", crate::confine::SECCOMP_MODE_ENV))
+        })?,
+        Err(_) => crate::confine::SeccompMode::default(),
+    };
+    crate::confine::confine(mode).map_err(|e| {
+        tracing::error!("shim server not started: {e}");
+        Error::Other(e)
+    })?;
+    tracing::info!("shim confined: seccomp {mode}");
+    Ok(())
 }
 
 /// Sends panics to containerd's log: this process's stderr goes nowhere, and a panic in a task is otherwise

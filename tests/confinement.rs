@@ -1,0 +1,232 @@
+//! The shim server's confinement, seen from outside as an operator (or an attacker who took it over) would:
+//! its capabilities and seccomp state in `/proc`, and what its kernel answers when it makes calls outside
+//! the allowlist, which this test makes it make.
+
+use std::time::Duration;
+use wasmhttp_tests::containerd::*;
+use wasmhttp_tests::netns::NetNs;
+
+/// The capabilities the server keeps (shim/src/confine.rs): DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER,
+/// NET_BIND_SERVICE, SYS_ADMIN.
+const KEPT: u64 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 10) | (1 << 21);
+
+/// A field of `/proc/PID/status`.
+fn status_field(pid: i32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+        .trim()
+        .to_string()
+}
+
+/// The shim server that containerd started for container `id`.
+fn shim_of(containerd: &Containerd, id: &str) -> i32 {
+    let flag = format!("-id\0{id}\0");
+    containerd
+        .shim_pids()
+        .into_iter()
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline).contains(&flag)
+        })
+        .unwrap_or_else(|| panic!("no shim server for {id}"))
+}
+
+fn capabilities(pid: i32, set: &str) -> u64 {
+    u64::from_str_radix(&status_field(pid, set), 16).unwrap()
+}
+
+/// Starts `hello` in a network namespace the test made (so the server has entered one), and returns its
+/// shim server's PID and address.
+fn serve_in_namespace(
+    containerd: &Containerd,
+    netns: &NetNs,
+    id: &str,
+    extra: &[&str],
+) -> (i32, std::net::SocketAddr) {
+    let image = import_example(containerd, "hello");
+    let port = free_port();
+    let port_env = format!("PORT={port}");
+    let namespace = format!("network:{}", netns.path());
+    let mut args = vec!["--with-ns", &namespace, "--env", &port_env];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[&image, id]);
+    let output = ctr_run(containerd, "-d", &args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let addr = format!("{}.2:{port}", netns.prefix).parse().unwrap();
+    wait_for_200(addr);
+    let pids = containerd.shim_pids();
+    assert_eq!(pids.len(), 1, "one shim server: {pids:?}");
+    (pids[0], addr)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_shim_server_keeps_five_capabilities_and_its_kernel_refuses_calls_outside_the_allowlist() {
+    let containerd = Containerd::start();
+    let netns = NetNs::create("wasmhttp-confine", "10.213.81", "whcnf");
+    let (pid, addr) = serve_in_namespace(&containerd, &netns, "confined", &[]);
+
+    assert_eq!(status_field(pid, "Seccomp"), "2", "filter mode");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    for set in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(capabilities(pid, set), KEPT, "{set} of the shim server");
+    }
+    assert_eq!(capabilities(pid, "CapInh"), 0);
+    assert_eq!(capabilities(pid, "CapAmb"), 0);
+    // Threads started after the drop (the engine's HTTP workers) have the same sets.
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let tid: i32 = task.unwrap().file_name().to_str().unwrap().parse().unwrap();
+        let status =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap_or_default();
+        if !status.is_empty() {
+            assert!(
+                status.contains(&format!("CapEff:\t{KEPT:016x}")),
+                "thread {tid}: {status}"
+            );
+            assert!(status.contains("Seccomp:\t2"), "thread {tid}");
+        }
+    }
+
+    // Each call with arguments that would not fail with EPERM unless refused: with CAP_SYS_ADMIN kept,
+    // mount of NULLs fails with EFAULT; PTRACE_PEEKDATA of pid 0 with ESRCH; bpf with an unknown
+    // command with EINVAL.
+    let refused = syscalls_in(
+        pid,
+        &[
+            ("mount", nix::libc::SYS_mount, [0; 5]),
+            ("ptrace", nix::libc::SYS_ptrace, [2, 0, 0, 0, 0]),
+            ("bpf", nix::libc::SYS_bpf, [0xffff, 0, 0, 0, 0]),
+            ("init_module", nix::libc::SYS_init_module, [0; 5]),
+            ("kexec_load", nix::libc::SYS_kexec_load, [0; 5]),
+            (
+                "unshare(CLONE_NEWNS)",
+                nix::libc::SYS_unshare,
+                [0x20000, 0, 0, 0, 0],
+            ),
+            ("getpid", nix::libc::SYS_getpid, [0; 5]),
+        ],
+    );
+    for (name, result) in &refused[..6] {
+        assert_eq!(*result, -i64::from(nix::libc::EPERM), "{name}");
+    }
+    assert_eq!(refused[6].1, i64::from(pid), "an allowed call still works");
+
+    // The server survived being made to try: it still serves and stops on request.
+    assert_eq!(wasmhttp_tests::get(addr, "/").status, 200);
+    kill_now(&containerd, "confined");
+}
+
+#[test]
+fn the_node_configuration_turns_the_filter_off_but_not_the_capability_drop() {
+    let containerd = Containerd::start();
+    let netns = NetNs::create("wasmhttp-unconfined", "10.213.82", "whunc");
+    let dir = tempfile::tempdir().unwrap();
+    let node = dir.path().join("node.toml");
+    std::fs::write(&node, "[security]\nseccomp = \"off\"\n").unwrap();
+    let (pid, _) = serve_in_namespace(
+        &containerd,
+        &netns,
+        "unfiltered",
+        &["--runtime-config-path", node.to_str().unwrap()],
+    );
+    assert_eq!(status_field(pid, "Seccomp"), "0");
+    assert_eq!(capabilities(pid, "CapEff"), KEPT);
+    kill_now(&containerd, "unfiltered");
+}
+
+/// Makes the main thread of process `pid` (idle in a system call, as the shim server's event loop is) make
+/// each `(name, number, arguments)` call, and returns what each returned. The thread's registers are put
+/// back afterwards, so it resumes its own call as after a signal.
+#[cfg(target_arch = "x86_64")]
+fn syscalls_in(pid: i32, calls: &[(&'static str, i64, [u64; 5])]) -> Vec<(&'static str, i64)> {
+    use nix::sys::ptrace;
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let thread = nix::unistd::Pid::from_raw(pid);
+    wait_until_in_a_syscall(pid);
+    ptrace::seize(thread, ptrace::Options::empty()).unwrap();
+    ptrace::interrupt(thread).unwrap();
+    let stopped = waitpid(thread, Some(WaitPidFlag::__WALL)).unwrap();
+    assert!(
+        matches!(
+            stopped,
+            WaitStatus::PtraceEvent(..) | WaitStatus::Stopped(..)
+        ),
+        "{stopped:?}"
+    );
+    let saved = ptrace::getregs(thread).unwrap();
+    // The stopped call's `syscall` instruction (0f 05) is just before the thread's instruction pointer.
+    let instruction = saved.rip - 2;
+    let word = ptrace::read(thread, instruction as ptrace::AddressType).unwrap();
+    assert_eq!(
+        word & 0xffff,
+        0x050f,
+        "the thread is not stopped in a syscall"
+    );
+    let results = calls
+        .iter()
+        .map(|&(name, number, args)| {
+            let mut regs = saved;
+            regs.rip = instruction;
+            regs.rax = number as u64;
+            // No restart of the interrupted call around this one.
+            regs.orig_rax = u64::MAX;
+            (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8) =
+                (args[0], args[1], args[2], args[3], args[4]);
+            ptrace::setregs(thread, regs).unwrap();
+            ptrace::step(thread, None).unwrap();
+            let stepped = waitpid(thread, Some(WaitPidFlag::__WALL)).unwrap();
+            assert!(matches!(stepped, WaitStatus::Stopped(..)), "{stepped:?}");
+            (name, ptrace::getregs(thread).unwrap().rax as i64)
+        })
+        .collect();
+    ptrace::setregs(thread, saved).unwrap();
+    ptrace::detach(thread, None).unwrap();
+    results
+}
+
+/// Waits (a bounded while) until the thread is blocked in a system call rather than running.
+#[cfg(target_arch = "x86_64")]
+fn wait_until_in_a_syscall(pid: i32) {
+    for _ in 0..100 {
+        let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap();
+        if syscall
+            .split_whitespace()
+            .next()
+            .is_some_and(|nr| nr.parse::<i64>().is_ok_and(|nr| nr >= 0))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("the shim server's main thread never waited in a system call");
+}
+
+#[test]
+fn python_and_javascript_guests_serve_under_the_filter() {
+    let containerd = Containerd::start();
+    for (name, greeting) in [
+        ("python-http", "hello from python"),
+        ("python-http-p3", "hello from python"),
+        ("js-http", "hello from javascript"),
+    ] {
+        let image = import_example(&containerd, name);
+        let port = free_port();
+        run_service(&containerd, &image, name, port, &[]);
+        let addr = ([127, 0, 0, 1], port).into();
+        assert!(wait_for_200(addr).contains(greeting), "{name}");
+        let pid = shim_of(&containerd, name);
+        assert_eq!(status_field(pid, "Seccomp"), "2", "{name}'s shim server");
+        if name.starts_with("python") {
+            // Guest output goes through the shim's output thread to containerd's fifo.
+            assert_eq!(wasmhttp_tests::get(addr, "/log").status, 200, "{name}");
+        }
+        kill_now(&containerd, name);
+    }
+}
