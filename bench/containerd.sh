@@ -1,6 +1,6 @@
 # Sourced by the benchmarks: a private containerd (own root, state, socket and compile cache under $work) with
-# the release shim ($bin) on its PATH, `ctr_` to talk to it, timing helpers, and a cleanup trap that leaves
-# nothing behind. Needs $bin set.
+# the release shim ($bin, and $extra_path when set) on its PATH, `ctr_` to talk to it, timing helpers, and a
+# cleanup trap that leaves nothing behind. Needs $bin set.
 work=$(mktemp -d /tmp/wasmhttp-bench-XXXXXX)
 containerd_pid=""
 cleanup() {
@@ -30,7 +30,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [ttrpc]
   address = "$work/containerd.sock.ttrpc"
 EOF
-PATH="$bin:$PATH" WASMHTTP_CACHE_DIR="$work/cache" containerd --config "$work/config.toml" >"$work/containerd.log" 2>&1 &
+PATH="$bin:${extra_path:+$extra_path:}$PATH" WASMHTTP_CACHE_DIR="$work/cache" containerd --config "$work/config.toml" >"$work/containerd.log" 2>&1 &
 containerd_pid=$!
 for _ in $(seq 1 100); do ctr_ version >/dev/null 2>&1 && break; sleep 0.1; done
 

@@ -44,8 +44,10 @@ pub async fn serve(flags: Flags) -> Result<(), Error> {
     // the engine's thread) with the `start` action's exit. This process's stderr goes nowhere, so a failure
     // from here on is logged for containerd's log, and containerd sees the socket close.
     signal_started()?;
-    confine_server()?;
-    let served = serve_task_api(listener, &flags, &path).await;
+    let served = match confine_server() {
+        Ok(()) => serve_task_api(listener, &flags, &path).await,
+        Err(e) => Err(e),
+    };
     if let Err(e) = &served {
         tracing::error!("shim server failed: {e}");
         let _ = std::fs::remove_file(&path);
@@ -62,10 +64,7 @@ fn confine_server() -> Result<(), Error> {
         })?,
         Err(_) => crate::confine::SeccompMode::default(),
     };
-    crate::confine::confine(mode).map_err(|e| {
-        tracing::error!("shim server not started: {e}");
-        Error::Other(e)
-    })?;
+    crate::confine::confine(mode).map_err(Error::Other)?;
     tracing::info!("shim confined: seccomp {mode}");
     Ok(())
 }
