@@ -121,6 +121,49 @@ fn cpu_quota_is_held_within_ten_percent() {
 }
 
 #[test]
+fn a_flood_of_refused_requests_is_held_to_the_cpu_quota() {
+    let _turn = exclusive();
+    let containerd = Containerd::start();
+    let image = import_example(&containerd, "echo");
+    let port = free_port();
+    run_service(
+        &containerd,
+        &image,
+        "flood",
+        port,
+        &[
+            "--cpus",
+            "0.25",
+            "--annotation",
+            "wasmhttp.io/max-request-body=1Ki",
+        ],
+    );
+    let addr = loopback(port);
+    wait_for_200(addr);
+    let shim = the_shim(&containerd);
+    // Each client sends a head announcing a body over the limit: refused with 413 before any guest runs.
+    let head = b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n";
+    let (statuses, rate) = shim_cpu_rate(shim, || flood(addr, head, 8, Duration::from_secs(10)));
+    let refused = statuses.iter().filter(|s| **s == 413).count();
+    println!(
+        "FIGURE 413 flood at cpus 0.25: shim used {rate:.3} CPU for 10 s, answering {refused} requests"
+    );
+    assert!(refused > 100, "the flood was answered: {refused}");
+    assert!(
+        statuses.iter().all(|s| *s == 413),
+        "only 413s: {:?}",
+        statuses
+            .iter()
+            .filter(|s| **s != 413)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    assert!(rate <= 0.275, "quota 0.25, measured {rate:.3} CPU");
+    // Held back, not broken: a normal request is still served.
+    assert_eq!(get(addr, "/").status, 200);
+}
+
+#[test]
 fn cpu_shares_split_a_contended_shim() {
     let _turn = exclusive();
     let containerd = Containerd::start();

@@ -89,11 +89,13 @@ impl Capabilities {
         Ok(builder)
     }
 
-    pub(crate) fn outbound_policy(&self) -> OutboundPolicy {
+    /// The outbound gate of an instance whose requests are charged to `meter`.
+    pub(crate) fn outbound_policy(&self, meter: Arc<crate::cpu::CpuMeter>) -> OutboundPolicy {
         OutboundPolicy {
             allowed_hosts: Arc::from(self.allowed_outbound_hosts.as_slice()),
             denied: Arc::from(self.denied_outbound.as_slice()),
             dialer: self.dialer.clone(),
+            meter,
         }
     }
 }

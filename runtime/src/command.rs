@@ -2,15 +2,14 @@
 
 use crate::capabilities::Capabilities;
 use crate::classify::WasiVersion;
-use crate::cpu::{CpuMeter, run_metered};
+use crate::cpu::run_metered;
 use crate::engine::{Code, Loaded, Runtime};
 use crate::instance::{
     Guarded, InstanceGuard, InstanceIo, InstanceState, P1State, finish, new_store,
 };
 use crate::knobs::Limits;
 use crate::output::GuestOutput;
-use crate::stats::{FailureCause, Stats, StatsSnapshot};
-use std::sync::Arc;
+use crate::stats::{FailureCause, StatsSnapshot};
 use wasmtime::Store;
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::cli::StdinStream;
@@ -65,11 +64,7 @@ pub async fn run_command(
     }
     caps.validate()?;
     app.check_memory_minimum(limits)?;
-    let meter = Arc::new(CpuMeter::new(
-        Arc::new(Stats::default()),
-        limits.cpus,
-        Some((runtime.cpu_shares(), limits.effective_cpu_shares())),
-    ));
+    let meter = runtime.meter_for(limits, app);
     let mut guard = InstanceGuard::new(
         app.name().into(),
         meter.clone(),

@@ -2,7 +2,7 @@
 
 use crate::cache::CompileCache;
 use crate::classify::{self, Encoding, WasiVersion, WasmKind};
-use crate::cpu::CpuShares;
+use crate::cpu::{ClockId, CpuMeter, CpuShares, cpu_clock};
 use crate::instance::{InstanceState, P1State};
 use crate::source::Source;
 use crate::workers::Workers;
@@ -269,6 +269,7 @@ pub struct Loaded {
     digest: String,
     code: Code,
     from_cache: bool,
+    load_cpu: Duration,
 }
 
 #[derive(Clone)]
@@ -316,6 +317,12 @@ impl Loaded {
     /// Whether the code came from the compile cache rather than the compiler.
     pub fn from_cache(&self) -> bool {
         self.from_cache
+    }
+    /// The CPU time loading took: compiling (on all the compiler's threads) or reading the cache. Taken
+    /// from the process's CPU clock, so work other services did meanwhile is counted too. A service or
+    /// command run from this guest starts owing it (see [`crate::cpu`]).
+    pub fn load_cpu(&self) -> Duration {
+        self.load_cpu
     }
     /// Bytes of compiled machine code held for this guest (shared by all its instances).
     pub fn code_size(&self) -> u64 {
@@ -389,6 +396,18 @@ impl Runtime {
     }
 
     /// The group in which this runtime's services share the host's CPUs by weight.
+    /// The CPU meter of a service or command running `app` under `limits`. It starts owing what loading
+    /// `app` cost, so a compile is held to the container's quota as the guest's own work is.
+    pub(crate) fn meter_for(&self, limits: &crate::Limits, app: &Loaded) -> Arc<CpuMeter> {
+        let meter = CpuMeter::new(
+            Arc::new(crate::stats::Stats::default()),
+            limits.cpus,
+            Some((self.cpu_shares(), limits.effective_cpu_shares())),
+        );
+        meter.charge(app.load_cpu(), Instant::now());
+        Arc::new(meter)
+    }
+
     pub(crate) fn cpu_shares(&self) -> Arc<CpuShares> {
         self.inner.cpu_shares.clone()
     }
@@ -446,6 +465,7 @@ impl Runtime {
     /// the component-model async ABI; its verdict is the one reported, since it accepts strictly more.
     pub fn load(&self, source: &Source) -> Result<Loaded, crate::Error> {
         let started = Instant::now();
+        let cpu_before = cpu_clock(ClockId::ProcessCPUTime);
         let name = source.name();
         let invalid = |e: wasmtime::Error| crate::Error::Invalid {
             name: name.to_string(),
@@ -469,7 +489,8 @@ impl Runtime {
             Code::Module(m) => classify::module_kind(name, m)?,
         };
         let load_time = started.elapsed();
-        tracing::debug!(name, %kind, %wasi, from_cache, ?load_time, "loaded guest");
+        let load_cpu = cpu_clock(ClockId::ProcessCPUTime).saturating_sub(cpu_before);
+        tracing::debug!(name, %kind, %wasi, from_cache, ?load_time, ?load_cpu, "loaded guest");
         Ok(Loaded {
             kind,
             wasi,
@@ -477,6 +498,7 @@ impl Runtime {
             digest: source.digest().to_string(),
             code,
             from_cache,
+            load_cpu,
         })
     }
 }

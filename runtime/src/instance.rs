@@ -15,6 +15,14 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+/// The most host memory one `wasi:http` fields resource (a header map) may take: wasmtime's default, set
+/// here because the resource bound below is computed from it. It leaves room for a request head of the
+/// largest size the server accepts (`HttpOptions::max_header_bytes`) in its in-memory form.
+pub(crate) const FIELD_SIZE_LIMIT: usize = 128 << 10;
+/// The fewest and most entries an instance's resource table may hold, whatever its memory limit: a request
+/// of the example guests uses a few dozen.
+pub(crate) const RESOURCES: std::ops::RangeInclusive<usize> = 256..=16_384;
+
 /// Enforces one instance's limits from inside wasmtime and releases what it held when the store drops.
 pub(crate) struct InstanceGuard {
     /// The service (or command) this instance runs, for the log.
@@ -53,6 +61,20 @@ impl InstanceGuard {
             timed_out: false,
             meter,
         }
+    }
+
+    /// How many resources (fields, streams, requests, futures…) the instance's table may hold: as many as
+    /// fill its memory limit at [`FIELD_SIZE_LIMIT`] each, within [`RESOURCES`]. The host memory a guest
+    /// makes the shim hold for its resources is so bounded by the same figure as its linear memory.
+    pub(crate) fn max_resources(&self) -> usize {
+        let memory = self.memory_per_instance.or(self.memory_total);
+        let fill = memory.map_or(*RESOURCES.end() as u64, |m| m / FIELD_SIZE_LIMIT as u64);
+        (fill as usize).clamp(*RESOURCES.start(), *RESOURCES.end())
+    }
+
+    /// The meter this instance's CPU (and the host work it causes) is charged to.
+    pub(crate) fn meter(&self) -> &Arc<CpuMeter> {
+        &self.meter
     }
 
     /// Starts the clock of one request (or a command run) under `limits`; returns its deadline.
@@ -275,11 +297,15 @@ impl InstanceIo<'_> {
 
 impl InstanceState {
     pub(crate) fn new(io: InstanceIo<'_>, guard: InstanceGuard) -> wasmtime::Result<Self> {
-        let hooks = io.caps.outbound_policy();
+        let hooks = io.caps.outbound_policy(guard.meter().clone());
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(guard.max_resources());
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(FIELD_SIZE_LIMIT);
         Ok(InstanceState {
             wasi: io.builder()?.build(),
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            http,
+            table,
             hooks,
             guard,
         })

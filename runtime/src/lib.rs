@@ -34,6 +34,7 @@ mod preread;
 mod reuse;
 mod service;
 mod source;
+mod stalled_write;
 mod stats;
 mod workers;
 

@@ -7,6 +7,7 @@
 //! shim opens it in the container's network namespace with the container's resolver files; the CLI uses the
 //! host's. The HTTP exchange itself (TLS, HTTP/1.1) runs on the serving worker.
 
+use crate::cpu::{ClockId, CpuMeter, Metered, cpu_clock};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use std::fmt;
@@ -14,7 +15,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// How long a connection may take when the guest sets no `connect-timeout`.
@@ -184,6 +185,9 @@ pub(crate) struct OutboundPolicy {
     pub(crate) allowed_hosts: Arc<[String]>,
     pub(crate) denied: Arc<[IpRange]>,
     pub(crate) dialer: SharedDialer,
+    /// The instance's service: the exchange (TLS included) and the connection are its CPU, held to its
+    /// quota.
+    pub(crate) meter: Arc<CpuMeter>,
 }
 
 impl OutboundPolicy {
@@ -215,7 +219,11 @@ impl WasiHttpHooks for OutboundPolicy {
             tracing::warn!(%authority, "outbound HTTP request denied: host not granted");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
         }
-        Box::new(send(request, options, self.clone()))
+        let meter = self.meter.clone();
+        Box::new(Metered::throttled(
+            send(request, options, self.clone()),
+            meter,
+        ))
     }
 }
 
@@ -241,9 +249,17 @@ async fn send(
         .unwrap_or(DEFAULT_FIRST_BYTE_TIMEOUT);
 
     let (dialer, denied, name) = (policy.dialer.clone(), policy.denied.clone(), host.clone());
+    let meter = policy.meter.clone();
     let dialed = tokio::task::spawn_blocking(move || {
         let permit = |ip: IpAddr| !denied.iter().any(|range| range.contains(ip));
-        dialer.0.dial(&name, port, &permit, connect_timeout)
+        // Name lookups and connects run on a blocking thread: its CPU clock says what they cost.
+        let before = cpu_clock(ClockId::ThreadCPUTime);
+        let dialed = dialer.0.dial(&name, port, &permit, connect_timeout);
+        meter.charge(
+            cpu_clock(ClockId::ThreadCPUTime).saturating_sub(before),
+            Instant::now(),
+        );
+        dialed
     })
     .await
     .map_err(|_| HttpError::ConnectionTerminated)?;
@@ -275,9 +291,12 @@ async fn send(
         .await
         .map_err(|_| HttpError::ConnectionTimeout)??;
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let _ = ended_tx.send(connection.await);
-    });
+    tokio::spawn(Metered::throttled(
+        async move {
+            let _ = ended_tx.send(connection.await);
+        },
+        policy.meter.clone(),
+    ));
 
     // The request line carries the path only; scheme and authority are for proxies.
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -342,6 +361,7 @@ mod tests {
             allowed_hosts: Arc::from(["api.example.com".to_string(), "db:5432".to_string()]),
             denied: Arc::from([]),
             dialer: SharedDialer::default(),
+            meter: Arc::new(CpuMeter::new(Arc::default(), None, None)),
         };
         assert!(policy.allows("api.example.com"));
         assert!(policy.allows("api.example.com:443"));

@@ -2,14 +2,15 @@
 
 use crate::capabilities::Capabilities;
 use crate::classify::WasiVersion;
-use crate::cpu::{CpuMeter, Metered};
+use crate::cpu::Metered;
 use crate::engine::{Code, Loaded, Runtime};
 use crate::handler::{Shared, handle};
 use crate::knobs::Limits;
 use crate::knobs::value::MAX_DURATION;
 use crate::output::GuestOutput;
 use crate::reuse::Pool;
-use crate::stats::{Stats, StatsSnapshot};
+use crate::stalled_write::StalledWriteTimeout;
+use crate::stats::StatsSnapshot;
 use crate::workers::Workers;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -28,8 +29,11 @@ use wasmtime_wasi_http::handler::ProxyPre;
 pub struct HttpOptions {
     /// Largest request head (request line + headers) accepted; larger ones get 431. At least 8 KiB.
     pub max_header_bytes: usize,
-    /// Time a client has to send a complete request head before the connection is closed.
+    /// Time a client has to send a complete request head before the connection is closed; also how long
+    /// an idle keep-alive connection stays open.
     pub header_read_timeout: Duration,
+    /// How long a response write may wait for a client that reads nothing before the connection is closed.
+    pub write_timeout: Duration,
 }
 
 impl Default for HttpOptions {
@@ -37,6 +41,7 @@ impl Default for HttpOptions {
         HttpOptions {
             max_header_bytes: 64 << 10,
             header_read_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -90,11 +95,7 @@ impl Service {
                 wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre).map_err(link_error)?,
             ),
         };
-        let meter = Arc::new(CpuMeter::new(
-            Arc::new(Stats::default()),
-            limits.cpus,
-            Some((runtime.cpu_shares(), limits.effective_cpu_shares())),
-        ));
+        let meter = runtime.meter_for(&limits, app);
         Ok(Service {
             shared: Arc::new(Shared {
                 name: app.name().into(),
@@ -287,12 +288,16 @@ async fn accept_loop(
         let closed = connections.closed.notified();
         let at_cap =
             connections.open.load(Ordering::SeqCst) >= shared.limits().effective_max_connections();
+        // While the service owes CPU (a flood of requests refused before any guest runs costs it too),
+        // new clients wait in the backlog as well: accepting and refusing them is its CPU.
+        let debt = shared.meter.throttle_for();
         tokio::select! {
             changed = drain.changed() => {
                 break changed.ok().and_then(|()| *drain.borrow()).unwrap_or(Duration::ZERO);
             }
             () = closed, if at_cap => continue,
-            accepted = listener.accept(), if !at_cap => {
+            () = tokio::time::sleep(debt.unwrap_or_default()), if debt.is_some() => continue,
+            accepted = listener.accept(), if !at_cap && debt.is_none() => {
                 let stream = match accepted.and_then(|(stream, _peer)| stream.into_std()) {
                     Ok(stream) => stream,
                     Err(e) => {
@@ -318,11 +323,12 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let request_shared = shared.clone();
                 let service = hyper::service::service_fn(move |request| handle(request_shared.clone(), request));
+                let stream = StalledWriteTimeout::new(stream, options.write_timeout);
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 let cancel = shared.cancel.clone();
-                // HTTP parsing and writing are charged to the service, so its quota covers what it costs.
+                // HTTP parsing and writing are charged to the service and held to its quota.
                 let open = OpenConnection::new(&connections);
-                worker.spawn(shared.tasks.track_future(Metered::new(async move {
+                worker.spawn(shared.tasks.track_future(Metered::throttled(async move {
                     let _assignment = assignment;
                     let _open = open;
                     tokio::select! {

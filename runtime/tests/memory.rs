@@ -4,39 +4,9 @@
 mod common;
 
 use common::*;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 use wasmhttp_runtime::*;
 
 const MIB: u64 = 1 << 20;
-
-fn rss() -> u64 {
-    own_status_bytes("VmRSS")
-}
-
-/// Runs `work` while a thread samples RSS every millisecond; returns the peak growth over the start.
-async fn peak_growth<F: Future>(work: F) -> (F::Output, u64) {
-    let baseline = rss();
-    let stop = Arc::new(AtomicBool::new(false));
-    let peak = Arc::new(AtomicU64::new(baseline));
-    let sampler = std::thread::spawn({
-        let (stop, peak) = (stop.clone(), peak.clone());
-        move || {
-            while !stop.load(Ordering::Relaxed) {
-                peak.fetch_max(rss(), Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    });
-    let output = work.await;
-    stop.store(true, Ordering::Relaxed);
-    sampler.join().unwrap();
-    (
-        output,
-        peak.load(Ordering::Relaxed).saturating_sub(baseline),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_limit_gives_500_and_bounds_the_process() {

@@ -326,6 +326,103 @@ async fn a_cpu_rate_throttles_instead_of_failing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiling_is_charged_to_the_service_and_held_to_its_quota() {
+    let runtime = runtime();
+    let app = runtime.load(&example("echo")).unwrap();
+    assert!(!app.from_cache(), "the test runtime has no cache");
+    assert!(
+        app.load_cpu() > Duration::from_millis(20),
+        "{:?}",
+        app.load_cpu()
+    );
+    let limits = Limits {
+        cpus: Some(0.25),
+        ..Limits::default()
+    };
+    let started = Instant::now();
+    let served = serve(&runtime, "echo", limits, Capabilities::default());
+    let compiled = served.handle.stats().cpu_time;
+    assert!(
+        compiled >= Duration::from_millis(20),
+        "the compile is on the service's account: {compiled:?}"
+    );
+    let reply = get_async(served.addr, "/").await;
+    assert_eq!(reply.status, 200);
+    // The first request waits until the compile is paid for at a quarter of a core (less one burst).
+    let owed = compiled
+        .saturating_sub(Duration::from_millis(25))
+        .mul_f64(4.0);
+    assert!(
+        started.elapsed() >= owed.mul_f64(0.9),
+        "answered after {:?}, owing {owed:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reads_nothing_of_its_response_is_disconnected_and_frees_its_slot() {
+    use std::io::{Read, Write};
+    let runtime = runtime();
+    let app = runtime.load(&example("echo")).unwrap();
+    let limits = Limits {
+        max_connections: Some(1),
+        ..Limits::default()
+    };
+    let options = HttpOptions {
+        write_timeout: Duration::from_millis(300),
+        ..HttpOptions::default()
+    };
+    let service = Service::new(
+        &runtime,
+        &app,
+        limits,
+        Capabilities::default(),
+        GuestOutput::discard(),
+        GuestOutput::discard(),
+    )
+    .unwrap()
+    .with_http_options(options);
+    let handle = service
+        .serve(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .unwrap();
+    let addr = handle.local_addr();
+    let (received, next) = tokio::task::spawn_blocking(move || {
+        // 12 MiB echoed back: more than loopback's socket buffers hold, so the server's writes wait.
+        let body = vec![b'x'; 12 << 20];
+        let mut stalled = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            stalled,
+            "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        stalled.write_all(&body).unwrap();
+        // The only connection slot is taken: this one waits in the backlog until the stalled one closes.
+        let next = std::thread::spawn(move || get(addr, "/"));
+        std::thread::sleep(Duration::from_secs(1));
+        let mut received = 0;
+        let mut buf = vec![0u8; 1 << 20];
+        stalled
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        while let Ok(n) = stalled.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            received += n;
+        }
+        (received, next.join().unwrap())
+    })
+    .await
+    .unwrap();
+    assert!(
+        received < 12 << 20,
+        "the stalled client's response was cut off ({received} bytes received)"
+    );
+    assert_eq!(next.status, 200, "the freed slot served the next client");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_finishes_its_head_is_disconnected() {
     use std::io::{Read, Write};
     let runtime = runtime();

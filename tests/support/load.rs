@@ -30,6 +30,43 @@ pub fn load(addr: SocketAddr, target: &str, clients: usize, duration: Duration) 
         .collect()
 }
 
+/// Keeps `clients` connections busy sending `head` (a raw request head) on a fresh connection each time
+/// until `duration` has passed; returns the status of every answer (0 for none within 20 s).
+pub fn flood(
+    addr: SocketAddr,
+    head: &'static [u8],
+    clients: usize,
+    duration: Duration,
+) -> Vec<u16> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + duration;
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut statuses = Vec::new();
+                while Instant::now() < deadline && statuses.len() < 100_000 {
+                    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(20)))
+                        .unwrap();
+                    let mut status = [0u8; 12];
+                    let answered =
+                        stream.write_all(head).is_ok() && stream.read_exact(&mut status).is_ok();
+                    let code = std::str::from_utf8(&status[9..12])
+                        .ok()
+                        .and_then(|c| c.parse().ok());
+                    statuses.push(if answered { code.unwrap_or(0) } else { 0 });
+                }
+                statuses
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+}
+
 /// Sends `count` requests at once and returns their statuses.
 pub fn burst(addr: SocketAddr, target: &str, count: usize) -> Vec<u16> {
     let threads: Vec<_> = (0..count)

@@ -1,5 +1,6 @@
 //! Allocates and touches `?mib=N` MiB of linear memory, then answers how much it holds; `&hold=MS` keeps
 //! holding it that many milliseconds before answering, so concurrent requests overlap for sure.
+//! `?fields=N` instead makes the host hold memory for it: N `wasi:http` fields resources of 48 KiB each.
 
 use wstd::http::{Body, Error, Request, Response};
 
@@ -12,6 +13,18 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
             .and_then(|v| v.parse().ok())
     };
+    if let Some(count) = param("fields") {
+        let value = vec![b'a'; 48 << 10];
+        let mut held = Vec::new();
+        for _ in 0..count {
+            let fields = wasip2::http::types::Fields::new();
+            fields
+                .append("x-pad", &value)
+                .map_err(|e| Error::msg(format!("{e:?}")))?;
+            held.push(fields);
+        }
+        return Ok(Response::new(format!("host holds {} fields\n", held.len()).into()));
+    }
     let mib = param("mib").unwrap_or(1) as usize;
     let hold_ms = param("hold").unwrap_or(0);
     let mut buf = vec![0u8; mib << 20];

@@ -23,6 +23,32 @@ pub fn example(name: &str) -> Source {
     Source::from_file(&path).unwrap()
 }
 
+/// Runs `work` while a thread samples this process's RSS every millisecond; returns the peak growth over
+/// the start.
+pub async fn peak_growth<F: std::future::Future>(work: F) -> (F::Output, u64) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let rss = || own_status_bytes("VmRSS");
+    let baseline = rss();
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(baseline));
+    let sampler = std::thread::spawn({
+        let (stop, peak) = (stop.clone(), peak.clone());
+        move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(rss(), Ordering::Relaxed);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    });
+    let output = work.await;
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    (
+        output,
+        peak.load(Ordering::Relaxed).saturating_sub(baseline),
+    )
+}
+
 /// A size field of this process's `/proc/self/status` (`VmRSS`, `RssAnon`, …), in bytes. Tests that read it
 /// run alone in their test binary, so the figure is theirs.
 pub fn own_status_bytes(field: &str) -> u64 {
