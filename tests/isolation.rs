@@ -365,7 +365,7 @@ fn serve_ok(listener: std::net::TcpListener, served: Arc<AtomicUsize>) {
 }
 
 #[test]
-fn outbound_requests_leave_from_the_pods_network_namespace_and_resolve_with_its_files() {
+fn outbound_requests_leave_from_the_pods_network_namespace_and_resolve_with_its_files_and_dns() {
     let containerd = Containerd::start();
     let image = import_example(&containerd, "probe");
     let netns = NetNs::create("wasmhttp-iso-ns", "10.213.78", "whiso");
@@ -391,14 +391,29 @@ fn outbound_requests_leave_from_the_pods_network_namespace_and_resolve_with_its_
         ),
     )
     .unwrap();
+    // Cluster DNS, as the pod's resolv.conf names it: on the host end of the veth, so only a lookup made
+    // from inside the pod's namespace reaches it.
+    let peer_ip: std::net::Ipv4Addr = format!("{}.1", netns.prefix).parse().unwrap();
+    let cluster_name = "peer.ns.svc.cluster.local";
+    let asked = wasmhttp_tests::dns::serve_one_name((peer_ip, 53).into(), cluster_name, peer_ip);
+    let resolv_conf = dir.path().join("resolv.conf");
+    std::fs::write(
+        &resolv_conf,
+        format!("nameserver {peer_ip}\noptions timeout:2 attempts:1\n"),
+    )
+    .unwrap();
     let allowed = format!(
         "wasmhttp.io/allowed-outbound-hosts=127.0.0.1:{node_port},{prefix}.1:{peer_port},\
-         peer.test:{peer_port},metadata.test",
+         peer.test:{peer_port},metadata.test,{cluster_name}:{peer_port}",
         prefix = netns.prefix
     );
     let mount = format!(
         "type=bind,src={},dst=/etc/hosts,options=rbind:ro",
         hosts.display()
+    );
+    let resolv_mount = format!(
+        "type=bind,src={},dst=/etc/resolv.conf,options=rbind:ro",
+        resolv_conf.display()
     );
     let network = format!("network:{}", netns.path());
     let output = ctr_run(
@@ -411,6 +426,8 @@ fn outbound_requests_leave_from_the_pods_network_namespace_and_resolve_with_its_
             "PORT=8080",
             "--mount",
             &mount,
+            "--mount",
+            &resolv_mount,
             "--annotation",
             &allowed,
             &image,
@@ -444,7 +461,16 @@ fn outbound_requests_leave_from_the_pods_network_namespace_and_resolve_with_its_
         by_name, "fetch allowed: 200 OK\n",
         "a name from the pod's /etc/hosts"
     );
-    assert_eq!(peer_hits.load(Ordering::SeqCst), 2);
+    let by_cluster_dns = fetch(&format!("http://{cluster_name}:{peer_port}/"));
+    assert_eq!(
+        by_cluster_dns, "fetch allowed: 200 OK\n",
+        "a name from the nameserver in the pod's /etc/resolv.conf"
+    );
+    assert!(
+        asked.load(Ordering::SeqCst) >= 1,
+        "the pod's nameserver was asked"
+    );
+    assert_eq!(peer_hits.load(Ordering::SeqCst), 3);
     let not_granted = fetch(&format!("http://{}.1:{}/", netns.prefix, peer_port + 1));
     assert!(not_granted.starts_with("fetch denied"), "{not_granted}");
     let metadata = fetch("http://metadata.test/");

@@ -77,6 +77,20 @@ fn memory_limit_fails_the_request_not_the_service() {
         growth / MIB
     );
     assert_eq!(get(addr, "/?mib=32").status, 200, "still serving");
+
+    // Host memory the guest asks for: 20,000 header maps of 48 KiB (~940 MiB) stop at its limit's worth.
+    let (reply, peak) = sampling(move || process_rss(shim), || get(addr, "/?fields=20000"));
+    assert_eq!(reply.status, 500, "{reply:?}");
+    let growth = peak.saturating_sub(baseline);
+    println!(
+        "FIGURE memory: 20,000 header maps of 48 KiB under a 64 MiB limit grew the shim by {} MiB",
+        growth / MIB
+    );
+    assert!(
+        growth <= 2 * 64 * MIB + 16 * MIB,
+        "shim RSS grew {} MiB",
+        growth / MIB
+    );
     assert_eq!(
         metric(&containerd, "hog", "memory.limit_in_bytes"),
         64 * MIB
