@@ -110,6 +110,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .clone()
                 .or_else(EngineConfig::default_cache_dir)
         },
+        charge_whole_process: true,
         ..EngineConfig::default()
     };
     // Reading and hashing the binary overlaps building the engine.

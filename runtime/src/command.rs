@@ -2,12 +2,12 @@
 
 use crate::capabilities::Capabilities;
 use crate::classify::WasiVersion;
-use crate::cpu::run_metered;
 use crate::engine::{Code, Loaded, Runtime};
 use crate::instance::{
     Guarded, InstanceGuard, InstanceIo, InstanceState, P1State, finish, new_store,
 };
 use crate::knobs::Limits;
+use crate::metered::run_metered;
 use crate::output::GuestOutput;
 use crate::stats::{FailureCause, StatsSnapshot};
 use wasmtime::Store;

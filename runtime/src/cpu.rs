@@ -1,6 +1,6 @@
 //! CPU accounting and the CPU-rate token bucket.
 //!
-//! Every poll of a guest future is metered, so the figure covers guest code and the host calls it makes,
+//! Every poll of a guest future is metered ([`crate::metered`]), so the figure covers guest code and the host calls it makes,
 //! and nothing else the thread does. A poll is timed with the monotonic clock rather than the thread's
 //! CPU clock: reading the CPU clock is a system call (six per request took ~7% of a loaded server's CPU
 //! samples under `perf`), the monotonic one is not, and the two agree except while the thread is
@@ -10,12 +10,9 @@
 //! is paid back — throttled like CFS, never killed.
 
 use crate::stats::Stats;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// The bucket holds at most this much CPU time per CPU of rate: one CFS period's worth.
@@ -24,13 +21,27 @@ const BURST_WINDOW: Duration = Duration::from_millis(100);
 const ACTIVE_WINDOW: Duration = Duration::from_millis(50);
 /// How long a computed share stays valid; recomputing takes the group's lock.
 const SHARE_REFRESH: Duration = Duration::from_millis(10);
+/// How often the process's CPU clock is compared with what the meters charged (see [`CpuShares`]).
+const RECONCILE_EVERY: Duration = Duration::from_millis(100);
 
 /// The services of one [`crate::Runtime`] that divide the host's CPUs by weight when they contend
 /// (`cpu.shares`). A service alone on the CPU is not slowed by its weight, as under CFS.
+///
+/// The group also charges the CPU its services cause outside their metered polls: the event loops'
+/// wake-ups, the kernel's work on their sockets, closing connections. Every [`RECONCILE_EVERY`], what the
+/// process used beyond what its meters charged is divided among the services by what each charged
+/// meanwhile, as a cgroup holding the whole shim would count it.
 pub(crate) struct CpuShares {
     capacity: f64,
     origin: Instant,
     members: Mutex<Vec<Weak<Member>>>,
+    /// Nanoseconds charged by every member since the start.
+    charged_ns: AtomicU64,
+    /// Milliseconds since the origin of the last reconciliation.
+    reconciled_at: AtomicU64,
+    /// The process's CPU clock and `charged_ns` at the last reconciliation; `None` when the process's
+    /// unmetered CPU is not charged (see `EngineConfig::charge_whole_process`).
+    ledger: Option<Mutex<(Duration, u64)>>,
 }
 
 /// One service's place in [`CpuShares`].
@@ -42,15 +53,67 @@ struct Member {
     share_at: AtomicU64,
     /// The share in CPU-seconds per second as `f64` bits; NaN when nobody else contends.
     share: AtomicU64,
+    /// Nanoseconds charged since the last reconciliation.
+    recent_ns: AtomicU64,
+    /// Nanoseconds of unmetered CPU assigned by a reconciliation, not yet charged.
+    owed_ns: AtomicU64,
 }
 
 impl CpuShares {
-    /// A group dividing `capacity` CPUs.
-    pub(crate) fn new(capacity: f64) -> Self {
+    /// A group dividing `capacity` CPUs; with `whole_process`, it also charges the process's unmetered
+    /// CPU to its members.
+    pub(crate) fn new(capacity: f64, whole_process: bool) -> Self {
         CpuShares {
             capacity,
             origin: Instant::now(),
             members: Mutex::default(),
+            charged_ns: AtomicU64::new(0),
+            reconciled_at: AtomicU64::new(0),
+            ledger: whole_process.then(|| Mutex::new((cpu_clock(ClockId::ProcessCPUTime), 0))),
+        }
+    }
+
+    /// Records `used` as charged by `member`; at most every [`RECONCILE_EVERY`], assigns the process's
+    /// unmetered CPU since the last time to the members that charged meanwhile.
+    fn record(&self, member: &Member, used: Duration, now: Instant) {
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        let used = used.as_nanos() as u64;
+        member.recent_ns.fetch_add(used, Relaxed);
+        self.charged_ns.fetch_add(used, Relaxed);
+        let now_ms = self.millis(now);
+        let last = self.reconciled_at.load(Relaxed);
+        if now_ms.saturating_sub(last) < RECONCILE_EVERY.as_millis() as u64 {
+            return;
+        }
+        let Ok(mut ledger) = ledger.try_lock() else {
+            return;
+        };
+        self.reconciled_at.store(now_ms, Relaxed);
+        let process = cpu_clock(ClockId::ProcessCPUTime);
+        let charged = self.charged_ns.load(Relaxed);
+        let used = process.saturating_sub(ledger.0).as_nanos() as u64;
+        let unmetered = used.saturating_sub(charged.saturating_sub(ledger.1));
+        *ledger = (process, charged);
+        let members: Vec<(Arc<Member>, u64)> = self
+            .members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|m| {
+                let recent = m.recent_ns.swap(0, Relaxed);
+                (m, recent)
+            })
+            .collect();
+        let total: u64 = members.iter().map(|(_, recent)| recent).sum();
+        if total == 0 {
+            return;
+        }
+        for (member, recent) in members {
+            let share = (u128::from(unmetered) * u128::from(recent) / u128::from(total)) as u64;
+            member.owed_ns.fetch_add(share, Relaxed);
         }
     }
 
@@ -60,6 +123,8 @@ impl CpuShares {
             busy_at: AtomicU64::new(u64::MAX),
             share_at: AtomicU64::new(u64::MAX),
             share: AtomicU64::new(f64::NAN.to_bits()),
+            recent_ns: AtomicU64::new(0),
+            owed_ns: AtomicU64::new(0),
         });
         let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
         members.retain(|m| m.strong_count() > 0);
@@ -178,10 +243,13 @@ impl CpuMeter {
 
     /// Charges `used` CPU time, which ended at `now`.
     pub(crate) fn charge(&self, used: Duration, now: Instant) {
-        self.stats.add_cpu(used);
+        let mut used = used;
         if let Some((group, member)) = &self.group {
             member.busy_at.store(group.millis(now), Relaxed);
+            group.record(member, used, now);
+            used += Duration::from_nanos(member.owed_ns.swap(0, Relaxed));
         }
+        self.stats.add_cpu(used);
         let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
         let rate = self.rate_with(bucket.quota, now);
         bucket.refill(now, rate);
@@ -225,96 +293,6 @@ pub(crate) fn cpu_clock(clock: ClockId) -> Duration {
     Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
-/// Runs a guest future metered by `meter` and bounded by `timeout`.
-pub(crate) async fn run_metered<R>(
-    meter: &Arc<CpuMeter>,
-    timeout: Option<Duration>,
-    run: impl Future<Output = wasmtime::Result<R>>,
-) -> wasmtime::Result<R> {
-    Metered::new(crate::deadline::with_timeout(timeout, run), meter.clone()).await
-}
-
-/// A future whose every poll is charged to a [`CpuMeter`]. Wrapping whole tasks (a connection, an
-/// instance from setup to teardown) charges the host work a request causes, as a cgroup would. A poll
-/// inside another metered poll on the same thread is charged once, by the outer one.
-pub(crate) struct Metered<F> {
-    inner: Pin<Box<F>>,
-    meter: Arc<CpuMeter>,
-    /// Whether the task waits out the meter's debt between polls (see [`Metered::throttled`]).
-    throttled: bool,
-    pause: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-thread_local! {
-    /// Set while a [`Metered`] poll runs on this thread.
-    static METERING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Clears [`METERING`] when the outer poll ends, a panicking one included.
-struct MeteringGuard;
-
-impl Drop for MeteringGuard {
-    fn drop(&mut self) {
-        METERING.set(false);
-    }
-}
-
-impl<F: Future> Metered<F> {
-    pub(crate) fn new(inner: F, meter: Arc<CpuMeter>) -> Self {
-        Metered {
-            inner: Box::pin(inner),
-            meter,
-            throttled: false,
-            pause: None,
-        }
-    }
-
-    /// Metered, and held back while the meter is in debt: after a poll that leaves the bucket owing, the
-    /// task is not polled again until the debt is paid. For host work that runs no guest code (parsing,
-    /// refusing, writing responses, outbound I/O), which the epoch callback that parks instances never
-    /// sees.
-    pub(crate) fn throttled(inner: F, meter: Arc<CpuMeter>) -> Self {
-        Metered {
-            throttled: true,
-            ..Self::new(inner, meter)
-        }
-    }
-}
-
-impl<F: Future> Future for Metered<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = &mut *self;
-        if let Some(pause) = this.pause.as_mut() {
-            if pause.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            this.pause = None;
-        }
-        if METERING.get() {
-            return this.inner.as_mut().poll(cx);
-        }
-        METERING.set(true);
-        let guard = MeteringGuard;
-        let start = Instant::now();
-        let result = this.inner.as_mut().poll(cx);
-        let end = Instant::now();
-        drop(guard);
-        this.meter.charge(end - start, end);
-        if this.throttled
-            && result.is_pending()
-            && let Some(wait) = this.meter.throttle_for()
-        {
-            let mut pause = Box::pin(tokio::time::sleep(wait));
-            if pause.as_mut().poll(cx).is_pending() {
-                this.pause = Some(pause);
-            }
-        }
-        result
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,24 +321,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn metering_counts_cpu_not_waiting() {
-        let meter = Arc::new(CpuMeter::new(Arc::new(Stats::default()), None, None));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            Metered::new(tokio::time::sleep(Duration::from_millis(50)), meter.clone()).await
-        });
-        assert!(meter.stats().snapshot().cpu_time < Duration::from_millis(20));
-        rt.block_on(Metered::new(
-            async { spin(Duration::from_millis(30)) },
-            meter.clone(),
-        ));
-        assert!(meter.stats().snapshot().cpu_time >= Duration::from_millis(25));
-    }
-
     fn spin(for_: Duration) {
         let start = Instant::now();
         while start.elapsed() < for_ {
@@ -369,58 +329,40 @@ mod tests {
     }
 
     #[test]
-    fn a_throttled_task_waits_out_the_debt_between_polls() {
-        let meter = Arc::new(CpuMeter::new(Arc::new(Stats::default()), Some(0.5), None));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
-        // One poll of 100 ms (a refused request's parsing, say), then one more after a yield.
-        let started = Instant::now();
-        rt.block_on(Metered::throttled(
-            async {
-                spin(Duration::from_millis(100));
-                tokio::task::yield_now().await;
-            },
-            meter.clone(),
-        ));
-        // 50 ms of burst minus 100 ms used = 50 ms of debt, repaid at 0.5 CPU: 100 ms.
-        assert!(
-            started.elapsed() >= Duration::from_millis(190),
-            "{:?}",
-            started.elapsed()
+    fn a_whole_process_group_charges_cpu_used_outside_metered_polls() {
+        let group = Arc::new(CpuShares::new(2.0, true));
+        let meter = CpuMeter::new(
+            Arc::new(Stats::default()),
+            None,
+            Some((group.clone(), DEFAULT_CPU_SHARES)),
         );
-        // Unthrottled, the same task does not wait.
-        let meter = Arc::new(CpuMeter::new(Arc::new(Stats::default()), Some(0.5), None));
-        let started = Instant::now();
-        rt.block_on(Metered::new(
-            async {
-                spin(Duration::from_millis(100));
-                tokio::task::yield_now().await;
-            },
-            meter,
-        ));
-        assert!(started.elapsed() < Duration::from_millis(150));
-    }
-
-    #[test]
-    fn a_poll_inside_a_metered_poll_is_charged_once() {
-        let meter = Arc::new(CpuMeter::new(Arc::new(Stats::default()), None, None));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let inner = Metered::new(async { spin(Duration::from_millis(40)) }, meter.clone());
-        rt.block_on(Metered::new(inner, meter.clone()));
+        meter.charge(Duration::from_millis(1), Instant::now());
+        // Work no poll measured (an event loop's, the kernel's), then the next reconciliation.
+        spin(Duration::from_millis(60));
+        std::thread::sleep(RECONCILE_EVERY);
+        meter.charge(Duration::from_millis(1), Instant::now());
         let charged = meter.stats().snapshot().cpu_time;
-        assert!(
-            charged >= Duration::from_millis(40) && charged < Duration::from_millis(70),
-            "{charged:?}"
+        assert!(charged >= Duration::from_millis(50), "{charged:?}");
+
+        let apart = Arc::new(CpuShares::new(2.0, false));
+        let meter = CpuMeter::new(
+            Arc::new(Stats::default()),
+            None,
+            Some((apart, DEFAULT_CPU_SHARES)),
+        );
+        spin(Duration::from_millis(60));
+        std::thread::sleep(RECONCILE_EVERY);
+        meter.charge(Duration::from_millis(1), Instant::now());
+        assert_eq!(
+            meter.stats().snapshot().cpu_time,
+            Duration::from_millis(1),
+            "an embedder's own work is its own"
         );
     }
 
     #[test]
     fn contending_services_split_the_cpus_by_weight() {
-        let group = Arc::new(CpuShares::new(2.0));
+        let group = Arc::new(CpuShares::new(2.0, false));
         let meter = |weight| {
             CpuMeter::new(
                 Arc::new(Stats::default()),

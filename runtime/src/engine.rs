@@ -43,6 +43,11 @@ pub struct EngineConfig {
     /// The largest wasm file or image layer a container may name, in bytes: reading and compiling it is
     /// work and memory the node spends before any limit of the container applies.
     pub max_component_size: u64,
+    /// Whether this process serves nothing but this runtime's guests (a shim, `wasmhttp run`): then the
+    /// CPU it uses outside metered polls (event loops, the kernel's socket work) is charged to its
+    /// services as well, as a cgroup around the process would. Off for embedders with other work, whose
+    /// CPU would otherwise be charged to the guests.
+    pub charge_whole_process: bool,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +62,7 @@ impl Default for EngineConfig {
             http_workers: host_cpus(),
             slot_keep_resident: 64 << 10,
             max_component_size: 256 << 20,
+            charge_whole_process: false,
         }
     }
 }
@@ -370,6 +376,10 @@ impl Runtime {
     pub fn new(config: EngineConfig) -> Result<Self, crate::Error> {
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let plain = Flavour::new(&config, false, ticker_stop.clone())?;
+        let cpu_shares = Arc::new(CpuShares::new(
+            host_cpus() as f64,
+            config.charge_whole_process,
+        ));
         Ok(Runtime {
             inner: Arc::new(Inner {
                 plain,
@@ -378,7 +388,7 @@ impl Runtime {
                 workers: OnceLock::new(),
                 config,
                 ticker_stop,
-                cpu_shares: Arc::new(CpuShares::new(host_cpus() as f64)),
+                cpu_shares,
             }),
         })
     }

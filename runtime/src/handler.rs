@@ -4,12 +4,13 @@
 use crate::admission::{Admission, Permit};
 use crate::capabilities::Capabilities;
 use crate::classify::WasiVersion;
-use crate::cpu::{CpuMeter, Metered};
+use crate::cpu::CpuMeter;
 use crate::deadline::with_timeout;
 use crate::engine::Runtime;
 use crate::instance::{Guarded, InstanceGuard, InstanceIo, InstanceState, finish, new_store};
 use crate::knobs::Limits;
 use crate::knobs::value::MAX_DURATION;
+use crate::metered::Metered;
 use crate::output::GuestOutput;
 use crate::preread::{Preread, PrereadError, preread};
 use crate::reuse::{Answer, Job, Pool, error_code_name};

@@ -28,6 +28,7 @@ mod error;
 mod handler;
 mod instance;
 pub mod knobs;
+mod metered;
 pub mod outbound;
 mod output;
 mod preread;

@@ -7,7 +7,8 @@
 //! shim opens it in the container's network namespace with the container's resolver files; the CLI uses the
 //! host's. The HTTP exchange itself (TLS, HTTP/1.1) runs on the serving worker.
 
-use crate::cpu::{ClockId, CpuMeter, Metered, cpu_clock};
+use crate::cpu::{ClockId, CpuMeter, cpu_clock};
+use crate::metered::Metered;
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use std::fmt;

@@ -2,11 +2,11 @@
 
 use crate::capabilities::Capabilities;
 use crate::classify::WasiVersion;
-use crate::cpu::Metered;
 use crate::engine::{Code, Loaded, Runtime};
 use crate::handler::{Shared, handle};
 use crate::knobs::Limits;
 use crate::knobs::value::MAX_DURATION;
+use crate::metered::Metered;
 use crate::output::GuestOutput;
 use crate::reuse::Pool;
 use crate::stalled_write::StalledWriteTimeout;

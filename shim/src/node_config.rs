@@ -101,7 +101,11 @@ pub fn parse(text: &str, origin: &str) -> Result<NodeConfig> {
         fail(line, e.message().trim().to_string())
     })?;
     let mut config = NodeConfig {
-        engine: EngineConfig::default(),
+        // A shim process runs nothing but its pod's guests.
+        engine: EngineConfig {
+            charge_whole_process: true,
+            ..EngineConfig::default()
+        },
         defaults: Limits::default(),
         ceilings: Limits::default(),
         security: Security::default(),

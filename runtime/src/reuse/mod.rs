@@ -12,11 +12,11 @@ mod concurrent;
 mod serial;
 
 use crate::admission::Permit;
-use crate::cpu::Metered;
 use crate::deadline::with_timeout;
 use crate::handler::Shared;
 use crate::instance::finish;
 use crate::knobs::Limits;
+use crate::metered::Metered;
 use crate::stats::FailureCause;
 use http::{Request, Response};
 use std::sync::atomic::Ordering::Relaxed;
