@@ -155,6 +155,7 @@ fn a_wasi_03_service_runs_with_limits_logs_and_metrics_through_ctr() {
         metrics["cpu"]["usage"]["total"].as_u64() > Some(0),
         "{json}"
     );
+    containerd.wait_for_log("memory limit exceeded");
     let log = containerd.log();
     assert!(
         log.lines().any(|l| l.contains("request refused")

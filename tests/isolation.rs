@@ -192,11 +192,7 @@ fn a_failed_start_exits_and_sigkill_cuts_a_drain_short() {
         "Delete reports the failed start"
     );
     containerd.ctr_ok(&["container", "rm", "taken"]);
-    assert!(
-        containerd.log().contains("start failed"),
-        "{}",
-        containerd.log()
-    );
+    containerd.wait_for_log("start failed");
 
     // SIGTERM drains for up to 60 s; SIGKILL during the drain stops the service at once with 137.
     let dir = tempfile::tempdir().unwrap();
@@ -286,10 +282,8 @@ fn a_compile_cache_entry_copied_under_another_digest_is_recompiled_not_run() {
         serve("echo", "echo2").starts_with("method: GET\n"),
         "echo's own code runs"
     );
-    let log = containerd.log();
-    assert!(
-        log.contains("discarding compile cache entry: it does not match its sum (corrupt, truncated or forged)"),
-        "{log}"
+    containerd.wait_for_log(
+        "discarding compile cache entry: it does not match its sum (corrupt, truncated or forged)",
     );
 }
 
@@ -475,13 +469,7 @@ fn outbound_requests_leave_from_the_pods_network_namespace_and_resolve_with_its_
     assert!(not_granted.starts_with("fetch denied"), "{not_granted}");
     let metadata = fetch("http://metadata.test/");
     assert!(metadata.starts_with("fetch denied"), "{metadata}");
-    assert!(
-        containerd
-            .log()
-            .contains("every address of metadata.test is in a denied range"),
-        "{}",
-        containerd.log()
-    );
+    containerd.wait_for_log("every address of metadata.test is in a denied range");
     kill_now(&containerd, "outbound");
 }
 

@@ -101,6 +101,7 @@ fn memory_limit_fails_the_request_not_the_service() {
     let metrics: serde_json::Value = serde_json::from_str(&json).unwrap();
     let failcnt = metrics["memory"]["usage"]["failcnt"].as_u64().unwrap_or(0);
     assert!(failcnt >= 1, "the 100 MiB request was refused: {json}");
+    containerd.wait_for_log("memory limit exceeded");
     let log = containerd.log();
     assert!(
         log.lines().any(|l| l.contains("request refused")
@@ -378,11 +379,7 @@ fn annotations_and_node_configuration_apply_and_bad_values_fail_create() {
         (504, "deadline exceeded\n")
     );
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert!(
-        containerd.log().contains("unknown wasmhttp annotation"),
-        "no warning in {}",
-        containerd.log()
-    );
+    containerd.wait_for_log("unknown wasmhttp annotation");
 
     let port = free_port();
     let fuel = "wasmhttp.io/fuel-per-request=300000000".to_string();

@@ -119,6 +119,20 @@ state = "{d}/state"
             .unwrap()
     }
 
+    /// Waits (up to 10 s) until containerd's log holds `text`: shim logs reach it through a pipe
+    /// containerd copies from, so a line may land just after the request that caused it was answered.
+    pub fn wait_for_log(&self, text: &str) {
+        let started = Instant::now();
+        while !self.log().contains(text) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "containerd's log never showed {text:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Runs `ctr` and returns its stdout, panicking with its stderr if it fails.
     pub fn ctr_ok(&self, args: &[&str]) -> String {
         let output = self.ctr(args);
