@@ -1,32 +1,38 @@
 #!/usr/bin/env bash
 # The cost of tenant isolation (SECURITY.md) on the shim, through a private containerd, same run:
 #   1. `ctr run -d` of hello to its first 200 (warm compile cache)
-#   2. hello req/s through the shim (`wrk -t2 -c50`, the service on the host network)
-# for three shims:
-#   before  — the shim as built from $BASELINE (default aebc203, the last commit before the isolation work)
+#   2. hello req/s through the shim (`wrk -t2 -c50`, the service on the host network), and the shim's CPU
+#      per request (its utime + stime over the requests wrk counted), which wrk sharing the cores disturbs less
+# for the shims:
 #   enforce — this tree's shim as shipped: capabilities dropped, seccomp filter on
 #   off     — this tree's shim with `[security] seccomp = "off"` (capabilities are still dropped)
-# The kinds take turns, so that a slow spell of the machine falls on all of them alike; medians of RUNS.
-# Usage: bench/isolation.sh [RUNS]   (default 10; DURATION=5s per wrk run; results in bench-out/isolation.txt)
+#   before  — with BASELINE=<commit> (aebc203 is the last commit before the isolation work): the shim built
+#             from that commit (in a worktree sharing this target directory; adds two release builds)
+# The kinds take turns, in an order rotated every round, so that a slow spell of the machine falls on all of
+# them alike; medians. Usage: bench/isolation.sh [RUNS]   (default 10; DURATION=4s per wrk run; results in
+# bench-out/isolation.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-10}"
-duration="${DURATION:-5s}"
-baseline="${BASELINE:-aebc203}"
+duration="${DURATION:-4s}"
+baseline="${BASELINE:-}"
 out=bench-out; mkdir -p "$out"
 
 bash scripts/setup.sh containerd wrk bc git
 bash examples/build.sh >/dev/null
 bin=$PWD/target/release
 
-# The baseline's shim, from a worktree that shares this target directory (dependencies are built once), is
-# built first, so that target/release ends up holding this tree's binaries. containerd finds it as
-# runtime io.containerd.wasmhttpbefore.v1.
+kinds=(enforce off)
 before_dir=$(mktemp -d /tmp/wasmhttp-before-XXXXXX)
-git worktree add -q --detach "$before_dir/src" "$baseline"
-(cd "$before_dir/src" && CARGO_TARGET_DIR="$bin/.." cargo build --release --locked -q -p containerd-shim-wasmhttp)
-cp "$bin/containerd-shim-wasmhttp-v1" "$before_dir/containerd-shim-wasmhttpbefore-v1"
-git worktree remove --force "$before_dir/src"
+if [ -n "$baseline" ]; then
+  # Built first, so that target/release ends up holding this tree's binaries. containerd finds it as
+  # runtime io.containerd.wasmhttpbefore.v1.
+  git worktree add -q --detach "$before_dir/src" "$baseline"
+  (cd "$before_dir/src" && CARGO_TARGET_DIR="$bin/.." cargo build --release --locked -q -p containerd-shim-wasmhttp)
+  cp "$bin/containerd-shim-wasmhttp-v1" "$before_dir/containerd-shim-wasmhttpbefore-v1"
+  git worktree remove --force "$before_dir/src"
+  kinds=(before enforce off)
+fi
 cargo build --release --locked -q -p containerd-shim-wasmhttp -p wasmhttp-cli -p wasmhttp-bench
 
 extra_path=$before_dir
@@ -35,7 +41,6 @@ trap 'cleanup; rm -rf "$before_dir"' EXIT
 
 "$bin/wasmhttp" image build examples/wasm/hello.wasm -t docker.io/bench/hello:1 -o "$work/hello.tar" 2>/dev/null
 ctr_ image import "$work/hello.tar" >/dev/null
-kinds=(before enforce off)
 declare -A runtime=([before]=io.containerd.wasmhttpbefore.v1 [enforce]=io.containerd.wasmhttp.v1
   [off]=io.containerd.wasmhttp.v1)
 # Each shim its own compile cache: the baseline's entries are in an older format.
@@ -48,6 +53,9 @@ service() { # KIND ID PORT: sets $args to the `ctr run -d` arguments of hello un
     docker.io/bench/hello:1 "$2")
 }
 
+# rotated N: the kinds, starting from the Nth.
+rotated() { local n=$(($1 % ${#kinds[@]})); echo "${kinds[@]:n}" "${kinds[@]:0:n}"; }
+
 # 1: ctr run -d to the first 200, timed by bench/src/bin/first-response.rs.
 first_200() { # KIND ID PORT
   service "$@"
@@ -57,47 +65,56 @@ first_200() { # KIND ID PORT
 port=19400 # a port of its own for every run: a closed one may still have connections in TIME_WAIT
 for kind in "${kinds[@]}"; do port=$((port + 1)); first_200 "$kind" "warm-$kind" "$port" >/dev/null; done
 for i in $(seq 1 "$runs"); do
-  for kind in "${kinds[@]}"; do
+  for kind in $(rotated "$i"); do
     port=$((port + 1))
     first_200 "$kind" "d-$kind-$i" "$port" >>"$work/start-$kind"
   done
 done
 
-# 2: req/s, the three services running side by side and measured in turns.
-declare -A service_port=([before]=19301 [enforce]=19302 [off]=19303)
+# 2: req/s and CPU per request, the services running side by side and measured in turns.
+declare -A service_port=([before]=19301 [enforce]=19302 [off]=19303) shim_pid
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for kind in "${kinds[@]}"; do
   service "$kind" "rps-$kind" "${service_port[$kind]}"
   ctr_ run -d "${args[@]}" >/dev/null
   for _ in $(seq 1 400); do http_200 "${service_port[$kind]}" && break; sleep 0.05; done
+  shim_pid[$kind]=$(pgrep -f "containerd-shim-wasmhttp.*-id rps-$kind " | head -1)
   wrk -t2 -c50 -d1s "http://127.0.0.1:${service_port[$kind]}/" >/dev/null
 done
-rounds=$(( (runs + 2) / 3 ))
-for _ in $(seq 1 "$rounds"); do
-  for kind in "${kinds[@]}"; do
-    wrk -t2 -c50 -d"$duration" "http://127.0.0.1:${service_port[$kind]}/" |
-      awk '/Requests\/sec/ {print $2}' >>"$work/rps-$kind"
+ticks_per_s=$(getconf CLK_TCK)
+for i in $(seq 1 "$runs"); do
+  for kind in $(rotated "$i"); do
+    t0=$(cpu_ticks "${shim_pid[$kind]}")
+    report=$(wrk -t2 -c50 -d"$duration" "http://127.0.0.1:${service_port[$kind]}/")
+    t1=$(cpu_ticks "${shim_pid[$kind]}")
+    echo "$report" | awk '/Requests\/sec/ {print $2}' >>"$work/rps-$kind"
+    requests=$(echo "$report" | awk '/requests in/ {print $1}')
+    echo "($t1 - $t0) * 1000000 / $ticks_per_s / $requests" | bc -l >>"$work/cpu-$kind"
   done
 done
 for kind in "${kinds[@]}"; do remove "rps-$kind"; done
 
-declare -A start_ms rps
+declare -A start_ms rps cpu_us
 for kind in "${kinds[@]}"; do
   start_ms[$kind]=$(median <"$work/start-$kind")
   rps[$kind]=$(median <"$work/rps-$kind")
+  cpu_us[$kind]=$(median <"$work/cpu-$kind")
 done
 {
   echo "containerd $(containerd --version | awk '{print $3}'), $(nproc) cores (wrk shares them);" \
-    "before = $baseline; medians of $runs starts and $rounds wrk runs of $duration"
-  printf '%-36s %10s %10s %10s %14s %14s\n' measure before enforce off "enforce/before" "enforce/off"
-  for measure in start rps; do
-    if [ "$measure" = start ]; then
-      label="ctr run -d to first 200, warm (ms)"; b=${start_ms[before]}; e=${start_ms[enforce]}; o=${start_ms[off]}
-    else
-      label="hello req/s through the shim"; b=${rps[before]}; e=${rps[enforce]}; o=${rps[off]}
-    fi
-    printf '%-36s %10.1f %10.1f %10.1f %13.3fx %13.3fx\n' "$label" "$b" "$e" "$o" \
-      "$(echo "$e / $b" | bc -l)" "$(echo "$e / $o" | bc -l)"
+    "${baseline:+before = $baseline; }medians of $runs starts and $runs wrk runs of $duration"
+  printf '%-40s' measure; for kind in "${kinds[@]}"; do printf ' %10s' "$kind"; done
+  printf ' %12s\n' "enforce/off"
+  for measure in start rps cpu; do
+    case $measure in
+      start) label="ctr run -d to first 200, warm (ms)"; declare -n values=start_ms ;;
+      rps) label="hello req/s through the shim"; declare -n values=rps ;;
+      cpu) label="shim CPU per request (us)"; declare -n values=cpu_us ;;
+    esac
+    printf '%-40s' "$label"; for kind in "${kinds[@]}"; do printf ' %10.1f' "${values[$kind]}"; done
+    printf ' %11.3fx\n' "$(echo "${values[enforce]} / ${values[off]}" | bc -l)"
+    unset -n values
   done
 } | tee "$out/isolation.txt"
-for f in "$work"/start-* "$work"/rps-*; do echo "$(basename "$f"): $(tr '\n' ' ' <"$f")"; done \
+for f in "$work"/start-* "$work"/rps-* "$work"/cpu-*; do echo "$(basename "$f"): $(tr '\n' ' ' <"$f")"; done \
   >"$out/isolation-runs.txt"
