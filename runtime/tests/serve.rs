@@ -372,19 +372,7 @@ async fn a_client_that_reads_nothing_of_its_response_is_disconnected_and_frees_i
         write_timeout: Duration::from_millis(300),
         ..HttpOptions::default()
     };
-    let service = Service::new(
-        &runtime,
-        &app,
-        limits,
-        Capabilities::default(),
-        GuestOutput::discard(),
-        GuestOutput::discard(),
-    )
-    .unwrap()
-    .with_http_options(options);
-    let handle = service
-        .serve(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .unwrap();
+    let handle = serve_with_options(&runtime, &app, limits, options);
     let addr = handle.local_addr();
     let (received, next) = tokio::task::spawn_blocking(move || {
         // 12 MiB echoed back: more than loopback's socket buffers hold, so the server's writes wait.
@@ -431,19 +419,7 @@ async fn a_client_that_never_finishes_its_head_is_disconnected() {
         header_read_timeout: Duration::from_millis(200),
         ..HttpOptions::default()
     };
-    let service = Service::new(
-        &runtime,
-        &app,
-        Limits::default(),
-        Capabilities::default(),
-        GuestOutput::discard(),
-        GuestOutput::discard(),
-    )
-    .unwrap()
-    .with_http_options(options);
-    let handle = service
-        .serve(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .unwrap();
+    let handle = serve_with_options(&runtime, &app, Limits::default(), options);
     let addr = handle.local_addr();
     let closed_after = tokio::task::spawn_blocking(move || {
         let mut stream = std::net::TcpStream::connect(addr).unwrap();
@@ -490,4 +466,25 @@ async fn a_full_instance_pool_answers_503() {
     assert_eq!(refused.body, "over capacity\n");
     assert_eq!(busy.await.unwrap().status, 200);
     assert_eq!(served.handle.stats().failed_overload, 1);
+}
+
+/// Serves `app` on a free loopback port with HTTP `options`, its output discarded.
+fn serve_with_options(
+    runtime: &Runtime,
+    app: &Loaded,
+    limits: Limits,
+    options: HttpOptions,
+) -> ServiceHandle {
+    Service::new(
+        runtime,
+        app,
+        limits,
+        Capabilities::default(),
+        GuestOutput::discard(),
+        GuestOutput::discard(),
+    )
+    .unwrap()
+    .with_http_options(options)
+    .serve(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+    .unwrap()
 }

@@ -10,24 +10,8 @@ use std::time::{Duration, Instant};
 
 /// Keeps `clients` requests to `target` in flight until `duration` has passed; returns every status.
 pub fn load(addr: SocketAddr, target: &str, clients: usize, duration: Duration) -> Vec<u16> {
-    let deadline = Instant::now() + duration;
-    let threads: Vec<_> = (0..clients)
-        .map(|_| {
-            let target = target.to_string();
-            std::thread::spawn(move || {
-                let mut statuses = Vec::new();
-                // Bounded by time, and by count in case the server answers instantly.
-                while Instant::now() < deadline && statuses.len() < 100_000 {
-                    statuses.push(get(addr, &target).status);
-                }
-                statuses
-            })
-        })
-        .collect();
-    threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect()
+    let target: Arc<str> = target.into();
+    each_client_until(clients, duration, move || get(addr, &target).status)
 }
 
 /// Keeps `clients` connections busy sending `head` (a raw request head) on a fresh connection each time
@@ -39,23 +23,35 @@ pub fn flood(
     duration: Duration,
 ) -> Vec<u16> {
     use std::io::{Read, Write};
+    each_client_until(clients, duration, move || {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut status = [0u8; 12];
+        let answered = stream.write_all(head).is_ok() && stream.read_exact(&mut status).is_ok();
+        let code = std::str::from_utf8(&status[9..12])
+            .ok()
+            .and_then(|c| c.parse().ok());
+        if answered { code.unwrap_or(0) } else { 0 }
+    })
+}
+
+/// Runs `request` over and over on `clients` threads until `duration` has passed; returns every status.
+fn each_client_until(
+    clients: usize,
+    duration: Duration,
+    request: impl Fn() -> u16 + Clone + Send + 'static,
+) -> Vec<u16> {
     let deadline = Instant::now() + duration;
     let threads: Vec<_> = (0..clients)
         .map(|_| {
+            let request = request.clone();
             std::thread::spawn(move || {
                 let mut statuses = Vec::new();
+                // Bounded by time, and by count in case the server answers instantly.
                 while Instant::now() < deadline && statuses.len() < 100_000 {
-                    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(20)))
-                        .unwrap();
-                    let mut status = [0u8; 12];
-                    let answered =
-                        stream.write_all(head).is_ok() && stream.read_exact(&mut status).is_ok();
-                    let code = std::str::from_utf8(&status[9..12])
-                        .ok()
-                        .and_then(|c| c.parse().ok());
-                    statuses.push(if answered { code.unwrap_or(0) } else { 0 });
+                    statuses.push(request());
                 }
                 statuses
             })
