@@ -6,8 +6,15 @@
 # for the shims:
 #   enforce — this tree's shim as shipped: capabilities dropped, seccomp filter on
 #   off     — this tree's shim with `[security] seccomp = "off"` (capabilities are still dropped)
+#   off2    — the same as off, a second time: off2/off is this machine's noise in the same run, the yardstick
+#             for enforce/off
 #   before  — with BASELINE=<commit> (aebc203 is the last commit before the isolation work): the shim built
 #             from that commit (in a worktree sharing this target directory; adds two release builds)
+# and, the filter alone:
+#   3. each system call a served request makes, timed in a process confined as the shim is
+#      (bench/src/bin/seccomp-cost.rs), with and without the filter, in turns;
+#   4. the system calls per request of the enforce shim (strace -c), so that calls × cost per call is the
+#      filter's cost per request, beside the shim's CPU per request.
 # The kinds take turns, in an order rotated every round, so that a slow spell of the machine falls on all of
 # them alike; medians. Usage: bench/isolation.sh [RUNS]   (default 10; DURATION=4s per wrk run; results in
 # bench-out/isolation.txt)
@@ -18,11 +25,11 @@ duration="${DURATION:-4s}"
 baseline="${BASELINE:-}"
 out=bench-out; mkdir -p "$out"
 
-bash scripts/setup.sh containerd wrk bc git
+bash scripts/setup.sh containerd wrk bc git strace
 bash examples/build.sh >/dev/null
 bin=$PWD/target/release
 
-kinds=(enforce off)
+kinds=(enforce off off2)
 before_dir=$(mktemp -d /tmp/wasmhttp-before-XXXXXX)
 if [ -n "$baseline" ]; then
   # Built first, so that target/release ends up holding this tree's binaries. containerd finds it as
@@ -31,7 +38,7 @@ if [ -n "$baseline" ]; then
   (cd "$before_dir/src" && CARGO_TARGET_DIR="$bin/.." cargo build --release --locked -q -p containerd-shim-wasmhttp)
   cp "$bin/containerd-shim-wasmhttp-v1" "$before_dir/containerd-shim-wasmhttpbefore-v1"
   git worktree remove --force "$before_dir/src"
-  kinds=(before enforce off)
+  kinds=(before enforce off off2)
 fi
 cargo build --release --locked -q -p containerd-shim-wasmhttp -p wasmhttp-cli -p wasmhttp-bench
 
@@ -42,12 +49,13 @@ trap 'cleanup; rm -rf "$before_dir"' EXIT
 "$bin/wasmhttp" image build examples/wasm/hello.wasm -t docker.io/bench/hello:1 -o "$work/hello.tar" 2>/dev/null
 ctr_ image import "$work/hello.tar" >/dev/null
 declare -A runtime=([before]=io.containerd.wasmhttpbefore.v1 [enforce]=io.containerd.wasmhttp.v1
-  [off]=io.containerd.wasmhttp.v1)
+  [off]=io.containerd.wasmhttp.v1 [off2]=io.containerd.wasmhttp.v1)
 # Each shim its own compile cache: the baseline's entries are in an older format.
 printf '[engine]\ncache-dir = "%s"\n' "$work/cache-before" >"$work/before.toml"
 for mode in enforce off; do
   printf '[engine]\ncache-dir = "%s"\n[security]\nseccomp = "%s"\n' "$work/cache-now" "$mode" >"$work/$mode.toml"
 done
+cp "$work/off.toml" "$work/off2.toml"
 service() { # KIND ID PORT: sets $args to the `ctr run -d` arguments of hello under that shim
   args=(--runtime "${runtime[$1]}" --runtime-config-path "$work/$1.toml" --net-host --env "PORT=$3"
     docker.io/bench/hello:1 "$2")
@@ -72,7 +80,7 @@ for i in $(seq 1 "$runs"); do
 done
 
 # 2: req/s and CPU per request, the services running side by side and measured in turns.
-declare -A service_port=([before]=19301 [enforce]=19302 [off]=19303) shim_pid
+declare -A service_port=([before]=19301 [enforce]=19302 [off]=19303 [off2]=19304) shim_pid
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for kind in "${kinds[@]}"; do
   service "$kind" "rps-$kind" "${service_port[$kind]}"
@@ -92,7 +100,21 @@ for i in $(seq 1 "$runs"); do
     echo "($t1 - $t0) * 1000000 / $ticks_per_s / $requests" | bc -l >>"$work/cpu-$kind"
   done
 done
+# 4: system calls per request of the enforce shim, counted by strace over one bounded wrk run.
+timeout 30 strace -f -c -p "${shim_pid[enforce]}" -o "$work/strace" 2>/dev/null &
+strace_pid=$!
+sleep 1
+syscall_requests=$(wrk -t2 -c50 -d2s "http://127.0.0.1:${service_port[enforce]}/" | awk '/requests in/ {print $1}')
+sleep 0.5
+kill -INT "$strace_pid" 2>/dev/null || true
+wait "$strace_pid" 2>/dev/null || true
+syscalls=$(awk '$NF == "total" {print $4}' "$work/strace")
 for kind in "${kinds[@]}"; do remove "rps-$kind"; done
+
+# 3: each call's cost with and without the filter, in turns.
+for i in $(seq 1 "$runs"); do
+  for mode in enforce off; do "$bin/seccomp-cost" "$mode" >>"$work/calls-$mode"; done
+done
 
 declare -A start_ms rps cpu_us
 for kind in "${kinds[@]}"; do
@@ -104,7 +126,7 @@ done
   echo "containerd $(containerd --version | awk '{print $3}'), $(nproc) cores (wrk shares them);" \
     "${baseline:+before = $baseline; }medians of $runs starts and $runs wrk runs of $duration"
   printf '%-40s' measure; for kind in "${kinds[@]}"; do printf ' %10s' "$kind"; done
-  printf ' %12s\n' "enforce/off"
+  printf ' %12s %10s\n' "enforce/off" "off2/off"
   for measure in start rps cpu; do
     case $measure in
       start) label="ctr run -d to first 200, warm (ms)"; declare -n values=start_ms ;;
@@ -112,9 +134,26 @@ done
       cpu) label="shim CPU per request (us)"; declare -n values=cpu_us ;;
     esac
     printf '%-40s' "$label"; for kind in "${kinds[@]}"; do printf ' %10.1f' "${values[$kind]}"; done
-    printf ' %11.3fx\n' "$(echo "${values[enforce]} / ${values[off]}" | bc -l)"
+    printf ' %11.3fx %9.3fx\n' "$(echo "${values[enforce]} / ${values[off]}" | bc -l)" \
+      "$(echo "${values[off2]} / ${values[off]}" | bc -l)"
     unset -n values
   done
+  echo
+  echo "the filter alone: medians of $runs runs of bench/src/bin/seccomp-cost (ns per call)"
+  printf '%-40s %10s %10s %10s\n' call enforce off filter
+  worst=0
+  for call in $(awk '{print $1}' "$work/calls-off" | sort -u); do
+    on=$(awk -v c="$call" '$1 == c {print $2}' "$work/calls-enforce" | median)
+    off=$(awk -v c="$call" '$1 == c {print $2}' "$work/calls-off" | median)
+    delta=$(echo "$on - $off" | bc -l)
+    printf '%-40s %10.1f %10.1f %10.1f\n' "$call" "$on" "$off" "$delta"
+    worst=$(echo "if ($delta > $worst) $delta else $worst" | bc -l)
+  done
+  per_request=$(echo "$syscalls / $syscall_requests" | bc -l)
+  printf 'system calls per request (enforce shim, strace -c -f): %.2f\n' "$per_request"
+  printf 'filter cost per request at the dearest call'"'"'s cost: %.2f us = %.2f%% of the shim'"'"'s CPU per request\n' \
+    "$(echo "$per_request * $worst / 1000" | bc -l)" \
+    "$(echo "100 * $per_request * $worst / 1000 / ${cpu_us[enforce]}" | bc -l)"
 } | tee "$out/isolation.txt"
-for f in "$work"/start-* "$work"/rps-* "$work"/cpu-*; do echo "$(basename "$f"): $(tr '\n' ' ' <"$f")"; done \
+for f in "$work"/start-* "$work"/rps-* "$work"/cpu-* "$work"/calls-*; do echo "$(basename "$f"): $(tr '\n' ' ' <"$f")"; done \
   >"$out/isolation-runs.txt"

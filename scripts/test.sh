@@ -18,3 +18,20 @@ words=$(wc -w < README.md)
 if [ "$words" -gt 1500 ]; then echo "README.md has $words words; keep it at 1,500 or fewer (details go to docs/)" >&2; exit 1; fi
 cargo build --workspace --locked
 cargo test --workspace --locked --no-fail-fast
+
+# The containerd matrix: the suites above ran on Debian's containerd 1.6; these run again on the other
+# supported versions, each from its release tarball (scripts/containerd.sh: verified, unpacked once, never
+# downloaded; a missing tarball fails here). tests/platforms.rs covers all three itself.
+matrix=(
+  "2.3.4:containerd limits image cri isolation confinement"
+  "1.7.34:containerd cri confinement"
+)
+for entry in "${matrix[@]}"; do
+  version=${entry%%:*}
+  suites=()
+  for suite in ${entry#*:}; do suites+=(--test "$suite"); done
+  bin=$(bash scripts/containerd.sh "$version")
+  echo "containerd $version ($bin): ${entry#*:}"
+  PATH="$bin:$PATH" WASMHTTP_CONTAINERD_VERSION="$version" \
+    cargo test -p wasmhttp-tests --locked --no-fail-fast "${suites[@]}"
+done

@@ -266,8 +266,15 @@ fn a_killed_shim_is_reported_exited_and_a_containerd_restart_keeps_services() {
             .filter(|l| l.contains(&*shim_socket.to_string_lossy()))
             .map(str::to_string)
             .collect();
+        let cleanup: Vec<String> = containerd
+            .log()
+            .lines()
+            .filter(|l| l.contains("clean") || l.contains("shim socket"))
+            .map(str::to_string)
+            .collect();
         panic!(
-            "the dead shim's socket {} is not removed; shim pid {} still exists: {}; listening on it: {on_socket:?}",
+            "the dead shim's socket {} is not removed; shim pid {} still exists: {}; listening on it: \
+             {on_socket:?}; containerd's log of the clean-up: {cleanup:#?}",
             shim_socket.display(),
             shims[0],
             std::path::Path::new(&format!("/proc/{}", shims[0])).exists()
@@ -333,4 +340,32 @@ fn shim_socket_of(pid: i32) -> std::path::PathBuf {
         .position(|a| a == "-socket")
         .expect("a -socket argument");
     args[at + 1].trim_start_matches("unix://").into()
+}
+
+#[test]
+fn the_start_action_answers_in_the_dialect_containerd_speaks() {
+    let containerd = Containerd::start();
+    let image = import_example(&containerd, "hello");
+    let port = free_port();
+    run_service(&containerd, &image, "dialect", port, &[]);
+    wait_for_200(([127, 0, 0, 1], port).into());
+    // containerd records how it reached the shim; 2.x's bootstrap protocol got a BootstrapResult asking for
+    // the task API v3, older versions the bare address (task API v2).
+    let bootstrap = containerd
+        .dir
+        .path()
+        .join("state/io.containerd.runtime.v2.task")
+        .join(NAMESPACE)
+        .join("dialect/bootstrap.json");
+    let recorded = std::fs::read_to_string(&bootstrap).unwrap_or_default();
+    if major_version() >= 2 {
+        assert!(
+            recorded.contains("\"version\":3") && recorded.contains("\"protocol\":\"ttrpc\""),
+            "{}: {recorded:?}",
+            bootstrap.display()
+        );
+    } else {
+        assert!(!recorded.contains("\"version\":3"), "{recorded}");
+    }
+    assert_eq!(get(([127, 0, 0, 1], port).into(), "/").status, 200);
 }

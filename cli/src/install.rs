@@ -118,14 +118,16 @@ pub fn configure(config: &Path, runtime_name: &str) -> anyhow::Result<Option<Pat
             "containerd",
             "runtimes",
         ],
-        3 => &[
+        // containerd 2.0–2.2 write version 3, 2.3 writes 4; both keep the CRI runtimes here.
+        3 | 4 => &[
             "plugins",
             "io.containerd.cri.v1.runtime",
             "containerd",
             "runtimes",
         ],
         other => bail!(
-            "refusing to edit {}: unknown containerd config version {other}",
+            "refusing to edit {}: unknown containerd config version {other} (known: 1 and 2 from \
+             containerd 1.x, 3 and 4 from 2.x)",
             config.display()
         ),
     };
@@ -181,7 +183,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn version_2_and_3_configs_get_their_section_once() {
+    fn every_config_version_gets_its_section_once() {
         let dir = tempfile::tempdir().unwrap();
         for (version, section) in [
             (
@@ -190,6 +192,10 @@ mod tests {
             ),
             (
                 3,
+                r#"plugins."io.containerd.cri.v1.runtime".containerd.runtimes.wasmhttp"#,
+            ),
+            (
+                4,
                 r#"plugins."io.containerd.cri.v1.runtime".containerd.runtimes.wasmhttp"#,
             ),
         ] {

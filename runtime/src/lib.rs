@@ -21,6 +21,7 @@ mod cache;
 mod capabilities;
 mod classify;
 mod command;
+pub mod confine;
 mod cpu;
 mod deadline;
 mod engine;

@@ -1,17 +1,7 @@
-//! Confinement of the shim server, which runs tenants' JIT-compiled code as root: once it has bound its
-//! socket, it keeps only the capabilities it still needs and installs a seccomp filter
-//! ([`crate::syscalls`]) on every thread.
-//!
-//! Capabilities are per thread and inherited by the threads a thread creates, so they are dropped while the
-//! server is still one thread; every later thread (the engine's workers, tokio's) starts with the reduced
-//! set. The filter is installed for all threads at once and, like the bounding set, holds for the life of
-//! the process.
+//! The shim server's confinement policy: which capabilities it keeps and how `start` passes the seccomp
+//! mode down. The mechanism (and the allowlist) is [`wasmhttp_runtime::confine`].
 
-use nix::libc;
-use rustix::thread::{CapabilitySet, CapabilitySets};
-use seccompiler::{SeccompAction, SeccompFilter, SeccompRule, TargetArch};
-use std::collections::BTreeMap;
-use std::fmt;
+use wasmhttp_runtime::confine::{CapabilitySet, SeccompMode};
 
 /// The environment variable through which the `start` action tells the server it spawns which
 /// [`SeccompMode`] the node configuration asks for (it reads containerd's runtime options; the server gets
@@ -30,115 +20,7 @@ pub const KEPT: CapabilitySet = CapabilitySet::SYS_ADMIN
     .union(CapabilitySet::DAC_READ_SEARCH)
     .union(CapabilitySet::FOWNER);
 
-/// What the seccomp filter does with a call outside the allowlist (`[security] seccomp`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SeccompMode {
-    /// Refuse it with `EPERM`.
-    #[default]
-    Enforce,
-    /// Allow it and log it to the kernel log (`dmesg`, audit type 1326): for finding what a new engine
-    /// version calls.
-    Log,
-    /// No filter.
-    Off,
-}
-
-impl SeccompMode {
-    /// The configuration's spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            SeccompMode::Enforce => "enforce",
-            SeccompMode::Log => "log",
-            SeccompMode::Off => "off",
-        }
-    }
-}
-
-impl fmt::Display for SeccompMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for SeccompMode {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        [SeccompMode::Enforce, SeccompMode::Log, SeccompMode::Off]
-            .into_iter()
-            .find(|mode| mode.name() == text)
-            .ok_or_else(|| format!("{text:?}: expected \"enforce\", \"log\" or \"off\""))
-    }
-}
-
-/// Drops every capability but [`KEPT`] (from the bounding, permitted, effective, inheritable and ambient
-/// sets) and installs the seccomp filter in `mode`. Must run while the process has one thread.
+/// Confines this process (one thread, before the server starts its runtime) in `mode`, keeping [`KEPT`].
 pub fn confine(mode: SeccompMode) -> Result<(), String> {
-    let threads = std::fs::read_dir("/proc/self/task")
-        .map(|tasks| tasks.count())
-        .map_err(|e| format!("cannot count this process's threads: {e}"))?;
-    if threads != 1 {
-        return Err(format!(
-            "cannot drop capabilities: {threads} threads are running, and only the calling one would lose them"
-        ));
-    }
-    drop_capabilities().map_err(|e| format!("cannot drop capabilities: {e}"))?;
-    if mode != SeccompMode::Off {
-        install_filters(mode).map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
-    }
-    Ok(())
-}
-
-fn drop_capabilities() -> std::io::Result<()> {
-    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|text| text.trim().parse::<u32>().ok())
-        .unwrap_or(40);
-    for bit in 0..=last.min(63) {
-        let capability = CapabilitySet::from_bits_retain(1 << bit);
-        if !KEPT.contains(capability) {
-            rustix::thread::remove_capability_from_bounding_set(capability)?;
-        }
-    }
-    rustix::thread::clear_ambient_capability_set()?;
-    let current = rustix::thread::capabilities(None)?;
-    rustix::thread::set_capabilities(
-        None,
-        CapabilitySets {
-            effective: current.effective & KEPT,
-            permitted: current.permitted & KEPT,
-            inheritable: CapabilitySet::empty(),
-        },
-    )?;
-    Ok(())
-}
-
-fn install_filters(mode: SeccompMode) -> Result<(), seccompiler::Error> {
-    if mode == SeccompMode::Enforce {
-        // glibc creates threads with clone3 and falls back to clone only on ENOSYS; clone3's flags are in
-        // memory a filter cannot read, clone's are an argument the allowlist checks. Installed first: once
-        // the allowlist is in, no further filter can be (it allows neither `seccomp` nor that `prctl`).
-        let clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
-        let clone3 = program(
-            clone3,
-            SeccompAction::Allow,
-            SeccompAction::Errno(libc::ENOSYS as u32),
-        )?;
-        seccompiler::apply_filter_all_threads(&clone3)?;
-    }
-    let outside = match mode {
-        SeccompMode::Log => SeccompAction::Log,
-        _ => SeccompAction::Errno(libc::EPERM as u32),
-    };
-    let allowlist = program(crate::syscalls::allowlist(), outside, SeccompAction::Allow)?;
-    seccompiler::apply_filter_all_threads(&allowlist)
-}
-
-fn program(
-    rules: BTreeMap<i64, Vec<SeccompRule>>,
-    mismatch: SeccompAction,
-    matched: SeccompAction,
-) -> Result<seccompiler::BpfProgram, seccompiler::Error> {
-    let arch = TargetArch::try_from(std::env::consts::ARCH)?;
-    Ok(SeccompFilter::new(rules, mismatch, matched, arch)?.try_into()?)
+    wasmhttp_runtime::confine::confine(mode, KEPT)
 }

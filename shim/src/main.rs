@@ -5,6 +5,7 @@
 //! container's wasm through the wasmhttp runtime. Logs go to containerd's log pipe; stdout stays clean.
 
 mod annotations;
+mod bootstrap;
 mod bundle;
 mod confine;
 mod container;
@@ -20,9 +21,9 @@ mod node_config;
 mod rootfs;
 mod server;
 mod stdio;
-mod syscalls;
 mod task;
 
+use bootstrap::StartInput;
 use containerd_shim::asynchronous::spawn;
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::types::introspection::RuntimeInfo;
@@ -36,12 +37,24 @@ pub const RUNTIME_ID: &str = "io.containerd.wasmhttp.v1";
 /// What the `delete` action does, in the bundle directory. containerd 1.6 runs it whenever a shim's connection
 /// closes, after a normal exit too, and for a shim that died (say, SIGKILL): the task ended as if killed, and a
 /// dead server's socket must not be left behind.
+///
+/// What it finds and leaves goes to stderr, which containerd logs ("cleanup warnings"): a socket left behind
+/// must say why.
 fn clean_up_after_shim() -> Result<DeleteResponse, Error> {
-    if let Ok(address) = std::fs::read_to_string("address") {
-        let path = address.trim().trim_start_matches("unix://").to_string();
-        if !path.is_empty() && !still_served(&path) {
-            let _ = std::fs::remove_file(&path);
+    match std::fs::read_to_string("address") {
+        Ok(address) => {
+            let path = address.trim().trim_start_matches("unix://").to_string();
+            match still_served(&path) {
+                Some(holder) => eprintln!("{RUNTIME_ID}: kept the shim socket {path}: {holder}"),
+                None => match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => eprintln!("{RUNTIME_ID}: cannot remove the shim socket {path}: {e}"),
+                },
+            }
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => eprintln!("{RUNTIME_ID}: cannot read the bundle's address file: {e}"),
     }
     Ok(DeleteResponse {
         exit_status: 137,
@@ -53,20 +66,23 @@ fn clean_up_after_shim() -> Result<DeleteResponse, Error> {
 /// Whether a live server still accepts on `path`. A killed shim keeps its listening socket until the kernel
 /// has torn down its address space (the engine's reservations make that slow), and the kernel queues
 /// connections to it meanwhile; so a connect that succeeds is not enough: the listener's process (its
-/// `SO_PEERCRED` pid) must also be alive and not exiting.
-fn still_served(path: &str) -> bool {
+/// `SO_PEERCRED` pid) must also be alive and not exiting. Returns who serves it, or `None`.
+fn still_served(path: &str) -> Option<String> {
+    if path.is_empty() {
+        return Some("no socket path".into());
+    }
     for _ in 0..20 {
         let Ok(stream) = std::os::unix::net::UnixStream::connect(path) else {
-            return false;
+            return None;
         };
         match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials) {
-            Ok(peer) if !process_alive(peer.pid()) => return false,
-            Ok(_) => return true,
+            Ok(peer) if !process_alive(peer.pid()) => return None,
+            Ok(peer) => return Some(format!("live process {} accepts on it", peer.pid())),
             // No credentials: judge by whether it keeps accepting, as a live server does.
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
         }
     }
-    true
+    Some("it kept accepting connections without naming its process".into())
 }
 
 /// Whether `pid` exists and is not exiting (`PF_EXITING` in `/proc/PID/stat`'s flags) or a zombie.
@@ -114,34 +130,36 @@ fn write_stdout(bytes: &[u8], what: &str) -> Result<(), Error> {
 }
 
 /// Spawns the long-lived shim server (or finds the one already serving this pod) and returns its address.
-async fn start_server(opts: StartOpts) -> Result<String, Error> {
+async fn start_server(opts: StartOpts, input: &StartInput) -> Result<String, Error> {
     // containerd runs `start` in the bundle directory; containers of one pod share a shim process.
     let cwd = std::env::current_dir().map_err(server::io_error("bundle directory"))?;
     let grouping = bundle::grouping_key(&cwd, &opts.id);
-    let seccomp = seccomp_mode_of_runtime_options();
+    // A configuration that does not read gets the default here, and its error from Create.
+    let seccomp = node_config::for_create(input.options.as_ref())
+        .map(|node| node.security.seccomp)
+        .unwrap_or_default();
     let vars = vec![(confine::SECCOMP_MODE_ENV, seccomp.name())];
     let address = spawn(opts, &grouping, vars).await?;
     containerd_shim::util::write_str_to_file("address", &address).await?;
     Ok(address)
 }
 
-/// The seccomp mode the node configuration asks for. containerd writes the runtime options (the ones
-/// Create gets) to `start`'s stdin; a configuration that does not read gets the default here, and its error
-/// from Create.
-fn seccomp_mode_of_runtime_options() -> confine::SeccompMode {
-    use containerd_shim::protos::protobuf::well_known_types::any::Any;
-    use std::io::Read;
+/// What containerd wrote to `start`'s stdin (nothing, when run by hand from a terminal).
+fn read_start_input() -> StartInput {
+    use std::io::{IsTerminal, Read};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return StartInput::default();
+    }
     let mut bytes = Vec::new();
-    let _ = std::io::stdin().take(1 << 20).read_to_end(&mut bytes);
-    let options = Any::parse_from_bytes(&bytes).ok();
-    node_config::for_create(options.as_ref())
-        .map(|node| node.security.seccomp)
-        .unwrap_or_default()
+    let _ = stdin.take(1 << 20).read_to_end(&mut bytes);
+    StartInput::parse(&bytes)
 }
 
-/// The `start` action, answered with the bare socket address: containerd 1.6 reads nothing else, and 1.7
-/// and 2.x fall back to it, whereas the library's JSON reply is understood only from 1.7 on.
+/// The `start` action, answered in the dialect containerd spoke (see [`bootstrap`]): the bare socket
+/// address to 1.6 and 1.7, a `BootstrapResult` for the task API v3 to 2.x's bootstrap protocol.
 async fn start_for_every_containerd(flags: Flags) -> Result<(), Error> {
+    let input = read_start_input();
     let opts = StartOpts {
         id: flags.id,
         publish_binary: flags.publish_binary,
@@ -151,14 +169,14 @@ async fn start_for_every_containerd(flags: Flags) -> Result<(), Error> {
         debug: flags.debug,
         ..Default::default()
     };
-    let address = start_server(opts).await?;
+    let address = start_server(opts, &input).await?;
     let mut stdout = tokio::io::stdout();
-    tokio::io::AsyncWriteExt::write_all(&mut stdout, address.as_bytes())
+    tokio::io::AsyncWriteExt::write_all(&mut stdout, &bootstrap::start_reply(&input, &address))
         .await
-        .map_err(server::io_error("write the shim address"))?;
+        .map_err(server::io_error("write the start reply"))?;
     tokio::io::AsyncWriteExt::flush(&mut stdout)
         .await
-        .map_err(server::io_error("flush the shim address"))
+        .map_err(server::io_error("flush the start reply"))
 }
 
 // One thread for the Task API, stdio and commands: HTTP connections run on the runtime's own workers, and a
@@ -219,10 +237,10 @@ mod tests {
         let path = dir.path().join("s");
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
         assert!(
-            still_served(path.to_str().unwrap()),
+            still_served(path.to_str().unwrap()).is_some(),
             "this live process listens"
         );
         drop(listener);
-        assert!(!still_served(path.to_str().unwrap()));
+        assert_eq!(still_served(path.to_str().unwrap()), None);
     }
 }

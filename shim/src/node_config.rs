@@ -30,11 +30,11 @@
 //! Keys are the knobs' names. The `snake_case` spellings of earlier releases (`request_timeout`) are still
 //! read, with a deprecation warning, for one release.
 
-use crate::confine::SeccompMode;
 use crate::containerd_api::RuntimeOptions;
 use crate::error::{Result, ShimError};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use std::path::{Path, PathBuf};
+use wasmhttp_runtime::confine::SeccompMode;
 use wasmhttp_runtime::knobs::value::{count, size};
 use wasmhttp_runtime::{EngineConfig, IpRange, Knob, Limits};
 

@@ -62,7 +62,7 @@ fn confine_server() -> Result<(), Error> {
         Ok(text) => text.parse().map_err(|e| {
             Error::InvalidArgument(format!("{}: {e}", crate::confine::SECCOMP_MODE_ENV))
         })?,
-        Err(_) => crate::confine::SeccompMode::default(),
+        Err(_) => wasmhttp_runtime::confine::SeccompMode::default(),
     };
     crate::confine::confine(mode).map_err(Error::Other)?;
     tracing::info!("shim confined: seccomp {mode}");

@@ -32,6 +32,42 @@ fn require(program: &str) -> PathBuf {
     })
 }
 
+/// The version of the `containerd` on PATH, as `containerd --version` prints it (`v2.3.4`, `1.6.20~ds1`).
+pub fn version() -> String {
+    let output = Command::new(require("containerd"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// containerd's major version.
+pub fn major_version() -> u32 {
+    version()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|major| major.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read containerd's version from {:?}", version()))
+}
+
+/// The containerd matrix (scripts/test.sh) names the version each run means to test in
+/// `WASMHTTP_CONTAINERD_VERSION`; a PATH that finds another one must fail, not pass on the wrong version.
+fn check_version() {
+    if let Ok(wanted) = std::env::var("WASMHTTP_CONTAINERD_VERSION") {
+        let found = version();
+        assert_eq!(
+            found.trim_start_matches('v'),
+            wanted,
+            "WASMHTTP_CONTAINERD_VERSION is {wanted}, but the containerd on PATH is {found}"
+        );
+    }
+}
+
 impl Containerd {
     /// Starts containerd (CRI disabled) and waits until it answers.
     pub fn start() -> Self {
@@ -43,6 +79,7 @@ impl Containerd {
     pub fn start_with(cri: impl FnOnce(&Path) -> Option<String>) -> Self {
         require("containerd");
         require("ctr");
+        check_version();
         let dir = tempfile::Builder::new()
             .prefix("wasmhttp-ctrd-")
             .tempdir()

@@ -33,6 +33,23 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The directory of one containerd release's binaries (`1.7.34`, `2.3.4`, `system` for Debian's), or of
+/// cri-tools (`cri-tools-v1.36.0`): unpacked and verified by `scripts/containerd.sh` from the tarballs in
+/// `$WASMHTTP_CONTAINERD_DIST`. A missing or altered tarball fails the test.
+pub fn containerd_dist(version: &str) -> PathBuf {
+    let output = std::process::Command::new("bash")
+        .arg(workspace().join("scripts/containerd.sh"))
+        .arg(version)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "scripts/containerd.sh {version} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
+
 /// `$PATH` with `dir` in front: how the tests put the built binaries on a child's PATH.
 pub fn path_with(dir: &std::path::Path) -> std::ffi::OsString {
     std::env::join_paths(

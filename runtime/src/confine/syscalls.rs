@@ -1,4 +1,4 @@
-//! The system calls the shim server may make once it is confined: the seccomp allowlist.
+//! The system calls a confined process (the shim server) may make: the seccomp allowlist.
 //!
 //! The list is what wasmtime (JIT code, pooling allocator, copy-on-write memory images), tokio and hyper
 //! (epoll, sockets), the shim (ttrpc, fifos, the compile cache, network namespaces) and glibc under them
@@ -14,8 +14,6 @@ use seccompiler::{
     SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond, SeccompRule,
 };
 use std::collections::BTreeMap;
-
-use nix::libc;
 
 /// Calls allowed whatever their arguments, by group.
 const ANY_ARGUMENTS: &[(&str, &[libc::c_long])] = &[
@@ -35,7 +33,7 @@ const ANY_ARGUMENTS: &[(&str, &[libc::c_long])] = &[
         ],
     ),
     (
-        "threads and their synchronisation (clone3 is answered ENOSYS by a second filter: see confine.rs)",
+        "threads and their synchronisation (clone3 is answered ENOSYS by a second filter: see the module above)",
         &[
             libc::SYS_clone3,
             libc::SYS_futex,
