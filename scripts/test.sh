@@ -24,7 +24,7 @@ cargo test --workspace --locked --no-fail-fast
 # downloaded; a missing tarball fails here). tests/platforms.rs covers all three itself.
 matrix=(
   "2.3.4:containerd limits image cri isolation confinement"
-  "1.7.34:containerd cri confinement"
+  "1.7.34:containerd cri image confinement"
 )
 for entry in "${matrix[@]}"; do
   version=${entry%%:*}
