@@ -81,6 +81,53 @@ async fn container_state(runtime: &mut RuntimeServiceClient<Channel>, id: &str) 
     ContainerState::try_from(status.state).unwrap()
 }
 
+/// CRI `PullImage` of `reference`, as the kubelet does for an image it does not have; returns the image ref.
+async fn pull(images: &mut ImageServiceClient<Channel>, reference: &str) -> String {
+    images
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: reference.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PullImage {reference}: {e}"))
+        .into_inner()
+        .image_ref
+}
+
+/// An `oci-wasm` image (an OCI config and a wasm layer, no filesystem layer) pulled through CRI runs as a
+/// container of the pod with no annotation: containerd 1.7.7+ unpacks it to an empty rootfs, and the shim
+/// reads the wasm from the container's image in the content store.
+async fn oci_wasm_image_runs_in_the_pod(
+    containerd: &Containerd,
+    registry: &Registry,
+    images: &mut ImageServiceClient<Channel>,
+    runtime: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    sandbox: &PodSandboxConfig,
+    ip: &str,
+) {
+    let tar = containerd.dir.path().join("hello-oci-wasm.tar");
+    wasmhttp_tests::build_image("hello", "wasmhttp/hello:oci-wasm", "oci-wasm", &tar);
+    let pushed = registry.push_oci_archive(&tar, "wasmhttp/hello:oci-wasm");
+    pull(images, &pushed).await;
+    let limits = LinuxContainerResources {
+        memory_limit_in_bytes: 64 << 20,
+        ..Default::default()
+    };
+    create_and_start(
+        runtime,
+        pod,
+        sandbox,
+        container_config("oci-wasm", &pushed, 8086, limits),
+    )
+    .await;
+    let addr: SocketAddr = format!("{ip}:8086").parse().unwrap();
+    assert_eq!(wait_for_200_at(addr, "/"), "Hello from wasmhttp!\n");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_lifecycle_through_cri() {
     let cleanup = PodNetworkCleanup {
@@ -135,18 +182,7 @@ async fn pod_lifecycle_through_cri() {
         &containerd.dir.path().join("hello.tar"),
         "wasmhttp/hello:pulled",
     );
-    let pulled = images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: pushed.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("PullImage {pushed}: {e}"))
-        .into_inner()
-        .image_ref;
+    let pulled = pull(&mut images, &pushed).await;
     assert!(pulled.starts_with("sha256:"), "{pulled}");
 
     let log_dir = containerd.dir.path().join("pod-logs");
@@ -262,6 +298,18 @@ async fn pod_lifecycle_through_cri() {
         container_state(&mut runtime, &counter).await,
         ContainerState::ContainerRunning
     );
+    if !is_1_6() {
+        oci_wasm_image_runs_in_the_pod(
+            &containerd,
+            &registry,
+            &mut images,
+            &mut runtime,
+            &pod,
+            &sandbox,
+            &ip,
+        )
+        .await;
+    }
 
     // Stats, and a live resource update.
     let stats = runtime

@@ -1,13 +1,15 @@
 //! `wasmhttp image` against a real registry (Debian's docker-registry on loopback) and a real containerd:
-//! build → push → pull → run with limits → curl → logs, for both image formats, and every bad input.
+//! build → push → pull → run with limits → curl → logs, for every image format, and every bad input.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use std::path::Path;
 use std::process::{Command, Output};
-use wasmhttp_tests::containerd::{Containerd, ctr_run, free_port, run_service, wait_for_200};
+use wasmhttp_tests::binary;
+use wasmhttp_tests::containerd::{
+    Containerd, ctr_run, free_port, is_1_6, run_service, wait_for_200,
+};
 use wasmhttp_tests::registry::Registry;
-use wasmhttp_tests::{binary, example};
 
 fn wasmhttp(args: &[&str]) -> Output {
     wasmhttp_with(args, &[])
@@ -39,21 +41,23 @@ fn fails(output: Output) -> String {
     stderr
 }
 
-fn build(wasm: &str, reference: &str, format: &str, out: &Path) {
-    ok(
-        wasmhttp(&[
-            "image",
-            "build",
-            example(wasm).to_str().unwrap(),
-            "-t",
-            reference,
-            "--format",
-            format,
-            "-o",
-            out.to_str().unwrap(),
-        ]),
-        "image build",
-    );
+use wasmhttp_tests::build_image as build;
+
+/// Builds example `wasm` in `format`, pushes it to `registry` as `repository:v1`, and returns its reference
+/// and the manifest the registry serves.
+fn build_and_push(
+    registry: &Registry,
+    wasm: &str,
+    repository: &str,
+    format: &str,
+) -> (String, String) {
+    let reference = format!("{}/{repository}:v1", registry.host);
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("image.tar");
+    build(wasm, &reference, format, &tar);
+    push(&tar, &reference);
+    let manifest = skopeo_inspect(&format!("docker://{reference}"));
+    (reference, manifest)
 }
 
 fn push(tar: &Path, reference: &str) {
@@ -147,15 +151,48 @@ fn a_layer_image_is_pushed_pulled_by_ctr_and_runs_with_limits() {
 }
 
 #[test]
+fn an_oci_wasm_image_runs_from_its_own_wasm_layer_with_no_annotation() {
+    let registry = Registry::start();
+    let containerd = Containerd::start();
+    let (reference, manifest) = build_and_push(&registry, "hello", "hello-oci-wasm", "oci-wasm");
+    assert!(
+        manifest.contains("application/vnd.oci.image.config.v1+json")
+            && manifest.contains("\"application/wasm\""),
+        "{manifest}"
+    );
+    let pulled = containerd.ctr(&["image", "pull", "--plain-http", &reference]);
+    if is_1_6() {
+        // Before 1.7.7, containerd unpacks every layer and refuses one that is not a filesystem.
+        let said = String::from_utf8_lossy(&pulled.stderr);
+        assert!(
+            !pulled.status.success()
+                && said.contains("mismatched image rootfs and manifest layers"),
+            "1.6 pulled an oci-wasm image: {said}"
+        );
+        return;
+    }
+    ok(pulled, "ctr image pull");
+    // No annotation and no rootfs of its own: the shim finds the wasm as the container's image's layer.
+    let port = free_port();
+    run_service(
+        &containerd,
+        &reference,
+        "oci-wasm",
+        port,
+        &["--memory-limit", "67108864"],
+    );
+    assert_eq!(
+        wait_for_200(([127, 0, 0, 1], port).into()),
+        "Hello from wasmhttp!\n"
+    );
+}
+
+#[test]
 fn a_wasm_artifact_runs_from_the_content_store() {
     let registry = Registry::start();
     let containerd = Containerd::start();
     let dir = tempfile::tempdir().unwrap();
-    let reference = format!("{}/hello-artifact:v1", registry.host);
-    let tar = dir.path().join("artifact.tar");
-    build("hello", &reference, "artifact", &tar);
-    push(&tar, &reference);
-    let manifest = skopeo_inspect(&format!("docker://{reference}"));
+    let (reference, manifest) = build_and_push(&registry, "hello", "hello-artifact", "artifact");
     assert!(
         manifest.contains("application/vnd.wasm.config.v0+json")
             && manifest.contains("\"application/wasm\""),

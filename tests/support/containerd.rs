@@ -1,7 +1,7 @@
 //! A private containerd for tests: its own root, state, sockets, config and compile cache under a temp dir,
 //! the shim's directory first on its PATH, stopped by PID with everything it started when dropped.
 
-use crate::{binary, example, get};
+use crate::{binary, get};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -43,6 +43,12 @@ pub fn version() -> String {
         .nth(2)
         .unwrap_or_default()
         .to_string()
+}
+
+/// Whether this is containerd 1.6, which unpacks every layer of an image and so cannot pull one whose wasm
+/// is a layer of its own (1.7.7 and later skip layers that are not filesystems).
+pub fn is_1_6() -> bool {
+    version().trim_start_matches('v').starts_with("1.6.")
 }
 
 /// containerd's major version.
@@ -281,23 +287,7 @@ pub fn import_example(containerd: &Containerd, name: &str) -> String {
 pub fn import_example_in(containerd: &Containerd, namespace: &str, name: &str) -> String {
     let reference = format!("docker.io/wasmhttp-test/{name}:latest");
     let tar = containerd.dir.path().join(format!("{name}.tar"));
-    let built = Command::new(binary("wasmhttp"))
-        .args([
-            "image",
-            "build",
-            example(name).to_str().unwrap(),
-            "-t",
-            &reference,
-            "-o",
-            tar.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "image build: {}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    crate::build_image(name, &reference, "layer", &tar);
     let imported = containerd.ctr_in(namespace, &["image", "import", tar.to_str().unwrap()]);
     assert!(
         imported.status.success(),

@@ -33,6 +33,22 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Builds an image of example guest `name` with `wasmhttp image build --format FORMAT`, tagged `reference`,
+/// into the image-layout tar `out`; panics with the CLI's error if that fails.
+pub fn build_image(name: &str, reference: &str, format: &str, out: &std::path::Path) {
+    let built = std::process::Command::new(binary("wasmhttp"))
+        .args(["image", "build", example(name).to_str().unwrap()])
+        .args(["-t", reference, "--format", format, "-o"])
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "image build --format {format}: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+}
+
 /// The directory of one containerd release's binaries (`1.7.34`, `2.3.4`, `system` for Debian's), or of
 /// cri-tools (`cri-tools-v1.36.0`): unpacked and verified by `scripts/containerd.sh` from the tarballs in
 /// `$WASMHTTP_CONTAINERD_DIST`. A missing or altered tarball fails the test.

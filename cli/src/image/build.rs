@@ -1,7 +1,9 @@
-//! `wasmhttp image build`: an OCI image of a .wasm file, in one of two forms. `layer` (the default) is a
+//! `wasmhttp image build`: an OCI image of a .wasm file, in one of three forms. `layer` (the default) is a
 //! standard image whose tar layer holds `/app.wasm`, the entrypoint; every containerd unpacks and runs it.
-//! `artifact` is the CNCF TAG-Runtime wasm artifact: a `application/vnd.wasm.config.v0+json` config and one
-//! `application/wasm` layer that is the binary itself, which the shim reads from containerd's content store.
+//! `oci-wasm` is an OCI image config (platform `wasip2/wasm`) with one `application/wasm` layer that is the
+//! binary itself: containerd 1.7.7+ skips that layer when unpacking (an empty rootfs) and the shim reads it
+//! from containerd's content store. `artifact` is the CNCF TAG-Runtime wasm artifact: the same layer under a
+//! `application/vnd.wasm.config.v0+json` config, whose media type containerd's own clients refuse to run.
 
 use super::layout::{self, Blob, Image};
 use anyhow::{Context, bail};
@@ -15,6 +17,8 @@ use std::path::PathBuf;
 pub enum Format {
     /// A standard image: a tar layer holding /app.wasm, entrypoint set.
     Layer,
+    /// An OCI image config (wasip2/wasm) and one application/wasm layer; containerd 1.7.7+.
+    OciWasm,
     /// The wasm OCI artifact: wasm config, one application/wasm layer.
     Artifact,
 }
@@ -32,10 +36,10 @@ pub struct BuildArgs {
     /// Image form.
     #[arg(long, value_enum, default_value_t = Format::Layer)]
     format: Format,
-    /// Environment variable baked into the image, KEY=VALUE (repeatable; `layer` format only).
+    /// Environment variable baked into the image, KEY=VALUE (repeatable; not for `artifact`).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
-    /// Port the service listens on (sets PORT; `layer` format only).
+    /// Port the service listens on (sets PORT; not for `artifact`).
     #[arg(long)]
     port: Option<u16>,
 }
@@ -67,13 +71,13 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
         "org.opencontainers.image.source": args.app.display().to_string(),
         "org.opencontainers.image.created": created,
     });
+    let mut env = args.env.clone();
+    if let Some(port) = args.port {
+        env.retain(|kv| !kv.starts_with("PORT="));
+        env.push(format!("PORT={port}"));
+    }
     let (config_type, config, layer_type, layer) = match args.format {
         Format::Layer => {
-            let mut env = args.env.clone();
-            if let Some(port) = args.port {
-                env.retain(|kv| !kv.starts_with("PORT="));
-                env.push(format!("PORT={port}"));
-            }
             let layer = Blob::new(layout::tar_of(&[(WASM_PATH, wasm.as_slice())])?);
             let config = json!({
                 "created": created,
@@ -89,10 +93,28 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
                 layer,
             )
         }
+        Format::OciWasm => {
+            let layer = Blob::new(wasm);
+            // No diff IDs: the wasm layer is not a filesystem layer, so containerd unpacks none.
+            let config = json!({
+                "created": created,
+                "architecture": "wasm",
+                "os": "wasip2",
+                "config": { "Entrypoint": [format!("/{WASM_PATH}")], "Env": env },
+                "rootfs": { "type": "layers", "diff_ids": [] },
+            });
+            (
+                layout::CONFIG_TYPE,
+                config,
+                wasmhttp_oci::WASM_LAYER_TYPE,
+                layer,
+            )
+        }
         Format::Artifact => {
             if !args.env.is_empty() || args.port.is_some() {
                 bail!(
-                    "--env and --port are for --format layer: the wasm artifact's config has no environment"
+                    "--env and --port are not for --format artifact: the wasm artifact's config has no \
+                     environment"
                 );
             }
             let layer = Blob::new(wasm);
