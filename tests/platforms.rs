@@ -4,19 +4,14 @@
 
 use std::path::Path;
 use std::process::Command;
-use wasmhttp_tests::{binary, containerd_dist};
+use wasmhttp_tests::{binary, containerd_dist, succeed};
 
 /// The versions, and the config version `containerd config default` of each writes.
 const VERSIONS: &[(&str, i64)] = &[("system", 2), ("1.7.34", 2), ("2.3.4", 4)];
 
+/// What a successful `command` printed, stdout then stderr (`wasmhttp install` reports on stderr).
 fn run_ok(command: &mut Command) -> String {
-    let output = command.output().unwrap();
-    assert!(
-        output.status.success(),
-        "{command:?} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = succeed(command);
     String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr)
 }
 

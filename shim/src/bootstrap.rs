@@ -64,7 +64,7 @@ impl StartInput {
                 UnknownValueRef::LengthDelimited(extension) => extension_value(extension),
                 _ => None,
             })
-            .find(|any| any.type_url.ends_with("runtimeoptions.v1.Options"));
+            .find(crate::node_config::is_runtime_options);
         StartInput {
             options,
             bootstrap: true,

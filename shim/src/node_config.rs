@@ -303,10 +303,15 @@ pub fn for_create(options: Option<&Any>) -> Result<NodeConfig> {
     Ok(NodeConfig::default())
 }
 
+/// Whether `any` is containerd's `runtimeoptions.v1.Options` (with or without a type URL prefix), the one
+/// runtime options type wasmhttp reads.
+pub fn is_runtime_options(any: &Any) -> bool {
+    any.type_url.rsplit('/').next() == Some(RUNTIME_OPTIONS_TYPE)
+}
+
 /// The `ConfigPath` and `ConfigBody` of containerd's `runtimeoptions.v1.Options`.
 fn runtime_options(any: &Any) -> Result<(String, String)> {
-    let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
-    if type_name != RUNTIME_OPTIONS_TYPE {
+    if !is_runtime_options(any) {
         return Err(ShimError::InvalidArgument(format!(
             "runtime options of type {:?} are not understood; wasmhttp takes {RUNTIME_OPTIONS_TYPE} \
              (ConfigPath or ConfigBody)",

@@ -33,19 +33,26 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Runs `command` and returns its output, panicking with its stdout and stderr if it fails.
+pub fn succeed(command: &mut std::process::Command) -> std::process::Output {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
 /// Builds an image of example guest `name` with `wasmhttp image build --format FORMAT`, tagged `reference`,
 /// into the image-layout tar `out`; panics with the CLI's error if that fails.
 pub fn build_image(name: &str, reference: &str, format: &str, out: &std::path::Path) {
-    let built = std::process::Command::new(binary("wasmhttp"))
-        .args(["image", "build", example(name).to_str().unwrap()])
-        .args(["-t", reference, "--format", format, "-o"])
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "image build --format {format}: {}",
-        String::from_utf8_lossy(&built.stderr)
+    succeed(
+        std::process::Command::new(binary("wasmhttp"))
+            .args(["image", "build", example(name).to_str().unwrap()])
+            .args(["-t", reference, "--format", format, "-o"])
+            .arg(out),
     );
 }
 
@@ -53,15 +60,10 @@ pub fn build_image(name: &str, reference: &str, format: &str, out: &std::path::P
 /// cri-tools (`cri-tools-v1.36.0`): unpacked and verified by `scripts/containerd.sh` from the tarballs in
 /// `$WASMHTTP_CONTAINERD_DIST`. A missing or altered tarball fails the test.
 pub fn containerd_dist(version: &str) -> PathBuf {
-    let output = std::process::Command::new("bash")
-        .arg(workspace().join("scripts/containerd.sh"))
-        .arg(version)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "scripts/containerd.sh {version} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let output = succeed(
+        std::process::Command::new("bash")
+            .arg(workspace().join("scripts/containerd.sh"))
+            .arg(version),
     );
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }
