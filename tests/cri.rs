@@ -135,25 +135,9 @@ async fn pod_lifecycle_through_cri() {
     };
     let registry = Registry::start();
     let containerd = Containerd::start_with(|dir| cri_config(dir, &registry.host));
-    for (name, reference) in [
-        ("hello", None),
-        ("logger", None),
-        ("mem-hog", None),
-        ("cpu-burn", None),
-        ("hello-cli", None),
-        ("counter-p3", None),
-        ("hello", Some(SANDBOX_IMAGE)),
-    ] {
-        let imported = import_example_in(&containerd, "k8s.io", name);
-        if let Some(tag) = reference {
-            // The sandbox image is the hello image under another name: it holds a .wasm, no pause binary.
-            let tagged = containerd.ctr_in("k8s.io", &["image", "tag", &imported, tag]);
-            assert!(
-                tagged.status.success(),
-                "{}",
-                String::from_utf8_lossy(&tagged.stderr)
-            );
-        }
+    tag_sandbox_image(&containerd);
+    for name in ["logger", "mem-hog", "cpu-burn", "hello-cli", "counter-p3"] {
+        import_example_in(&containerd, "k8s.io", name);
     }
     let channel = containerd_client::connect(containerd.socket())
         .await

@@ -81,3 +81,15 @@ impl Drop for PodNetworkCleanup {
         let _ = Command::new("ip").args(["link", "del", BRIDGE]).output();
     }
 }
+
+/// Imports the hello example into CRI's namespace and tags it [`SANDBOX_IMAGE`]: the pods' sandbox image is
+/// a wasm image, not a pause binary.
+pub fn tag_sandbox_image(containerd: &crate::containerd::Containerd) {
+    let imported = crate::containerd::import_example_in(containerd, "k8s.io", "hello");
+    let tagged = containerd.ctr_in("k8s.io", &["image", "tag", &imported, SANDBOX_IMAGE]);
+    assert!(
+        tagged.status.success(),
+        "ctr image tag {SANDBOX_IMAGE}: {}",
+        String::from_utf8_lossy(&tagged.stderr)
+    );
+}

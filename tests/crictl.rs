@@ -1,0 +1,293 @@
+//! `crictl`, the CRI client operators type on a node, as a real client of our runtime handler: every command
+//! of a pod's life, asserted on the output an operator reads. The in-place pod resize of Kubernetes 1.35
+//! (`UpdateContainerResources`, then `ContainerStatus` reporting the new resources) is checked here too,
+//! since `crictl update` and `crictl inspect` are exactly those two calls.
+
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use wasmhttp_tests::containerd::*;
+use wasmhttp_tests::cri::*;
+use wasmhttp_tests::get;
+use wasmhttp_tests::load::{load, shim_cpu_rate};
+use wasmhttp_tests::registry::Registry;
+
+/// `crictl` from cri-tools' release tarball, pointed at the test's containerd by a config file of its own
+/// (so nothing reads or writes the node's `/etc/crictl.yaml`).
+struct Crictl {
+    binary: PathBuf,
+    config: PathBuf,
+}
+
+impl Crictl {
+    fn new(containerd: &Containerd) -> Self {
+        let binary = wasmhttp_tests::containerd_dist("cri-tools-v1.36.0").join("crictl");
+        let config = containerd.dir.path().join("crictl.yaml");
+        let endpoint = format!("unix://{}", containerd.socket().display());
+        std::fs::write(
+            &config,
+            format!("runtime-endpoint: {endpoint}\nimage-endpoint: {endpoint}\ntimeout: 20\n"),
+        )
+        .unwrap();
+        Crictl { binary, config }
+    }
+
+    /// Runs `crictl ARGS` and returns its stdout; panics with its stderr if it fails.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = wasmhttp_tests::succeed(
+            Command::new(&self.binary)
+                .arg("--config")
+                .arg(&self.config)
+                .args(args),
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Runs `crictl COMMAND -o json ARGS` and parses what it prints (crictl takes no flag after an argument).
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec![args[0], "-o", "json"];
+        all.extend(&args[1..]);
+        let out = self.ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("crictl {args:?}: {e}: {out}"))
+    }
+}
+
+/// Writes `value` as `name` in `dir` (crictl reads pod and container configs from files); returns its path.
+fn write_json(dir: &Path, name: &str, value: &Value) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, value.to_string()).unwrap();
+    path.display().to_string()
+}
+
+/// A container config as an operator writes it for `crictl create`: the image, `PORT`, and limits.
+fn container_json(name: &str, image: &str, port: u16, resources: Value) -> Value {
+    serde_json::json!({
+        "metadata": {"name": name},
+        "image": {"image": image},
+        "envs": [{"key": "PORT", "value": port.to_string()}],
+        "log_path": format!("{name}.log"),
+        "linux": {"resources": resources}
+    })
+}
+
+/// The line of `crictl ps -a` (the table an operator reads) that shows container `id`.
+fn ps_line(crictl: &Crictl, id: &str) -> String {
+    let table = crictl.ok(&["ps", "-a"]);
+    table
+        .lines()
+        .find(|l| id.starts_with(l.split_whitespace().next().unwrap_or("-")))
+        .unwrap_or_else(|| panic!("{id} is not in crictl ps -a:\n{table}"))
+        .to_string()
+}
+
+/// Polls `crictl inspect ID` until the container's state is `state`.
+fn wait_for_state(crictl: &Crictl, id: &str, state: &str) -> Value {
+    let started = Instant::now();
+    loop {
+        let inspected = crictl.json(&["inspect", id]);
+        if inspected["status"]["state"] == state {
+            return inspected;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{id} never became {state}: {}",
+            inspected["status"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_operator_runs_a_wasm_pod_with_crictl() {
+    let cleanup = PodNetworkCleanup {
+        before: netns_names(),
+    };
+    let registry = Registry::start();
+    let containerd = Containerd::start_with(|dir| cri_config(dir, &registry.host));
+    tag_sandbox_image(&containerd);
+    let crictl = Crictl::new(&containerd);
+    let dir = containerd.dir.path();
+
+    // pull, from a registry, and images.
+    let mut pushed = Vec::new();
+    for name in ["logger", "mem-hog", "cpu-burn"] {
+        let tar = dir.join(format!("{name}.tar"));
+        wasmhttp_tests::build_image(name, &format!("wasmhttp/{name}:crictl"), "layer", &tar);
+        let reference = registry.push_oci_archive(&tar, &format!("wasmhttp/{name}:crictl"));
+        let pulled = crictl.ok(&["pull", &reference]);
+        assert!(
+            pulled.starts_with("Image is up to date for sha256:"),
+            "{pulled}"
+        );
+        pushed.push(reference);
+    }
+    let images = crictl.ok(&["images"]);
+    assert!(
+        images.contains(&format!("{}/wasmhttp/logger", registry.host)),
+        "{images}"
+    );
+
+    // runp with the wasmhttp handler, pods, inspectp.
+    let log_dir = dir.join("pod-logs");
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let pod_config = write_json(
+        dir,
+        "pod.json",
+        &serde_json::json!({
+            "metadata": {"name": "crictl-pod", "namespace": "default", "uid": "crictl-uid", "attempt": 0},
+            "hostname": "crictl-pod",
+            "log_directory": log_dir.display().to_string(),
+            "linux": {}
+        }),
+    );
+    let pod = crictl
+        .ok(&["runp", "--runtime", "wasmhttp", &pod_config])
+        .trim()
+        .to_string();
+    let pods = crictl.ok(&["pods", "--id", &pod]);
+    let row = pods.lines().nth(1).unwrap_or_else(|| panic!("{pods}"));
+    assert!(
+        row.contains("Ready") && row.contains("crictl-pod") && row.ends_with("wasmhttp"),
+        "crictl pods: {pods}"
+    );
+    let pod_status = crictl.json(&["inspectp", &pod]);
+    let ip = pod_status["status"]["network"]["ip"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(ip.starts_with("10.213.88."), "pod IP {ip}");
+
+    // create and start, ps, logs.
+    let limits = serde_json::json!({
+        "memory_limit_in_bytes": 64u64 << 20, "cpu_period": 100_000, "cpu_quota": 25_000
+    });
+    let create = |name: &str, image: &str, port: u16| {
+        let config = write_json(
+            dir,
+            &format!("{name}.json"),
+            &container_json(name, image, port, limits.clone()),
+        );
+        let id = crictl
+            .ok(&["create", &pod, &config, &pod_config])
+            .trim()
+            .to_string();
+        crictl.ok(&["start", &id]);
+        id
+    };
+    let logger = create("logger", &pushed[0], 8081);
+    let hog = create("hog", &pushed[1], 8082);
+    let burn = create("burn", &pushed[2], 8083);
+    let addr = |port: u16| -> SocketAddr { format!("{ip}:{port}").parse().unwrap() };
+    wait_for_200_at(addr(8081), "/from-crictl");
+    wait_for_200_at(addr(8082), "/?mib=1");
+    wait_for_200_at(addr(8083), "/?ms=1");
+    let line = ps_line(&crictl, &logger);
+    assert!(
+        line.contains("Running") && line.contains("logger") && line.contains(&pod[..13]),
+        "crictl ps: {line}"
+    );
+    let started = Instant::now();
+    let logs = loop {
+        let logs = crictl.ok(&["logs", &logger]);
+        if logs.contains("stdout: GET /from-crictl") || started.elapsed() > Duration::from_secs(10)
+        {
+            break logs;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(logs.contains("logger stdout: GET /from-crictl"), "{logs}");
+
+    // stats: the shim's own accounting, as crictl shows it.
+    let stats = crictl.json(&["stats", "--id", &logger]);
+    let entry = &stats["stats"][0];
+    assert_eq!(entry["attributes"]["id"], logger.as_str(), "{stats}");
+    let working_set: u64 = entry["memory"]["workingSetBytes"]["value"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{stats}"));
+    assert!(working_set > 0, "{stats}");
+
+    // In-place resize: memory down from 64 to 32 MiB, CPU up from 250m to 500m, live.
+    let reported = |id: &str| crictl.json(&["inspect", id])["status"]["resources"]["linux"].clone();
+    let before = reported(&hog);
+    assert_eq!(
+        before["memoryLimitInBytes"],
+        (64u64 << 20).to_string(),
+        "{before}"
+    );
+    assert_eq!(get(addr(8082), "/?mib=48").status, 200, "48 MiB fits 64");
+    crictl.ok(&["update", "--memory", &(32u64 << 20).to_string(), &hog]);
+    let over = get(addr(8082), "/?mib=48");
+    assert_eq!(
+        (over.status, over.body.as_str()),
+        (500, "memory limit exceeded\n"),
+        "48 MiB is past the new 32"
+    );
+    assert_eq!(get(addr(8082), "/?mib=8").status, 200, "still serving");
+    crictl.ok(&[
+        "update",
+        "--cpu-period",
+        "100000",
+        "--cpu-quota",
+        "50000",
+        &burn,
+    ]);
+    let after = reported(&hog);
+    assert_eq!(
+        after["memoryLimitInBytes"],
+        (32u64 << 20).to_string(),
+        "{after}"
+    );
+    let cpu = reported(&burn);
+    assert_eq!(
+        (cpu["cpuQuota"].as_str(), cpu["cpuPeriod"].as_str()),
+        (Some("50000"), Some("100000")),
+        "{cpu}"
+    );
+    let shim = containerd.shim_pids()[0];
+    let burn_addr = addr(8083);
+    let loaded = std::thread::spawn(move || load(burn_addr, "/?ms=50", 4, Duration::from_secs(6)));
+    // The first second spends the bucket's initial burst; the rate is measured after it.
+    std::thread::sleep(Duration::from_secs(1));
+    let ((), rate) = shim_cpu_rate(shim, || std::thread::sleep(Duration::from_secs(4)));
+    let statuses = loaded.join().unwrap();
+    println!(
+        "FIGURE crictl update to 500m: the pod's shim used {rate:.3} CPU under continuous load"
+    );
+    assert!(statuses.iter().all(|s| *s == 200), "throttled, not failed");
+    assert!(
+        (0.45..=0.55).contains(&rate),
+        "resized from 0.25 to 0.5 CPU, measured {rate:.3}"
+    );
+
+    // stop and rm one container; the others keep serving from the same shim.
+    crictl.ok(&["stop", &logger]);
+    wait_for_state(&crictl, &logger, "CONTAINER_EXITED");
+    assert!(ps_line(&crictl, &logger).contains("Exited"));
+    crictl.ok(&["rm", &logger]);
+    assert!(!crictl.ok(&["ps", "-a", "-q"]).contains(&logger));
+    assert_eq!(get(addr(8082), "/?mib=1").status, 200);
+    assert_eq!(containerd.shim_pids().len(), 1, "one shim serves the pod");
+
+    // stopp and rmp: the pod, its containers and its shim are gone, and nothing is left behind.
+    crictl.ok(&["stopp", &pod]);
+    crictl.ok(&["rmp", &pod]);
+    assert_eq!(crictl.ok(&["pods", "-q"]).trim(), "", "no pod is left");
+    assert_eq!(
+        crictl.ok(&["ps", "-a", "-q"]).trim(),
+        "",
+        "no container is left"
+    );
+    let started = Instant::now();
+    while !containerd.shim_pids().is_empty() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(containerd.shim_pids().is_empty(), "the pod's shim exited");
+    assert_eq!(
+        netns_names(),
+        cleanup.before,
+        "the pod's network namespace is gone"
+    );
+}
