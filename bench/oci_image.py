@@ -4,7 +4,10 @@
 The benchmarks use it to give runc its native baselines as images, so runc goes through the same snapshot work
 as our wasm images (the issue's baseline: "a static native hello in a minimal image under runc").
 
-Usage: oci_image.py OUT.tar REF --entrypoint ARG [--entrypoint ARG]... HOST_PATH=IMAGE_PATH...
+The end-to-end tests use it too, for critest's stand-in images (tests/critest.rs): one file at several paths,
+an image user.
+
+Usage: oci_image.py OUT.tar REF --entrypoint ARG [--entrypoint ARG]... [--user USER] HOST_PATH=IMAGE_PATH...
 """
 
 import argparse
@@ -15,12 +18,13 @@ import sys
 import tarfile
 
 
-def build(path, ref, files, entrypoint, cmd=None):
-    """Writes the image to `path`. `files` maps a host path to its path inside the image."""
+def build(path, ref, files, entrypoint, cmd=None, user=None):
+    """Writes the image to `path`. `files` maps a host path to its path inside the image (a dict, or pairs when
+    one host file goes to several paths)."""
     layer = io.BytesIO()
     # Symlinks (the dynamic loader is one on Debian) are stored as the files they point to, as `cp` would.
     with tarfile.open(fileobj=layer, mode="w", dereference=True) as tar:
-        for host, inside in files.items():
+        for host, inside in (files.items() if isinstance(files, dict) else files):
             tar.add(host, arcname=inside.lstrip("/"))
     blobs = {}
 
@@ -33,6 +37,8 @@ def build(path, ref, files, entrypoint, cmd=None):
     image_config = {"Entrypoint": entrypoint}
     if cmd:
         image_config["Cmd"] = cmd
+    if user:
+        image_config["User"] = user
     config = json.dumps({
         "architecture": "amd64", "os": "linux", "config": image_config,
         "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
@@ -59,15 +65,16 @@ def main():
     parser.add_argument("out")
     parser.add_argument("ref")
     parser.add_argument("--entrypoint", action="append", required=True)
+    parser.add_argument("--user")
     parser.add_argument("files", nargs="+", metavar="HOST_PATH=IMAGE_PATH")
     args = parser.parse_args()
-    files = {}
+    files = []
     for pair in args.files:
         host, sep, inside = pair.partition("=")
         if not sep or not inside.startswith("/"):
             sys.exit(f"oci_image.py: {pair!r} is not HOST_PATH=/IMAGE_PATH")
-        files[host] = inside
-    build(args.out, args.ref, files, args.entrypoint)
+        files.append((host, inside))
+    build(args.out, args.ref, files, args.entrypoint, user=args.user)
 
 
 if __name__ == "__main__":

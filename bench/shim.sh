@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Shim benchmark, through a private containerd (Debian's 1.6), same run, side by side with runc:
+# Shim benchmark, through a private containerd (the one on PATH: Debian's 1.6, or see bench/matrix.sh), same run,
+# side by side with runc:
 #   1. `ctr run --rm` of a command to its exit: wasmhttp hello-cli vs runc + busybox (static) `echo`
 #   2. `ctr run -d` of an HTTP service to its first 200: wasmhttp hello (warm and cold compile cache)
 #      vs runc + the native hyper hello (bench/src/bin/native-hello.rs)

@@ -23,7 +23,7 @@ cargo test --workspace --locked --no-fail-fast
 # supported versions, each from its release tarball (scripts/containerd.sh: verified, unpacked once, never
 # downloaded; a missing tarball fails here). tests/platforms.rs covers all three itself.
 matrix=(
-  "2.3.4:containerd limits image cri crictl isolation confinement"
+  "2.3.4:containerd limits image cri crictl sandbox_api critest isolation confinement"
   "1.7.34:containerd cri crictl image confinement"
 )
 for entry in "${matrix[@]}"; do

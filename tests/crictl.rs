@@ -5,61 +5,13 @@
 
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 use wasmhttp_tests::containerd::*;
 use wasmhttp_tests::cri::*;
+use wasmhttp_tests::crictl::{Crictl, pod_json, write_json};
 use wasmhttp_tests::get;
 use wasmhttp_tests::load::{load, shim_cpu_rate};
 use wasmhttp_tests::registry::Registry;
-
-/// `crictl` from cri-tools' release tarball, pointed at the test's containerd by a config file of its own
-/// (so nothing reads or writes the node's `/etc/crictl.yaml`).
-struct Crictl {
-    binary: PathBuf,
-    config: PathBuf,
-}
-
-impl Crictl {
-    fn new(containerd: &Containerd) -> Self {
-        let binary = wasmhttp_tests::containerd_dist("cri-tools-v1.36.0").join("crictl");
-        let config = containerd.dir.path().join("crictl.yaml");
-        let endpoint = format!("unix://{}", containerd.socket().display());
-        std::fs::write(
-            &config,
-            format!("runtime-endpoint: {endpoint}\nimage-endpoint: {endpoint}\ntimeout: 20\n"),
-        )
-        .unwrap();
-        Crictl { binary, config }
-    }
-
-    /// Runs `crictl ARGS` and returns its stdout; panics with its stderr if it fails.
-    fn ok(&self, args: &[&str]) -> String {
-        let output = wasmhttp_tests::succeed(
-            Command::new(&self.binary)
-                .arg("--config")
-                .arg(&self.config)
-                .args(args),
-        );
-        String::from_utf8(output.stdout).unwrap()
-    }
-
-    /// Runs `crictl COMMAND -o json ARGS` and parses what it prints (crictl takes no flag after an argument).
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = vec![args[0], "-o", "json"];
-        all.extend(&args[1..]);
-        let out = self.ok(&all);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("crictl {args:?}: {e}: {out}"))
-    }
-}
-
-/// Writes `value` as `name` in `dir` (crictl reads pod and container configs from files); returns its path.
-fn write_json(dir: &Path, name: &str, value: &Value) -> String {
-    let path = dir.join(name);
-    std::fs::write(&path, value.to_string()).unwrap();
-    path.display().to_string()
-}
 
 /// A container config as an operator writes it for `crictl create`: the image, `PORT`, and limits.
 fn container_json(name: &str, image: &str, port: u16, resources: Value) -> Value {
@@ -112,7 +64,7 @@ fn an_operator_runs_a_wasm_pod_with_crictl() {
 
     // pull, from a registry, and images.
     let mut pushed = Vec::new();
-    for name in ["logger", "mem-hog", "cpu-burn"] {
+    for name in ["logger", "mem-hog", "cpu-burn", "applets"] {
         let tar = dir.join(format!("{name}.tar"));
         wasmhttp_tests::build_image(name, &format!("wasmhttp/{name}:crictl"), "layer", &tar);
         let reference = registry.push_oci_archive(&tar, &format!("wasmhttp/{name}:crictl"));
@@ -130,18 +82,7 @@ fn an_operator_runs_a_wasm_pod_with_crictl() {
     );
 
     // runp with the wasmhttp handler, pods, inspectp.
-    let log_dir = dir.join("pod-logs");
-    std::fs::create_dir_all(&log_dir).unwrap();
-    let pod_config = write_json(
-        dir,
-        "pod.json",
-        &serde_json::json!({
-            "metadata": {"name": "crictl-pod", "namespace": "default", "uid": "crictl-uid", "attempt": 0},
-            "hostname": "crictl-pod",
-            "log_directory": log_dir.display().to_string(),
-            "linux": {}
-        }),
-    );
+    let pod_config = pod_json(dir, "crictl-pod");
     let pod = crictl
         .ok(&["runp", "--runtime", "wasmhttp", &pod_config])
         .trim()
@@ -163,12 +104,15 @@ fn an_operator_runs_a_wasm_pod_with_crictl() {
     let limits = serde_json::json!({
         "memory_limit_in_bytes": 64u64 << 20, "cpu_period": 100_000, "cpu_quota": 25_000
     });
+    // The logger runs as a non-root user, as pods with `runAsNonRoot` do: CRI still binds its writable
+    // /dev/shm, which must not stand in the way.
     let create = |name: &str, image: &str, port: u16| {
-        let config = write_json(
-            dir,
-            &format!("{name}.json"),
-            &container_json(name, image, port, limits.clone()),
-        );
+        let mut config = container_json(name, image, port, limits.clone());
+        if name == "logger" {
+            config["linux"]["security_context"] =
+                serde_json::json!({"run_as_user": {"value": 1001}});
+        }
+        let config = write_json(dir, &format!("{name}.json"), &config);
         let id = crictl
             .ok(&["create", &pod, &config, &pod_config])
             .trim()
@@ -261,6 +205,33 @@ fn an_operator_runs_a_wasm_pod_with_crictl() {
         (0.45..=0.55).contains(&rate),
         "resized from 0.25 to 0.5 CPU, measured {rate:.3}"
     );
+
+    // A command over its memory limit ends as Kubernetes expects of one: exit 137, reason OOMKilled.
+    let mut oom = container_json(
+        "oom",
+        &pushed[3],
+        0,
+        serde_json::json!({"memory_limit_in_bytes": 15u64 << 20}),
+    );
+    oom["command"] =
+        serde_json::json!(["/app.wasm", "dd", "if=/dev/zero", "of=/dev/null", "bs=20M"]);
+    let oom_config = write_json(dir, "oom.json", &oom);
+    let oom = crictl
+        .ok(&["create", &pod, &oom_config, &pod_config])
+        .trim()
+        .to_string();
+    crictl.ok(&["start", &oom]);
+    let ended = wait_for_state(&crictl, &oom, "CONTAINER_EXITED");
+    assert_eq!(
+        (
+            ended["status"]["exitCode"].as_i64(),
+            ended["status"]["reason"].as_str()
+        ),
+        (Some(137), Some("OOMKilled")),
+        "{}",
+        ended["status"]
+    );
+    assert!(ps_line(&crictl, &oom).contains("Exited"));
 
     // stop and rm one container; the others keep serving from the same shim.
     crictl.ok(&["stop", &logger]);

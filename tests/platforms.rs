@@ -96,3 +96,48 @@ fn install_edits_the_config_each_version_writes_into_one_that_version_accepts() 
         assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
     }
 }
+
+/// The example config sections in `examples/containerd/` are what their versions read: each dumps back with
+/// our runtime, and 2.x keeps the Sandbox API handler's `sandboxer = "shim"`.
+#[test]
+fn the_example_containerd_configs_are_read_by_their_versions() {
+    let examples = wasmhttp_tests::workspace().join("examples/containerd");
+    for (version, file, handlers) in [
+        ("system", "config-1.x.toml", &["wasmhttp"][..]),
+        ("1.7.34", "config-1.x.toml", &["wasmhttp"][..]),
+        (
+            "2.3.4",
+            "config-2.x.toml",
+            &["wasmhttp", "wasmhttp-sandboxed"][..],
+        ),
+    ] {
+        let dump = run_ok(
+            Command::new(containerd_dist(version).join("containerd"))
+                .arg("--config")
+                .arg(examples.join(file))
+                .args(["config", "dump"]),
+        );
+        for handler in handlers {
+            let section = dump
+                .split("\n\n")
+                .find(|s| {
+                    s.trim_end()
+                        .lines()
+                        .next()
+                        .is_some_and(|l| l.ends_with(&format!("runtimes.{handler}]")))
+                })
+                .unwrap_or_else(|| panic!("{version} {file}: no {handler} runtime in: {dump}"));
+            assert!(
+                section.contains("io.containerd.wasmhttp.v1"),
+                "{version}: {section}"
+            );
+            if *handler == "wasmhttp-sandboxed" {
+                assert!(
+                    section.contains("sandboxer = 'shim'")
+                        || section.contains("sandboxer = \"shim\""),
+                    "{version}: {section}"
+                );
+            }
+        }
+    }
+}

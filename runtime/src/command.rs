@@ -44,6 +44,13 @@ pub struct CommandExit {
     pub stats: StatsSnapshot,
 }
 
+impl CommandExit {
+    /// Whether the runtime stopped the command because it reached its memory limit.
+    pub fn ran_out_of_memory(&self) -> bool {
+        matches!(self.failure, Some((FailureCause::Memory, _)))
+    }
+}
+
 /// Runs `app` to completion under `limits` with `caps`, returning its exit status.
 pub async fn run_command(
     runtime: &Runtime,

@@ -105,6 +105,49 @@ impl StatsSnapshot {
             + self.failed_overload
             + self.failed_cancelled
     }
+
+    /// Adds another service's figures to these, for a pod's total. Peaks add up to a bound on the pod's
+    /// peak: the services need not have peaked at the same moment.
+    pub fn add(&mut self, other: &StatsSnapshot) {
+        let StatsSnapshot {
+            requests_served,
+            failed_trap,
+            failed_fuel,
+            failed_timeout,
+            failed_memory,
+            failed_overload,
+            failed_cancelled,
+            fuel_consumed,
+            cpu_time,
+            instantiations,
+            instantiate_time,
+            throttled_periods,
+            throttled_time,
+            memory_current,
+            memory_peak,
+            memory_refusals,
+            in_flight,
+            instances_live,
+        } = other;
+        self.requests_served += requests_served;
+        self.failed_trap += failed_trap;
+        self.failed_fuel += failed_fuel;
+        self.failed_timeout += failed_timeout;
+        self.failed_memory += failed_memory;
+        self.failed_overload += failed_overload;
+        self.failed_cancelled += failed_cancelled;
+        self.fuel_consumed += fuel_consumed;
+        self.cpu_time += *cpu_time;
+        self.instantiations += instantiations;
+        self.instantiate_time += *instantiate_time;
+        self.throttled_periods += throttled_periods;
+        self.throttled_time += *throttled_time;
+        self.memory_current += memory_current;
+        self.memory_peak += memory_peak;
+        self.memory_refusals += memory_refusals;
+        self.in_flight += in_flight;
+        self.instances_live += instances_live;
+    }
 }
 
 impl Stats {
@@ -212,6 +255,25 @@ mod tests {
         stats.release_memory(50);
         let snap = stats.snapshot();
         assert_eq!((snap.memory_current, snap.memory_peak), (50, 100));
+    }
+
+    #[test]
+    fn a_pod_total_adds_every_figure() {
+        let one = StatsSnapshot {
+            requests_served: 3,
+            cpu_time: Duration::from_millis(5),
+            memory_current: 10,
+            memory_peak: 20,
+            in_flight: 1,
+            ..Default::default()
+        };
+        let mut total = one.clone();
+        total.add(&one);
+        assert_eq!(
+            (total.requests_served, total.cpu_time, total.memory_current),
+            (6, Duration::from_millis(10), 20)
+        );
+        assert_eq!((total.memory_peak, total.in_flight), (40, 2));
     }
 
     #[test]

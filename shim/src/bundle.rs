@@ -249,16 +249,29 @@ fn from_rootfs(
     max_bytes: u64,
 ) -> std::result::Result<Payload, String> {
     let roots = rootfs_dirs(bundle, spec, rootfs);
-    let found = RootFs::new(&roots)
-        .read(entry, max_bytes)
-        .map_err(|e| format!("process.args[0] {e}"))?;
-    let Some(bytes) = found else {
+    let fs = RootFs::new(&roots);
+    let mut found = None;
+    for candidate in command_paths(entry, spec) {
+        if let Some(bytes) = fs
+            .read(&candidate, max_bytes)
+            .map_err(|e| format!("process.args[0] {e}"))?
+        {
+            found = Some((candidate, bytes));
+            break;
+        }
+    }
+    let Some((path, bytes)) = found else {
         return Ok(Payload::ImageLayer(ImageLayer {
             image: None,
             name: entry.to_string(),
             not_in_rootfs: Some(format!(
-                "{}: process.args[0] {entry} does not exist in the container's rootfs ({})",
+                "{}: process.args[0] {entry} does not exist in the container's rootfs{} ({})",
                 bundle.join("config.json").display(),
+                if entry.contains('/') {
+                    ""
+                } else {
+                    " (at its root or on its PATH)"
+                },
                 roots
                     .iter()
                     .map(|r| r.display().to_string())
@@ -267,8 +280,35 @@ fn from_rootfs(
             )),
         }));
     };
-    Ok(Payload::Wasm(Source::from_bytes(entry, bytes)))
+    Ok(Payload::Wasm(Source::from_bytes(path, bytes)))
 }
+
+/// Where the container looks for `entry`: a path as it is; a bare name (Kubernetes' `command: ["server"]`)
+/// in each directory of the spec's `PATH`, as `execvp` in a runc container would, then at the root, where
+/// images built by `wasmhttp image build` keep it. Every candidate is still resolved inside the rootfs.
+fn command_paths(entry: &str, spec: &Spec) -> Vec<String> {
+    if entry.contains('/') {
+        return vec![entry.to_string()];
+    }
+    let path = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.env().as_ref())
+        .and_then(|env| env.iter().rev().find_map(|kv| kv.strip_prefix("PATH=")))
+        .map(str::to_string)
+        .unwrap_or_else(|| DEFAULT_PATH.to_string());
+    path.split(':')
+        .filter(|dir| dir.starts_with('/'))
+        .take(MAX_PATH_DIRS)
+        .map(|dir| format!("{}/{entry}", dir.trim_end_matches('/')))
+        .chain(std::iter::once(format!("/{entry}")))
+        .collect()
+}
+
+/// The `PATH` a container without one gets (runc's and Docker's default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// How many `PATH` directories a lookup tries: a spec's `PATH` is the tenant's, and each try reads the layers.
+const MAX_PATH_DIRS: usize = 32;
 
 fn network_of(spec: &Spec) -> Network {
     let namespaces = spec
@@ -345,7 +385,7 @@ fn preopens(spec: &Spec) -> Vec<Preopen> {
             let is_bind = mount.typ().as_deref() == Some("bind")
                 || options.iter().any(|o| o == "bind" || o == "rbind");
             let source = mount.source().as_ref()?;
-            if !is_bind || !source.is_dir() {
+            if !is_bind || !source.is_dir() || is_kernel_interface(mount.destination()) {
                 return None;
             }
             Some(Preopen {
@@ -355,6 +395,16 @@ fn preopens(spec: &Spec) -> Vec<Preopen> {
             })
         })
         .collect()
+}
+
+/// Whether `destination` is under `/dev`, `/proc` or `/sys`: the kernel's interfaces, which a WASI guest cannot
+/// use. CRI binds the pod's `/dev/shm` (POSIX shared memory) writable into every container; preopening it
+/// would give a guest a directory it has no use for, and refuse every container with a non-root
+/// `runAsUser`, since guest file I/O runs as root.
+fn is_kernel_interface(destination: &Path) -> bool {
+    ["/dev", "/proc", "/sys"]
+        .iter()
+        .any(|root| destination.starts_with(root))
 }
 
 #[cfg(test)]
@@ -402,6 +452,11 @@ mod tests {
         );
         let dir = bundle(&as_user(&mounts(r#""rbind","ro""#)), files);
         assert!(load(dir.path(), &[], &Layers::default(), 1 << 20).is_ok());
+        // CRI's writable /dev/shm in every container is no preopen, so it does not stand in a user's way.
+        let shm = r#","mounts":[{"destination":"/dev/shm","type":"bind","source":"/tmp","options":["rbind","rw"]}]"#;
+        let dir = bundle(&as_user(shm), files);
+        let workload = load(dir.path(), &[], &Layers::default(), 1 << 20).unwrap();
+        assert!(workload.capabilities.preopens.is_empty());
         let dir = bundle(
             &config(r#"["/app.wasm"]"#, &mounts(r#""rbind","rw""#)),
             files,
@@ -409,6 +464,44 @@ mod tests {
         assert!(
             load(dir.path(), &[], &Layers::default(), 1 << 20).is_ok(),
             "root may"
+        );
+    }
+
+    #[test]
+    fn a_bare_command_name_is_looked_up_in_the_containers_path() {
+        let wasm: &[u8] = b"\0asm\x01\0\0\0";
+        let source =
+            |dir: &tempfile::TempDir| match load(dir.path(), &[], &Layers::default(), 1 << 20)
+                .unwrap()
+                .payload
+            {
+                Payload::Wasm(source) => source.name().to_string(),
+                _ => panic!("not read from the rootfs"),
+            };
+        // The spec's PATH, in order; the guest still sees the name it was given.
+        let dir = bundle(
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"user":{"uid":0,"gid":0},"cwd":"/","args":["top"],
+               "env":["PATH=/opt/missing:/opt/bin:/bin"]}}"#,
+            &[("opt/bin/top", wasm), ("bin/top", wasm)],
+        );
+        assert_eq!(source(&dir), "/opt/bin/top");
+        let workload = load(dir.path(), &[], &Layers::default(), 1 << 20).unwrap();
+        assert_eq!(workload.capabilities.args, ["top"]);
+        // No PATH: runc's default; not on it: the root.
+        let dir = bundle(&config(r#"["sh"]"#, ""), &[("bin/sh", wasm)]);
+        assert_eq!(source(&dir), "/bin/sh");
+        let dir = bundle(&config(r#"["app.wasm"]"#, ""), &[("app.wasm", wasm)]);
+        assert_eq!(source(&dir), "/app.wasm");
+        // A relative PATH entry is skipped (it would depend on the cwd).
+        assert_eq!(
+            command_paths(
+                "x",
+                &serde_json::from_str(
+                    r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"cwd":"/","env":["PATH=bin:/b/"]}}"#
+                )
+                .unwrap()
+            ),
+            ["/b/x", "/x"]
         );
     }
 

@@ -4,7 +4,7 @@ use crate::bundle::{Network, Payload, Workload};
 use crate::error::{Result, ShimError};
 use crate::events::{Event, Events};
 use crate::limits::oci_limits;
-use containerd_shim::protos::events::task::TaskExit;
+use containerd_shim::protos::events::task::{TaskExit, TaskOOM};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use oci_spec::runtime::LinuxResources;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -22,6 +22,10 @@ use wasmhttp_runtime::{
 /// that could not be started, so kubelet shows the same `StartError`.
 pub const EXIT_START_FAILED: u32 = 128;
 
+/// The exit status of a command stopped at its memory limit: a SIGKILL's, which Kubernetes reads as OOMKilled
+/// together with the TaskOOM event.
+pub const EXIT_OOM: u32 = 137;
+
 /// How a container ended.
 #[derive(Debug, Clone, Copy)]
 pub struct Exit {
@@ -34,15 +38,19 @@ pub struct Exit {
 impl Exit {
     /// The protobuf timestamp of `at`.
     pub fn timestamp(&self) -> Timestamp {
-        let since = self
-            .at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        Timestamp {
-            seconds: since.as_secs() as i64,
-            nanos: since.subsec_nanos() as i32,
-            ..Default::default()
-        }
+        timestamp(self.at)
+    }
+}
+
+/// `at` as a protobuf timestamp.
+pub fn timestamp(at: SystemTime) -> Timestamp {
+    let since = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timestamp {
+        seconds: since.as_secs() as i64,
+        nanos: since.subsec_nanos() as i32,
+        ..Default::default()
     }
 }
 
@@ -185,6 +193,21 @@ impl Container {
         })
     }
 
+    /// The pod sandbox of containerd's Sandbox API: nothing to run, the pod's network namespace for its
+    /// containers to join, and a life to wait on. It publishes no task events (it is no task of containerd's).
+    pub fn pod_sandbox(id: &str, network: Network) -> Self {
+        Container {
+            id: id.to_string(),
+            state: Mutex::new(State::Created(Box::new(Prepared::Sandbox))),
+            limits: Mutex::default(),
+            code_size: 0,
+            killed_by: AtomicU32::new(0),
+            exit: watch::channel(None).0,
+            events: Events::none(),
+            network,
+        }
+    }
+
     /// The network namespace its listener lives in (for a pod sandbox: the pod's).
     pub fn network(&self) -> &Network {
         &self.network
@@ -291,6 +314,15 @@ impl Container {
                     )
                     .await
                     {
+                        Ok(exit) if exit.ran_out_of_memory() => {
+                            // Kubernetes' contract for a process over its memory limit: a TaskOOM event
+                            // (CRI's reason "OOMKilled") and 137, as if the kernel had killed it.
+                            this.events.send(Event::Oom(TaskOOM {
+                                container_id: this.id.clone(),
+                                ..Default::default()
+                            }));
+                            EXIT_OOM
+                        }
                         Ok(exit) => exit.code as u32,
                         Err(e) => {
                             tracing::error!(container = %this.id, "command failed to start: {e}");

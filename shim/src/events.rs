@@ -2,7 +2,7 @@
 
 use containerd_shim::Context;
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExit, TaskPaused, TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::topics::*;
@@ -17,6 +17,8 @@ pub enum Event {
     Start(TaskStart),
     /// `/tasks/exit`
     Exit(TaskExit),
+    /// `/tasks/oom`: a command stopped at its memory limit.
+    Oom(TaskOOM),
     /// `/tasks/delete`
     Delete(TaskDelete),
     /// `/tasks/paused`
@@ -31,6 +33,7 @@ impl Event {
             Event::Create(e) => (TASK_CREATE_EVENT_TOPIC, Box::new(e)),
             Event::Start(e) => (TASK_START_EVENT_TOPIC, Box::new(e)),
             Event::Exit(e) => (TASK_EXIT_EVENT_TOPIC, Box::new(e)),
+            Event::Oom(e) => (TASK_OOM_EVENT_TOPIC, Box::new(e)),
             Event::Delete(e) => (TASK_DELETE_EVENT_TOPIC, Box::new(e)),
             Event::Paused(e) => (TASK_PAUSED_EVENT_TOPIC, Box::new(e)),
             Event::Resumed(e) => (TASK_RESUMED_EVENT_TOPIC, Box::new(e)),
@@ -61,6 +64,14 @@ impl Events {
             }
         });
         Events { queue }
+    }
+
+    /// Events that go nowhere: a pod sandbox of the Sandbox API is no task of containerd's, and containerd
+    /// learns of its end through `WaitSandbox`, not a task exit.
+    pub fn none() -> Self {
+        Events {
+            queue: mpsc::unbounded_channel().0,
+        }
     }
 
     /// Events that go to a channel instead of containerd, for tests.

@@ -19,6 +19,7 @@ mod metrics;
 mod netns;
 mod node_config;
 mod rootfs;
+mod sandbox;
 mod server;
 mod stdio;
 mod task;

@@ -288,6 +288,7 @@ pub fn read(path: &Path) -> Result<NodeConfig> {
 /// The node configuration for a Create whose runtime options are `options`.
 pub fn for_create(options: Option<&Any>) -> Result<NodeConfig> {
     let (path, body) = match options.filter(|o| !o.value.is_empty()) {
+        Some(any) if is_sandbox_endpoint_only(any) => (String::new(), String::new()),
         Some(any) => runtime_options(any)?,
         None => (String::new(), String::new()),
     };
@@ -307,6 +308,23 @@ pub fn for_create(options: Option<&Any>) -> Result<NodeConfig> {
 /// runtime options type wasmhttp reads.
 pub fn is_runtime_options(any: &Any) -> bool {
     any.type_url.rsplit('/').next() == Some(RUNTIME_OPTIONS_TYPE)
+}
+
+/// Whether `any` is the runc options containerd 2.x's client sends for a task of a Sandbox API pod whose
+/// runtime has no options: it puts the sandbox's task API endpoint there for any runtime
+/// (`WithTaskAPIEndpoint`), and containerd then passes them instead of the runtime's (empty) options. Only
+/// its `task_api_address` (12) and `task_api_version` (13) may be set; containerd itself acts on them.
+fn is_sandbox_endpoint_only(any: &Any) -> bool {
+    use containerd_shim::protos::protobuf::Message;
+    use containerd_shim::protos::protobuf::well_known_types::empty::Empty;
+    any.type_url.rsplit('/').next() == Some("containerd.runc.v1.Options")
+        && Empty::parse_from_bytes(&any.value).is_ok_and(|fields| {
+            fields
+                .special_fields
+                .unknown_fields()
+                .iter()
+                .all(|(number, _)| number == 12 || number == 13)
+        })
 }
 
 /// The `ConfigPath` and `ConfigBody` of containerd's `runtimeoptions.v1.Options`.
@@ -497,16 +515,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/wasmhttp.toml"), "{err}");
-        let wrong = Any {
-            type_url: "containerd.runc.v1.Options".into(),
-            value: vec![1],
-            ..Default::default()
+        let runc = |fields: &[(u32, &str)]| {
+            let mut value = Vec::new();
+            let mut out = CodedOutputStream::vec(&mut value);
+            for (number, text) in fields {
+                out.write_string(*number, text).unwrap();
+            }
+            out.flush().unwrap();
+            drop(out);
+            Any {
+                type_url: "type.googleapis.com/containerd.runc.v1.Options".into(),
+                value,
+                ..Default::default()
+            }
         };
-        assert!(
-            for_create(Some(&wrong))
-                .unwrap_err()
-                .to_string()
-                .contains("not understood")
+        // containerd's client, for a task in a Sandbox API pod: the endpoint only, which is no option of ours.
+        let endpoint = runc(&[(12, "ttrpc+unix:///run/s.sock")]);
+        assert_eq!(
+            for_create(Some(&endpoint)).unwrap().defaults.queue_depth,
+            None
         );
+        // Real runc options (a binary name) are not ours, and a malformed message is not either.
+        for wrong in [
+            runc(&[(12, "ttrpc+unix:///run/s.sock"), (6, "crun")]),
+            Any {
+                type_url: "containerd.runc.v1.Options".into(),
+                value: vec![1],
+                ..Default::default()
+            },
+        ] {
+            assert!(
+                for_create(Some(&wrong))
+                    .unwrap_err()
+                    .to_string()
+                    .contains("not understood")
+            );
+        }
     }
 }

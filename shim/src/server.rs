@@ -1,8 +1,10 @@
-//! The long-lived shim server: the ttrpc Task service on the socket containerd chose.
+//! The long-lived shim server: the ttrpc Task and Sandbox services on the socket containerd chose.
 //!
 //! containerd-shim's own bootstrap serves only `containerd.task.v3.Task` (containerd 2.x); containerd 1.6
-//! and 1.7 call `containerd.task.v2.Task`, which is the same API under its older name. This serves both.
+//! and 1.7 call `containerd.task.v2.Task`, which is the same API under its older name. This serves both,
+//! and `containerd.runtime.sandbox.v1.Sandbox` for containerd 2.x's `sandboxer = "shim"`.
 
+use crate::sandbox::SandboxService;
 use crate::task::TaskService;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::protos::shim_async::create_task;
@@ -10,6 +12,7 @@ use containerd_shim::protos::ttrpc::r#async::transport::Listener;
 use containerd_shim::protos::ttrpc::asynchronous::Server;
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Error, Flags};
+use containerd_shim_protos::sandbox_async::create_sandbox;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::Arc;
@@ -87,7 +90,7 @@ async fn serve_task_api(listener: UnixListener, flags: &Flags, path: &str) -> Re
     let publisher = RemotePublisher::new(&ttrpc_address).await?;
     let exit = Arc::new(ExitSignal::default());
     let events = crate::events::Events::new(publisher, flags.namespace.clone());
-    let task: Arc<dyn containerd_shim::Task + Send + Sync> = Arc::new(TaskService::new(
+    let tasks = Arc::new(TaskService::new(
         events,
         exit.clone(),
         crate::content::ContentStore {
@@ -95,11 +98,14 @@ async fn serve_task_api(listener: UnixListener, flags: &Flags, path: &str) -> Re
             namespace: flags.namespace.clone(),
         },
     ));
+    let sandboxes = Arc::new(SandboxService::new(tasks.clone()));
+    let task: Arc<dyn containerd_shim::Task + Send + Sync> = tasks;
     let mut services = create_task(task.clone());
     let mut older = create_task(task);
     if let Some(service) = older.remove(V3) {
         services.insert(V2.to_string(), service);
     }
+    services.extend(create_sandbox(sandboxes));
     let listener = Listener::try_from(listener).map_err(io_error("creating the ttrpc listener"))?;
     let mut server = Server::new()
         .add_listener(listener)

@@ -1,6 +1,6 @@
 //! The containerd Task service: each call checks its request, then asks the container.
 
-use crate::bundle::{self, ImageLayer, Payload, RootfsMount};
+use crate::bundle::{self, ImageLayer, Network, Payload, RootfsMount};
 use crate::container::{Container, CreateOptions, Status};
 use crate::content::ContentStore;
 use crate::engine::SharedRuntime;
@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use wasmhttp_oci::WASM_LAYER_TYPES;
-use wasmhttp_runtime::Source;
+use wasmhttp_runtime::{Source, StatsSnapshot};
 
 /// Every container of this shim process, and the engine they share.
 pub struct TaskService {
@@ -96,7 +96,72 @@ impl TaskService {
         }
     }
 
-    fn get(&self, id: &str) -> Result<Arc<Container>> {
+    /// Adds the pod sandbox containerd's Sandbox API creates in this shim under `id`: the pod's containers
+    /// find its network namespace the way they find a sandbox container's.
+    pub fn add_pod_sandbox(&self, id: &str, network: Network) -> Result<Arc<Container>> {
+        let mut containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
+        if containers.contains_key(id) {
+            return Err(ShimError::AlreadyExists(format!(
+                "sandbox {id} already exists in this shim"
+            )));
+        }
+        let sandbox = Arc::new(Container::pod_sandbox(id, network));
+        containers.insert(id.to_string(), sandbox.clone());
+        Ok(sandbox)
+    }
+
+    /// Forgets the pod sandbox `id` and whatever is left of its pod, and lets the shim exit: a Sandbox API
+    /// shim holds one pod, and containerd deletes the shim's bundle once the sandbox is shut down.
+    pub fn shut_down_pod(&self, id: &str) {
+        let mut containers = self.containers.lock().unwrap_or_else(|e| e.into_inner());
+        let left: Vec<String> = containers.keys().filter(|k| *k != id).cloned().collect();
+        if !left.is_empty() {
+            tracing::warn!(sandbox = %id, containers = ?left, "containers not deleted before the pod's shutdown are dropped");
+        }
+        containers.clear();
+        drop(containers);
+        self.exit_if_empty();
+    }
+
+    /// Every container of this shim but `except` (a pod's sandbox).
+    pub fn containers_except(&self, except: &str) -> Vec<Arc<Container>> {
+        self.containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(id, _)| id.as_str() != except)
+            .map(|(_, container)| container.clone())
+            .collect()
+    }
+
+    /// The figures of every container but `except` (a pod's sandbox) added up, and their code sizes'.
+    pub fn total_usage(&self, except: &str) -> (StatsSnapshot, u64) {
+        let containers = self.containers_except(except);
+        let mut total = StatsSnapshot::default();
+        let mut code_size = 0;
+        for container in containers {
+            let (stats, _, size) = container.usage();
+            total.add(&stats);
+            code_size += size;
+        }
+        (total, code_size)
+    }
+
+    /// Signals the server to exit once no container is left in this shim.
+    fn exit_if_empty(&self) {
+        if self
+            .containers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            tracing::info!("no containers left; shim exiting");
+            self.exit.signal();
+        }
+    }
+
+    /// The container (or pod sandbox) `id` of this shim.
+    pub fn get(&self, id: &str) -> Result<Arc<Container>> {
         self.containers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -411,15 +476,7 @@ impl Task for TaskService {
     }
 
     async fn shutdown(&self, _ctx: &TtrpcContext, _req: ShutdownRequest) -> TtrpcResult<Empty> {
-        if self
-            .containers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-        {
-            tracing::info!("no containers left; shim exiting");
-            self.exit.signal();
-        }
+        self.exit_if_empty();
         Ok(Empty::new())
     }
 

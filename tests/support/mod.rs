@@ -3,6 +3,7 @@
 
 pub mod containerd;
 pub mod cri;
+pub mod crictl;
 pub mod dns;
 pub mod load;
 pub mod netns;
