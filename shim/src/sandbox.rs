@@ -1,7 +1,7 @@
 //! containerd's Sandbox service (`containerd.runtime.sandbox.v1.Sandbox`), which containerd 2.x calls when a
-//! CRI runtime says `sandboxer = "shim"`: the pod is this shim process, so no sandbox container (and no
-//! pause image) exists. containerd starts one shim per pod for it, then runs the pod's containers through the
-//! Task service of the same process.
+//! CRI runtime says `sandboxer = "shim"`: the pod is this shim process, so no sandbox container exists
+//! (containerd 2.3's CRI still checks that the sandbox image is present). containerd starts one shim per pod
+//! for it, then runs the pod's containers through the Task service of the same process.
 //!
 //! The pod sandbox is held as a [`Container`] with nothing to run, under the sandbox's id in the Task
 //! service's table: the pod's containers join its network namespace exactly as they join a classic sandbox
