@@ -468,11 +468,7 @@ async fn pod_lifecycle_through_cri() {
         })
         .await
         .unwrap();
-    let started = Instant::now();
-    while !containerd.shim_pids().is_empty() && started.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(containerd.shim_pids().is_empty(), "the pod's shim exited");
+    containerd.assert_shims_exit();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(&pod) && !mounts.contains(containerd.dir.path().to_str().unwrap()),

@@ -251,11 +251,7 @@ fn an_operator_runs_a_wasm_pod_with_crictl() {
         "",
         "no container is left"
     );
-    let started = Instant::now();
-    while !containerd.shim_pids().is_empty() && started.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(containerd.shim_pids().is_empty(), "the pod's shim exited");
+    containerd.assert_shims_exit();
     assert_eq!(
         netns_names(),
         cleanup.before,

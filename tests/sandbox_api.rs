@@ -184,11 +184,7 @@ fn a_pod_made_by_the_sandbox_api_has_no_sandbox_container() {
     assert_eq!(exited["status"]["state"], "CONTAINER_EXITED", "{exited}");
     get_refused(addr);
     crictl.ok(&["rmp", &pod]);
-    let started = Instant::now();
-    while !containerd.shim_pids().is_empty() && started.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(containerd.shim_pids().is_empty(), "the pod's shim exited");
+    containerd.assert_shims_exit();
     assert_eq!(crictl.ok(&["pods", "-q"]).trim(), "", "no pod is left");
     let sandboxes = containerd.ctr_in("k8s.io", &["sandboxes", "ls"]);
     let sandboxes = String::from_utf8_lossy(&sandboxes.stdout);

@@ -307,7 +307,12 @@ pub fn for_create(options: Option<&Any>) -> Result<NodeConfig> {
 /// Whether `any` is containerd's `runtimeoptions.v1.Options` (with or without a type URL prefix), the one
 /// runtime options type wasmhttp reads.
 pub fn is_runtime_options(any: &Any) -> bool {
-    any.type_url.rsplit('/').next() == Some(RUNTIME_OPTIONS_TYPE)
+    type_name(any) == RUNTIME_OPTIONS_TYPE
+}
+
+/// The message type an `Any` holds: its type URL without the prefix (`types.example/…`), if any.
+fn type_name(any: &Any) -> &str {
+    any.type_url.rsplit('/').next().unwrap_or_default()
 }
 
 /// Whether `any` is the runc options containerd 2.x's client sends for a task of a Sandbox API pod whose
@@ -317,7 +322,7 @@ pub fn is_runtime_options(any: &Any) -> bool {
 fn is_sandbox_endpoint_only(any: &Any) -> bool {
     use containerd_shim::protos::protobuf::Message;
     use containerd_shim::protos::protobuf::well_known_types::empty::Empty;
-    any.type_url.rsplit('/').next() == Some("containerd.runc.v1.Options")
+    type_name(any) == "containerd.runc.v1.Options"
         && Empty::parse_from_bytes(&any.value).is_ok_and(|fields| {
             fields
                 .special_fields

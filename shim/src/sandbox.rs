@@ -35,6 +35,7 @@ pub struct SandboxService {
 }
 
 /// What the Sandbox service knows of a sandbox beside its [`Container`].
+#[derive(Clone)]
 struct Pod {
     created: SystemTime,
     /// The sandbox's OCI spec, as containerd's typeurl marshals one: CRI keeps it in its sandbox store and
@@ -54,20 +55,17 @@ impl SandboxService {
         }
     }
 
-    /// When sandbox `id` was created, and its spec.
-    fn pod(&self, id: &str) -> Result<(SystemTime, Any)> {
-        self.pods
+    /// The sandbox `id` and what this service recorded of it; only a sandbox this service made (not a
+    /// container of the Task service) is found.
+    fn sandbox(&self, id: &str) -> Result<(Arc<Container>, Pod)> {
+        let pod = self
+            .pods
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
-            .map(|pod| (pod.created, pod.spec.clone()))
-            .ok_or_else(|| ShimError::NotFound(format!("sandbox {id} not found in this shim")))
-    }
-
-    /// The sandbox `id`, checked to be one the Sandbox service made (not a container of the Task service).
-    fn sandbox(&self, id: &str) -> Result<Arc<Container>> {
-        self.pod(id)?;
-        self.tasks.get(id)
+            .cloned()
+            .ok_or_else(|| ShimError::NotFound(format!("sandbox {id} not found in this shim")))?;
+        Ok((self.tasks.get(id)?, pod))
     }
 
     fn create(&self, req: &CreateSandboxRequest) -> Result<()> {
@@ -110,8 +108,7 @@ impl SandboxService {
     }
 
     fn status(&self, req: &SandboxStatusRequest) -> Result<SandboxStatusResponse> {
-        let (created, _) = self.pod(&req.sandbox_id)?;
-        let sandbox = self.tasks.get(&req.sandbox_id)?;
+        let (sandbox, pod) = self.sandbox(&req.sandbox_id)?;
         let running = matches!(sandbox.status(), Status::Running | Status::Paused);
         let mut info = HashMap::new();
         if req.verbose {
@@ -132,7 +129,7 @@ impl SandboxService {
             pid: std::process::id(),
             state: if running { READY } else { NOT_READY }.to_string(),
             info,
-            created_at: MessageField::some(timestamp(created)),
+            created_at: MessageField::some(timestamp(pod.created)),
             exited_at: sandbox.exit().map(|e| e.timestamp()).into(),
             ..Default::default()
         })
@@ -140,7 +137,7 @@ impl SandboxService {
 
     /// Stops the pod: its sandbox, and any container CRI has not stopped first.
     fn stop(&self, id: &str) -> Result<()> {
-        let sandbox = self.sandbox(id)?;
+        let (sandbox, _) = self.sandbox(id)?;
         for container in self.tasks.containers_except(id) {
             if matches!(container.status(), Status::Running | Status::Paused)
                 && let Err(e) = container.kill(SIGKILL, Duration::ZERO)
@@ -193,15 +190,15 @@ impl Sandbox for SandboxService {
         _ctx: &TtrpcContext,
         req: StartSandboxRequest,
     ) -> ttrpc::Result<StartSandboxResponse> {
-        let (created, spec) = self.pod(&req.sandbox_id)?;
-        self.sandbox(&req.sandbox_id)?.start()?;
+        let (sandbox, pod) = self.sandbox(&req.sandbox_id)?;
+        sandbox.start()?;
         tracing::info!(sandbox = %req.sandbox_id, "sandbox started");
         // The pod's containers are told to join /proc/<this pid>/ns/net, which the Task service maps to
         // the sandbox's namespace.
         Ok(StartSandboxResponse {
             pid: std::process::id(),
-            created_at: MessageField::some(timestamp(created)),
-            spec: MessageField::some(spec),
+            created_at: MessageField::some(timestamp(pod.created)),
+            spec: MessageField::some(pod.spec),
             ..Default::default()
         })
     }
@@ -235,7 +232,7 @@ impl Sandbox for SandboxService {
         _ctx: &TtrpcContext,
         req: WaitSandboxRequest,
     ) -> ttrpc::Result<WaitSandboxResponse> {
-        let exit = self.sandbox(&req.sandbox_id)?.wait().await;
+        let exit = self.sandbox(&req.sandbox_id)?.0.wait().await;
         Ok(WaitSandboxResponse {
             exit_status: exit.code,
             exited_at: MessageField::some(exit.timestamp()),
@@ -349,7 +346,7 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(status(false).state, NOT_READY, "created, not started");
-        service.sandbox("pod").unwrap().start().unwrap();
+        service.sandbox("pod").unwrap().0.start().unwrap();
         let ready = status(true);
         assert_eq!(
             (ready.state.as_str(), ready.pid),
@@ -357,12 +354,12 @@ mod tests {
         );
         let info: serde_json::Value = serde_json::from_str(&ready.info["info"]).unwrap();
         assert_eq!(info["processStatus"], "running");
-        let (_, spec) = service.pod("pod").unwrap();
-        let spec: serde_json::Value = serde_json::from_slice(&spec.value).unwrap();
+        let (_, pod) = service.sandbox("pod").unwrap();
+        let spec: serde_json::Value = serde_json::from_slice(&pod.spec.value).unwrap();
         assert_eq!(spec["linux"]["namespaces"][0]["path"], "/proc/self/ns/net");
 
         service.stop("pod").unwrap();
-        let exit = service.sandbox("pod").unwrap().wait().await;
+        let exit = service.sandbox("pod").unwrap().0.wait().await;
         assert_eq!(exit.code, 137);
         assert_eq!(status(false).state, NOT_READY);
         service.stop("pod").unwrap();

@@ -238,6 +238,15 @@ state = "{d}/state"
         }
     }
 
+    /// Waits (up to 10 s) until no shim of this containerd runs; panics if one still does.
+    pub fn assert_shims_exit(&self) {
+        let started = Instant::now();
+        while !self.shim_pids().is_empty() && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(self.shim_pids().is_empty(), "the pod's shim exited");
+    }
+
     /// PIDs of shim processes serving this containerd.
     pub fn shim_pids(&self) -> Vec<i32> {
         let socket = self.socket().display().to_string();
