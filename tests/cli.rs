@@ -345,3 +345,54 @@ fn a_wasi_03_service_is_served_with_reuse_and_its_knob_flags() {
     let said = String::from_utf8_lossy(&refused.stderr);
     assert!(said.contains("--max-instance-concurrency"), "{said}");
 }
+
+#[test]
+fn metrics_are_served_at_the_metrics_address_and_a_taken_one_is_refused() {
+    let (_child, mut stderr, addr) = serve(
+        &["--no-cache", "--metrics", "127.0.0.1:0"],
+        example("hello").to_str().unwrap(),
+    );
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let metrics: SocketAddr = line
+        .trim()
+        .strip_prefix("wasmhttp: metrics on http://")
+        .and_then(|rest| rest.strip_suffix("/metrics"))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no metrics address in {line:?}"));
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/").status, 200);
+    }
+    let scraped = get(metrics, "/metrics");
+    assert_eq!(scraped.status, 200);
+    assert!(
+        scraped
+            .body
+            .contains("wasmhttp_requests_total{app=\"hello.wasm\",code=\"2xx\",cause=\"guest\"} 3"),
+        "{}",
+        scraped.body
+    );
+    assert!(
+        scraped
+            .body
+            .contains("wasmhttp_request_duration_seconds_count{app=\"hello.wasm\"} 3")
+    );
+    assert_eq!(get(metrics, "/other").status, 404);
+
+    let taken = metrics.to_string();
+    let hello = example("hello");
+    let output = wasmhttp(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics",
+        &taken,
+        hello.to_str().unwrap(),
+    ]);
+    let lines = stderr_lines(&output);
+    assert_eq!(output.status.code(), Some(1), "{lines:?}");
+    assert!(
+        lines.len() == 1 && lines[0].contains(&format!("--metrics: cannot listen on {taken}")),
+        "{lines:?}"
+    );
+}

@@ -40,6 +40,40 @@ fn shipped_manifests_pass_strict_validation() {
     assert!(class.contains("handler: wasmhttp"));
 }
 
+/// The scrape job we document is a valid Prometheus configuration (`promtool`, from Debian's `prometheus`,
+/// with file discovery standing in for the Kubernetes discovery Debian's build lacks), and finds pods by the
+/// annotations the example Deployment carries.
+#[test]
+fn the_prometheus_scrape_config_is_valid_and_matches_the_deployment() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    let pods = dir.path().join("pods.json");
+    std::fs::write(&pods, "[]").unwrap();
+    std::fs::write(&config, wasmhttp_tests::prometheus::shipped_pod_job(&pods)).unwrap();
+    let output = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&config)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("promtool (Debian's prometheus) is not installed ({e}): run scripts/test.sh")
+        });
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let deployment =
+        std::fs::read_to_string(workspace().join("examples/kubernetes/deployment.yaml")).unwrap();
+    for annotation in [
+        "wasmhttp.io/metrics-port: \"9464\"",
+        "prometheus.io/scrape: \"true\"",
+        "prometheus.io/port: \"9464\"",
+    ] {
+        assert!(deployment.contains(annotation), "{annotation}");
+    }
+}
+
 #[test]
 fn the_validator_rejects_an_unknown_field() {
     let dir = tempfile::tempdir().unwrap();

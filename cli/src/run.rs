@@ -7,6 +7,8 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
+use wasmhttp_runtime::prometheus::{MetricsEndpoint, MetricsSet, Observed};
+use wasmhttp_runtime::telemetry::{RequestTracer, TracingConfig};
 use wasmhttp_runtime::{
     Capabilities, CommandIo, EngineConfig, GuestOutput, Layers, Limits, Preopen, Runtime, Service,
     Source, fold,
@@ -23,6 +25,9 @@ pub struct RunArgs {
     /// Address to serve HTTP on [default: 127.0.0.1:8080].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Also serve Prometheus metrics at http://ADDR/metrics (the series a pod's endpoint has).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
     /// Every limit and knob (`--memory`, `--request-timeout`, … as in README's table).
     #[command(flatten)]
     knobs: KnobFlags,
@@ -153,10 +158,39 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         GuestOutput::stdout(),
         GuestOutput::stderr(),
     )?;
+    // Traces go where the standard OTEL_* environment says, as for any OpenTelemetry program.
+    let tracer = TracingConfig::from_env(|key| std::env::var(key).ok())
+        .map_err(anyhow::Error::msg)?
+        .map(|config| {
+            let name = args.app.file_name().unwrap_or_default().to_string_lossy();
+            RequestTracer::new(&config, &name).map_err(anyhow::Error::msg)
+        })
+        .transpose()?;
+    let service = match &tracer {
+        Some(tracer) => service.with_tracing(tracer.clone(), Vec::new()),
+        None => service,
+    };
     let listener =
         TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let metrics_listener = args
+        .metrics
+        .map(|addr| {
+            TcpListener::bind(addr).with_context(|| format!("--metrics: cannot listen on {addr}"))
+        })
+        .transpose()?;
     tokio.block_on(async {
-        let handle = service.serve(listener)?;
+        let handle = std::sync::Arc::new(service.serve(listener)?);
+        let metrics = match metrics_listener {
+            Some(listener) => {
+                let set = MetricsSet::default();
+                let source: std::sync::Arc<dyn Observed> = handle.clone();
+                let name = args.app.file_name().unwrap_or_default().to_string_lossy();
+                set.add(vec![("app".into(), name.into_owned())], std::sync::Arc::downgrade(&source));
+                let endpoint = MetricsEndpoint::serve(listener, set)?;
+                Some((endpoint, source))
+            }
+            None => None,
+        };
         // Formatted first: stderr is unbuffered, and each piece would be a write of its own.
         let ready = format!(
             "wasmhttp: serving {} ({}) on http://{} (ready in {} ms, code {})\n",
@@ -167,9 +201,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             if app.from_cache() { "from cache" } else { "compiled" },
         );
         eprint!("{ready}");
+        if let Some((endpoint, _)) = &metrics {
+            eprintln!("wasmhttp: metrics on http://{}/metrics", endpoint.local_addr());
+        }
         wait_for_stop_signal().await?;
         eprintln!("wasmhttp: draining (up to {drain_timeout:?})");
         handle.shutdown(drain_timeout).await;
+        if let Some(tracer) = &tracer {
+            tracer.shutdown();
+        }
         let stats = handle.stats();
         let mean_instantiate = stats.instantiate_time.checked_div(stats.instantiations.max(1) as u32).unwrap_or_default();
         eprintln!(
@@ -194,6 +234,7 @@ fn warn_server_flags(args: &RunArgs) {
     let knobs = &args.knobs.0;
     let given: Vec<&str> = [
         ("--listen", args.listen.is_some()),
+        ("--metrics", args.metrics.is_some()),
         ("--max-concurrency", knobs.max_concurrency.is_some()),
         ("--queue-depth", knobs.queue_depth.is_some()),
         ("--max-request-body", knobs.max_request_body.is_some()),

@@ -96,6 +96,7 @@ impl Capabilities {
             denied: Arc::from(self.denied_outbound.as_slice()),
             dialer: self.dialer.clone(),
             meter,
+            traceparent: None,
         }
     }
 }

@@ -14,7 +14,8 @@ use crate::metered::Metered;
 use crate::output::GuestOutput;
 use crate::preread::{Preread, PrereadError, preread};
 use crate::reuse::{Answer, Job, Pool, error_code_name};
-use crate::stats::FailureCause;
+use crate::stats::{FailureCause, Rejection};
+use crate::telemetry::{RequestSpan, RequestTracer};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -22,7 +23,7 @@ use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -50,6 +51,14 @@ pub(crate) struct Shared {
     pub(crate) cancel: CancellationToken,
     /// Every connection and instance task, so a drain can wait for them.
     pub(crate) tasks: TaskTracker,
+    /// Where request spans go, if anywhere.
+    pub(crate) tracing: Option<Tracing>,
+}
+
+/// A service's request tracing: the exporter and the attributes every span of the service carries.
+pub(crate) struct Tracing {
+    pub(crate) tracer: RequestTracer,
+    pub(crate) attributes: Vec<opentelemetry::KeyValue>,
 }
 
 impl Shared {
@@ -101,39 +110,60 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
 ) -> Result<Response<WasiBody>, Infallible> {
+    let arrived = Instant::now();
+    let (parts, body) = request.into_parts();
+    let span = shared
+        .tracing
+        .as_ref()
+        .map(|t| t.tracer.start(&parts, &t.attributes));
+    let traceparent = span.as_ref().and_then(RequestSpan::traceparent);
+    let (response, verdict) = serve(&shared, parts, body, arrived, traceparent).await;
+    if let Some(span) = span {
+        span.end(response.status().as_u16(), verdict.refusal, verdict.reused);
+    }
+    Ok(response)
+}
+
+/// What a request's span says beyond its status.
+#[derive(Default)]
+struct Verdict {
+    /// Why the host answered instead of the guest.
+    refusal: Option<&'static str>,
+    /// Whether the instance had served requests before (`None`: no instance was reached).
+    reused: Option<bool>,
+}
+
+async fn serve(
+    shared: &Arc<Shared>,
+    parts: http::request::Parts,
+    body: Incoming,
+    arrived: Instant,
+    traceparent: Option<HeaderValue>,
+) -> (Response<WasiBody>, Verdict) {
     let limits = shared.limits();
-    let declared_length = request
-        .headers()
+    let declared_length = parts
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared_length.is_some_and(|len| len > limits.effective_max_request_body()) {
-        return Ok(text_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body too large",
-        ));
+        return rejected(shared, Rejection::BodyTooLarge);
     }
     // The body's start first, so a client that trickles it holds no slot (see `preread`).
-    let (parts, body) = request.into_parts();
     let timeout = limits.request_timeout.unwrap_or(MAX_DURATION);
     let body = match preread(body, timeout).await {
         Ok(body) => body,
         // Not the guest's doing, and a flood of them must not flood the log either: debug only.
         Err(PrereadError::TimedOut) => {
             tracing::debug!(service = %shared.name, "request body not received within {timeout:?}");
-            return Ok(text_response(
-                StatusCode::REQUEST_TIMEOUT,
-                "request body not received in time",
-            ));
+            return rejected(shared, Rejection::BodyTimeout);
         }
         Err(PrereadError::Broken(e)) => {
             tracing::debug!(service = %shared.name, "request body unreadable: {e}");
-            return Ok(text_response(
-                StatusCode::BAD_REQUEST,
-                "request body unreadable",
-            ));
+            return rejected(shared, Rejection::BodyUnreadable);
         }
     };
     let request = Request::from_parts(parts, body);
+    let queued = Instant::now();
     let Some(permit) = shared
         .admission
         .admit(
@@ -142,10 +172,17 @@ pub(crate) async fn handle(
         )
         .await
     else {
-        shared.meter.stats().failed(FailureCause::Overload);
-        tracing::warn!(service = %shared.name, "request refused: {}", FailureCause::Overload.reason());
-        return Ok(failure_response(FailureCause::Overload));
+        let cause = FailureCause::Overload;
+        shared.meter.stats().failed(cause);
+        shared.meter.stats().request_took(arrived.elapsed());
+        tracing::warn!(service = %shared.name, "request refused: {}", cause.reason());
+        let verdict = Verdict {
+            refusal: Some(cause.label()),
+            reused: None,
+        };
+        return (failure_response(cause), verdict);
     };
+    shared.meter.stats().waited_in_queue(queued.elapsed());
     // Set when a body without a usable Content-Length runs past the cap while the guest reads it.
     let body_cut = Arc::new(AtomicBool::new(false));
     let request = with_body_limit(
@@ -153,12 +190,20 @@ pub(crate) async fn handle(
         limits.effective_max_request_body(),
         body_cut.clone(),
     );
-    let ending = if shared.reuses(&limits) {
-        reused(&shared, limits, request.map(BodyExt::boxed_unsync), permit).await
+    let (ending, reused) = if shared.reuses(&limits) {
+        let request = request.map(BodyExt::boxed_unsync);
+        reused(shared, limits, request, permit, traceparent).await
     } else {
-        fresh(&shared, limits, request, permit).await
+        let ending = fresh(shared, limits, request, permit, traceparent).await;
+        (ending, false)
     };
-    Ok(respond(&shared, ending, &body_cut))
+    let (response, refusal) = respond(shared, ending, &body_cut);
+    shared.meter.stats().request_took(arrived.elapsed());
+    let verdict = Verdict {
+        refusal,
+        reused: Some(reused),
+    };
+    (response, verdict)
 }
 
 /// Runs the request on a fresh instance of its own.
@@ -169,11 +214,12 @@ async fn fresh(
         impl hyper::body::Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static,
     >,
     permit: Permit,
+    traceparent: Option<HeaderValue>,
 ) -> Ending {
     let (sender, receiver) = oneshot::channel();
     // Metered from setup to teardown: building the store and returning its memory are the request's CPU too.
     let instance = shared.tasks.spawn(Metered::new(
-        run_instance(shared.clone(), limits, request, sender, permit),
+        run_instance(shared.clone(), limits, request, sender, permit, traceparent),
         shared.meter.clone(),
     ));
     match receiver.await {
@@ -191,22 +237,24 @@ async fn fresh(
     }
 }
 
-/// Hands the request to a reused instance.
+/// Hands the request to a reused instance; says whether that instance had served before.
 async fn reused(
     shared: &Arc<Shared>,
     limits: Arc<Limits>,
     request: Request<WasiBody>,
     permit: Permit,
-) -> Ending {
+    traceparent: Option<HeaderValue>,
+) -> (Ending, bool) {
     let (answer, answered) = oneshot::channel();
     let job = Job {
         request,
         answer,
         permit,
         limits,
+        traceparent,
     };
-    let mut ended = shared.pool.dispatch(shared, job);
-    match answered.await {
+    let (mut ended, was_used) = shared.pool.dispatch(shared, job);
+    let ending = match answered.await {
         Ok(answer) => Ending::Answer(answer),
         Err(_) => {
             // The instance is gone; it says why as it ends, right after dropping what it held.
@@ -217,27 +265,38 @@ async fn reused(
                     .and_then(|seen| seen.ok().and_then(|cause| *cause));
             Ending::Failed(cause.unwrap_or(FailureCause::Trap))
         }
-    }
+    };
+    (ending, was_used)
 }
 
-/// The response for how the request ended, counted and logged once. A request whose guest answered is
-/// served, whatever its instance did next; only one the guest could not answer is refused.
-fn respond(shared: &Shared, ending: Ending, body_cut: &AtomicBool) -> Response<WasiBody> {
+/// The response for how the request ended, counted and logged once, and why the host answered it if it
+/// did. A request whose guest answered is served, whatever its instance did next; only one the guest could
+/// not answer is refused.
+fn respond(
+    shared: &Shared,
+    ending: Ending,
+    body_cut: &AtomicBool,
+) -> (Response<WasiBody>, Option<&'static str>) {
     let cause = match ending {
         Ending::Answer(Answer::Response(response)) => {
-            shared.meter.stats().served();
-            return response;
+            shared.meter.stats().served(response.status().as_u16());
+            return (response, None);
         }
         _ if body_cut.load(Ordering::Relaxed) => {
-            return text_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+            let (response, verdict) = rejected(shared, Rejection::BodyTooLarge);
+            return (response, verdict.refusal);
         }
         Ending::Answer(Answer::GuestError(name)) => {
-            shared.meter.stats().served();
+            shared
+                .meter
+                .stats()
+                .served(StatusCode::INTERNAL_SERVER_ERROR.as_u16());
             tracing::debug!(service = %shared.name, "guest returned an error: {name}");
-            return text_response(
+            let response = text_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &format!("guest returned an error: {name}"),
             );
+            return (response, None);
         }
         Ending::Answer(Answer::Unanswered) => {
             tracing::warn!(service = %shared.name, "guest returned without setting a response");
@@ -248,7 +307,7 @@ fn respond(shared: &Shared, ending: Ending, body_cut: &AtomicBool) -> Response<W
     };
     shared.meter.stats().failed(cause);
     tracing::warn!(service = %shared.name, cause = cause.reason(), "request refused");
-    failure_response(cause)
+    (failure_response(cause), Some(cause.label()))
 }
 
 /// Runs the guest for one request; holds the admission permit until the instance is gone.
@@ -260,6 +319,7 @@ async fn run_instance(
     >,
     sender: oneshot::Sender<Result<Response<WasiBody>, ErrorCode>>,
     _permit: Permit,
+    traceparent: Option<HeaderValue>,
 ) -> Outcome {
     let mut store = match shared.new_store(&limits) {
         Ok(store) => store,
@@ -271,6 +331,7 @@ async fn run_instance(
             );
         }
     };
+    store.data_mut().set_traceparent(traceparent);
     store.data_mut().guard().start_request(&limits);
     let handles = store
         .data_mut()
@@ -296,6 +357,7 @@ async fn run_instance(
                 ));
             };
             shared.meter.stats().instantiated(started.elapsed());
+            shared.meter.stats().instance_served(1);
             proxy
                 .wasi_http_incoming_handler()
                 .call_handle(&mut store, request, response_out)
@@ -356,13 +418,7 @@ fn with_body_limit(
 
 /// The response for a request the guest could not answer.
 pub(crate) fn failure_response(cause: FailureCause) -> Response<WasiBody> {
-    let status = match cause {
-        FailureCause::Trap | FailureCause::Fuel | FailureCause::Memory => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
-        FailureCause::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        FailureCause::Overload | FailureCause::Cancelled => StatusCode::SERVICE_UNAVAILABLE,
-    };
+    let status = StatusCode::from_u16(cause.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = text_response(status, cause.reason());
     if cause == FailureCause::Overload {
         response
@@ -370,6 +426,22 @@ pub(crate) fn failure_response(cause: FailureCause) -> Response<WasiBody> {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
+}
+
+/// The host's answer to a request it will not hand (further) to the guest, counted.
+fn rejected(shared: &Shared, why: Rejection) -> (Response<WasiBody>, Verdict) {
+    shared.meter.stats().rejected(why);
+    let status = StatusCode::from_u16(why.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let reason = match why {
+        Rejection::BodyTooLarge => "request body too large",
+        Rejection::BodyTimeout => "request body not received in time",
+        Rejection::BodyUnreadable => "request body unreadable",
+    };
+    let verdict = Verdict {
+        refusal: Some(why.label()),
+        reused: None,
+    };
+    (text_response(status, reason), verdict)
 }
 
 fn text_response(status: StatusCode, reason: &str) -> Response<WasiBody> {

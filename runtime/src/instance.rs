@@ -296,6 +296,11 @@ impl InstanceIo<'_> {
 }
 
 impl InstanceState {
+    /// The trace context the instance's outgoing requests carry from now on.
+    pub(crate) fn set_traceparent(&mut self, traceparent: Option<http::HeaderValue>) {
+        self.hooks.traceparent = traceparent;
+    }
+
     pub(crate) fn new(io: InstanceIo<'_>, guard: InstanceGuard) -> wasmtime::Result<Self> {
         let hooks = io.caps.outbound_policy(guard.meter().clone());
         let mut table = ResourceTable::new();

@@ -189,6 +189,8 @@ pub(crate) struct OutboundPolicy {
     /// The instance's service: the exchange (TLS included) and the connection are its CPU, held to its
     /// quota.
     pub(crate) meter: Arc<CpuMeter>,
+    /// The trace context of the request the instance serves, added to outgoing requests that carry none.
+    pub(crate) traceparent: Option<http::HeaderValue>,
 }
 
 impl OutboundPolicy {
@@ -207,7 +209,7 @@ type SendFuture =
 impl WasiHttpHooks for OutboundPolicy {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: IoFuture,
     ) -> SendFuture {
@@ -219,6 +221,13 @@ impl WasiHttpHooks for OutboundPolicy {
         if !self.allows(&authority) {
             tracing::warn!(%authority, "outbound HTTP request denied: host not granted");
             return Box::new(async { Err(HttpError::HttpRequestDenied) });
+        }
+        if let Some(traceparent) = &self.traceparent
+            && !request.headers().contains_key("traceparent")
+        {
+            request
+                .headers_mut()
+                .insert("traceparent", traceparent.clone());
         }
         let meter = self.meter.clone();
         Box::new(Metered::throttled(
@@ -363,6 +372,7 @@ mod tests {
             denied: Arc::from([]),
             dialer: SharedDialer::default(),
             meter: Arc::new(CpuMeter::new(Arc::default(), None, None)),
+            traceparent: None,
         };
         assert!(policy.allows("api.example.com"));
         assert!(policy.allows("api.example.com:443"));

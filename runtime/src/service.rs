@@ -2,8 +2,9 @@
 
 use crate::capabilities::Capabilities;
 use crate::classify::WasiVersion;
+use crate::cpu::CpuMeter;
 use crate::engine::{Code, Loaded, Runtime};
-use crate::handler::{Shared, handle};
+use crate::handler::{Shared, Tracing, handle};
 use crate::knobs::Limits;
 use crate::knobs::value::MAX_DURATION;
 use crate::metered::Metered;
@@ -11,12 +12,12 @@ use crate::output::GuestOutput;
 use crate::reuse::Pool;
 use crate::stalled_write::StalledWriteTimeout;
 use crate::stats::StatsSnapshot;
+use crate::telemetry::RequestTracer;
 use crate::workers::Workers;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -112,6 +113,7 @@ impl Service {
                 stderr,
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                tracing: None,
             }),
             http: HttpOptions::default(),
         })
@@ -120,6 +122,22 @@ impl Service {
     /// Replaces the HTTP protocol bounds.
     pub fn with_http_options(mut self, http: HttpOptions) -> Self {
         self.http = http;
+        self
+    }
+
+    /// Traces every request with `tracer`, each span carrying `attributes` (such as the pod's name).
+    pub fn with_tracing(
+        mut self,
+        tracer: RequestTracer,
+        attributes: Vec<(String, String)>,
+    ) -> Self {
+        let attributes = attributes
+            .into_iter()
+            .map(|(k, v)| opentelemetry::KeyValue::new(k, v))
+            .collect();
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.tracing = Some(Tracing { tracer, attributes });
+        }
         self
     }
 
@@ -164,7 +182,10 @@ impl ServiceHandle {
     /// Current counters.
     pub fn stats(&self) -> StatsSnapshot {
         let mut stats = self.shared.meter.stats().snapshot();
-        stats.in_flight = self.shared.admission.load().0 as u64;
+        let (running, waiting) = self.shared.admission.load();
+        (stats.in_flight, stats.queued) = (running as u64, waiting as u64);
+        stats.log_lines_dropped =
+            self.shared.stdout.dropped_lines() + self.shared.stderr.dropped_lines();
         stats
     }
 
@@ -215,10 +236,10 @@ impl ServiceHandle {
     }
 }
 
-/// The connections a service holds, and a signal when one closes.
-#[derive(Default)]
+/// The connections a service holds (counted in its stats, the one count the cap and the exports read), and
+/// a signal when one closes.
 struct OpenConnections {
-    open: AtomicUsize,
+    meter: Arc<CpuMeter>,
     closed: tokio::sync::Notify,
 }
 
@@ -227,14 +248,14 @@ struct OpenConnection(Arc<OpenConnections>);
 
 impl OpenConnection {
     fn new(connections: &Arc<OpenConnections>) -> Self {
-        connections.open.fetch_add(1, Ordering::SeqCst);
+        connections.meter.stats().connection_opened();
         OpenConnection(connections.clone())
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.meter.stats().connection_closed();
         self.0.closed.notify_one();
     }
 }
@@ -281,13 +302,16 @@ async fn accept_loop(
         // the small responses typical here that beat a vectored write (hello: ~49 → ~44 µs of CPU each).
         .writev(false);
     let graceful = GracefulShutdown::new();
-    let connections = Arc::new(OpenConnections::default());
+    let connections = Arc::new(OpenConnections {
+        meter: shared.meter.clone(),
+        closed: tokio::sync::Notify::new(),
+    });
     let grace = loop {
         // At `max-connections`, leave further clients in the kernel's listen backlog (which costs this
         // process nothing) until one of ours closes.
         let closed = connections.closed.notified();
-        let at_cap =
-            connections.open.load(Ordering::SeqCst) >= shared.limits().effective_max_connections();
+        let at_cap = shared.meter.stats().connections_open()
+            >= shared.limits().effective_max_connections() as u64;
         // While the service owes CPU (a flood of requests refused before any guest runs costs it too),
         // new clients wait in the backlog as well: accepting and refusing them is its CPU.
         let debt = shared.meter.throttle_for();

@@ -6,6 +6,7 @@
 //! | `wasmhttp.io/<knob>` | the knob's form | the knob, ranked by [`wasmhttp_runtime::fold`] (tighten OCI freely, loosen only within node ceilings) |
 //! | `wasmhttp.io/allowed-outbound-hosts` | comma-separated `host` or `host:port` | outbound HTTP the guest may make |
 //! | `wasmhttp.io/port` | 1–65535 | the listen port (overrides env `PORT`) |
+//! | `wasmhttp.io/metrics-port` | 1–65535 | serve Prometheus `/metrics` on this port in the pod's network namespace (where the node's `[metrics] allow-annotation` is not false) |
 //! | `wasmhttp.io/image` | an image reference in containerd | read the wasm layer of that image from containerd's content store (containerd 1.6, which cannot unpack wasm artifacts: `ctr run --rootfs`); an image other than the container's own only where the node's `[security] image-annotation = "any"` |
 //!
 //! A bad value fails Create naming the key and the accepted form; an unknown key under the prefix is logged
@@ -27,6 +28,8 @@ pub struct Annotated {
     pub allowed_outbound_hosts: Vec<String>,
     /// The listen port, when annotated.
     pub port: Option<u16>,
+    /// The port of the pod's `/metrics` endpoint, when annotated.
+    pub metrics_port: Option<u16>,
     /// The image whose wasm layer to run, when annotated.
     pub image: Option<String>,
 }
@@ -62,14 +65,17 @@ pub fn parse(annotations: &HashMap<String, String>) -> Result<Annotated, String>
                 }
                 annotated.allowed_outbound_hosts = hosts;
             }
-            "port" => {
-                annotated.port = Some(
-                    value
-                        .parse::<u16>()
-                        .ok()
-                        .filter(|p| *p > 0)
-                        .ok_or_else(|| bad("a port number from 1 to 65535"))?,
-                )
+            "port" | "metrics-port" => {
+                let port = value
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| bad("a port number from 1 to 65535"))?;
+                if name == "port" {
+                    annotated.port = Some(port);
+                } else {
+                    annotated.metrics_port = Some(port);
+                }
             }
             "image" if !value.is_empty() => annotated.image = Some(value.to_string()),
             "image" => return Err(bad("an image reference such as docker.io/library/hello:v1")),
@@ -95,7 +101,7 @@ fn known_keys() -> String {
     KNOBS
         .iter()
         .map(|k: &Knob| k.name)
-        .chain(["allowed-outbound-hosts", "port", "image"])
+        .chain(["allowed-outbound-hosts", "port", "metrics-port", "image"])
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -123,6 +129,7 @@ mod tests {
             ("max-request-body", "1Mi"),
             ("allowed-outbound-hosts", "example.com, db:8080"),
             ("port", "9090"),
+            ("metrics-port", "9464"),
             ("no-such-key", "x"),
         ]))
         .unwrap();
@@ -135,6 +142,7 @@ mod tests {
         assert_eq!(limits.max_request_body, Some(1 << 20));
         assert_eq!(annotated.allowed_outbound_hosts, ["example.com", "db:8080"]);
         assert_eq!(annotated.port, Some(9090));
+        assert_eq!(annotated.metrics_port, Some(9464));
     }
 
     #[test]
@@ -148,6 +156,7 @@ mod tests {
             ("max-request-body", "1Xi", "a size"),
             ("allowed-outbound-hosts", "http://x/y", "host:port"),
             ("port", "70000", "a port number"),
+            ("metrics-port", "0", "a port number"),
         ] {
             let err = parse(&annotations(&[(key, value)])).unwrap_err();
             assert!(

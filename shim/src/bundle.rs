@@ -76,6 +76,8 @@ pub struct Workload {
     pub network: Network,
     /// The host files the spec mounts at `/etc/hosts` and `/etc/resolv.conf`: the container's resolver.
     pub resolver_files: (Option<PathBuf>, Option<PathBuf>),
+    /// What it asks of the pod's `/metrics` endpoint.
+    pub metrics: crate::scrape::MetricsRequest,
 }
 
 impl Workload {
@@ -148,6 +150,7 @@ pub fn load(
         ..node.clone()
     };
     let limits = fold(&layers).map_err(|r| invalid(crate::annotations::refusal(&r)))?;
+    let metrics = crate::scrape::MetricsRequest::new(annotated.metrics_port, &annotations);
     if annotations.get(CONTAINER_TYPE).map(String::as_str) == Some("sandbox") {
         return Ok(Workload {
             payload: Payload::Sandbox,
@@ -157,6 +160,7 @@ pub fn load(
             port: 0,
             network,
             resolver_files: (None, None),
+            metrics,
         });
     }
     let process = spec
@@ -236,6 +240,7 @@ pub fn load(
         port,
         resolver_files: resolver_files(&spec, &network),
         network,
+        metrics,
     })
 }
 

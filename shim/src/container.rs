@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
+use wasmhttp_runtime::telemetry::RequestTracer;
 use wasmhttp_runtime::{
     Capabilities, CommandIo, GuestOutput, Layers, Limits, Loaded, Runtime, Service, ServiceHandle,
     StatsSnapshot, fold,
@@ -111,6 +112,8 @@ pub struct CreateOptions {
     pub stderr: GuestOutput,
     /// Where task events go.
     pub events: Events,
+    /// The request tracer and the attributes of this container's spans, when traces are exported.
+    pub tracing: Option<(RequestTracer, Vec<(String, String)>)>,
 }
 
 /// One container of this shim.
@@ -124,6 +127,9 @@ pub struct Container {
     exit: watch::Sender<Option<Exit>>,
     events: Events,
     network: Network,
+    /// A service's counters as it stopped: exports keep reading them (a counter that dropped to zero would
+    /// look like a restart to Prometheus).
+    final_stats: Mutex<Option<StatsSnapshot>>,
 }
 
 impl Container {
@@ -134,6 +140,7 @@ impl Container {
             stdout,
             stderr,
             events,
+            tracing: traced,
         } = options;
         let limits = workload.limits.clone();
         let network = workload.network.clone();
@@ -163,6 +170,10 @@ impl Container {
                         stderr,
                     )
                     .map_err(|e| ShimError::InvalidArgument(e.to_string()))?;
+                    let service = match traced {
+                        Some((tracer, attributes)) => service.with_tracing(tracer, attributes),
+                        None => service,
+                    };
                     Prepared::Service {
                         service,
                         port: workload.port,
@@ -190,6 +201,7 @@ impl Container {
             exit: watch::channel(None).0,
             events,
             network,
+            final_stats: Mutex::default(),
         })
     }
 
@@ -205,6 +217,7 @@ impl Container {
             exit: watch::channel(None).0,
             events: Events::none(),
             network,
+            final_stats: Mutex::default(),
         }
     }
 
@@ -348,8 +361,25 @@ impl Container {
         if !first {
             return;
         }
+        let (last, ..) = self.usage();
         *self.lock() = State::Stopped;
-        tracing::info!(container = %self.id, code, "exited");
+        // The same figures the task metrics, CRI stats and /metrics report, for whoever reads only logs.
+        tracing::info!(
+            container = %self.id,
+            code,
+            requests = last.requests_total(),
+            served = last.requests_served,
+            trap = last.failed_trap,
+            fuel = last.failed_fuel,
+            deadline = last.failed_timeout,
+            memory = last.failed_memory,
+            over_capacity = last.failed_overload,
+            cancelled = last.failed_cancelled,
+            cpu_us = last.cpu_time.as_micros() as u64,
+            memory_refusals = last.memory_refusals,
+            "exited"
+        );
+        *self.final_stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(last);
         self.events.send(Event::Exit(TaskExit {
             container_id: self.id.clone(),
             id: self.id.clone(),
@@ -473,7 +503,12 @@ impl Container {
     pub fn usage(&self) -> (StatsSnapshot, Limits, u64) {
         let stats = match &*self.lock() {
             State::Running(Active::Service(h)) | State::Paused(Active::Service(h)) => h.stats(),
-            _ => StatsSnapshot::default(),
+            _ => self
+                .final_stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_default(),
         };
         (
             stats,
@@ -484,6 +519,13 @@ impl Container {
                 .clone(),
             self.code_size,
         )
+    }
+}
+
+impl wasmhttp_runtime::prometheus::Observed for Container {
+    fn observe(&self) -> (StatsSnapshot, Limits) {
+        let (stats, limits, _) = self.usage();
+        (stats, limits)
     }
 }
 
@@ -501,6 +543,7 @@ mod tests {
             port: 0,
             network: Network::Host,
             resolver_files: (None, None),
+            metrics: Default::default(),
         };
         let runtime = Runtime::new(EngineConfig {
             max_instances: 4,
@@ -512,6 +555,7 @@ mod tests {
             stdout: GuestOutput::discard(),
             stderr: GuestOutput::discard(),
             events,
+            tracing: None,
         };
         Arc::new(Container::create("pod-sandbox", workload, options).unwrap())
     }

@@ -20,9 +20,11 @@ mod netns;
 mod node_config;
 mod rootfs;
 mod sandbox;
+mod scrape;
 mod server;
 mod stdio;
 mod task;
+mod traces;
 
 use bootstrap::StartInput;
 use containerd_shim::asynchronous::spawn;

@@ -25,6 +25,12 @@
 //! image-annotation = "own"      # wasmhttp.io/image may name only the container's own image ("any": any image)
 //! deny-outbound = ["169.254.0.0/16", "fe80::/10", "fd00:ec2::254"]  # no guest request reaches these
 //! seccomp = "enforce"           # the shim server's syscall filter: "enforce", "log" (dmesg) or "off"
+//!
+//! [metrics]                     # Prometheus /metrics in each pod's network namespace: see crate::scrape
+//! port = 9464
+//!
+//! [tracing]                     # OpenTelemetry request traces over OTLP/HTTP: see crate::traces
+//! endpoint = "http://127.0.0.1:4318"
 //! ```
 //!
 //! Keys are the knobs' names. The `snake_case` spellings of earlier releases (`request_timeout`) are still
@@ -32,6 +38,8 @@
 
 use crate::containerd_api::RuntimeOptions;
 use crate::error::{Result, ShimError};
+use crate::scrape::MetricsConfig;
+use crate::traces::TracingSection;
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use std::path::{Path, PathBuf};
 use wasmhttp_runtime::confine::SeccompMode;
@@ -56,6 +64,10 @@ pub struct NodeConfig {
     pub ceilings: Limits,
     /// `[security]`: what the node lets a pod author choose beyond limits.
     pub security: Security,
+    /// `[metrics]`: where pods serve Prometheus metrics.
+    pub metrics: MetricsConfig,
+    /// `[tracing]`: where request spans go.
+    pub tracing: TracingSection,
 }
 
 /// The `[security]` section.
@@ -109,13 +121,15 @@ pub fn parse(text: &str, origin: &str) -> Result<NodeConfig> {
         defaults: Limits::default(),
         ceilings: Limits::default(),
         security: Security::default(),
+        metrics: MetricsConfig::default(),
+        tracing: TracingSection::default(),
     };
     for (section, value) in &table {
         let Some(entries) = value.as_table() else {
             return Err(fail(
                 line_of(text, None, section),
                 format!(
-                    "`{section}` must be a table: [engine], [defaults], [ceilings] or [security]"
+                    "`{section}` must be a table: [engine], [defaults], [ceilings], [security], [metrics] or [tracing]"
                 ),
             ));
         };
@@ -136,6 +150,8 @@ pub fn parse(text: &str, origin: &str) -> Result<NodeConfig> {
             let result = match section.as_str() {
                 "engine" => set_engine(&mut config.engine, key, &text_value),
                 "security" => set_security(&mut config.security, key, &text_value),
+                "metrics" => crate::scrape::set_config(&mut config.metrics, key, &text_value),
+                "tracing" => crate::traces::set_config(&mut config.tracing, key, &text_value),
                 "defaults" | "ceilings" => {
                     let limits = if section == "defaults" {
                         &mut config.defaults
@@ -160,7 +176,7 @@ pub fn parse(text: &str, origin: &str) -> Result<NodeConfig> {
                     }
                 }
                 _ => Err(format!(
-                    "unknown section [{section}] (sections: engine, defaults, ceilings, security)"
+                    "unknown section [{section}] (sections: engine, defaults, ceilings, security, metrics, tracing)"
                 )),
             };
             result.map_err(|e| fail(line, format!("[{section}] {key}: {e}")))?;

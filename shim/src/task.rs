@@ -27,6 +27,8 @@ pub struct TaskService {
     events: Events,
     exit: Arc<ExitSignal>,
     content: ContentStore,
+    metrics: crate::scrape::Endpoints,
+    tracer: crate::traces::SharedTracer,
 }
 
 impl TaskService {
@@ -39,6 +41,8 @@ impl TaskService {
             events,
             exit,
             content,
+            metrics: Default::default(),
+            tracer: Default::default(),
         }
     }
 
@@ -156,6 +160,7 @@ impl TaskService {
             .is_empty()
         {
             tracing::info!("no containers left; shim exiting");
+            self.tracer.flush();
             self.exit.signal();
         }
     }
@@ -227,6 +232,23 @@ impl TaskService {
         if let Payload::ImageLayer(layer) = workload.payload {
             workload.payload = self.read_image_layer(&id, layer, &node).await?;
         }
+        let metrics = workload.metrics.clone();
+        let metrics_port = metrics
+            .port(&node.metrics)
+            .map_err(ShimError::InvalidArgument)?;
+        let is_sandbox = matches!(workload.payload, Payload::Sandbox);
+        let pod_name = metrics.labels.iter().find(|(label, _)| label == "pod");
+        let tracer = self
+            .tracer
+            .get_or_build(&node.tracing, pod_name.map_or(&id, |(_, name)| name))
+            .map_err(ShimError::InvalidArgument)?;
+        let traced = tracer.map(|t| (t, crate::traces::span_attributes(&id, &metrics.labels)));
+        if let Some(port) = metrics_port.filter(|p| *p == workload.port && !is_sandbox) {
+            return Err(ShimError::InvalidArgument(format!(
+                "{}: port {port} is the service's own port",
+                metrics.origin(port)
+            )));
+        }
         // Loading compiles (or deserializes) the wasm and opening fifos blocks: keep both off the executor.
         let container = tokio::task::spawn_blocking(move || -> Result<Container> {
             if bundle::is_shim_netns(&workload.network) {
@@ -248,6 +270,7 @@ impl TaskService {
                 stdout: open(&stdout)?,
                 stderr: open(&stderr)?,
                 events,
+                tracing: traced,
             };
             Container::create(&id, workload, options)
         })
@@ -262,10 +285,23 @@ impl TaskService {
             total_ms = started.elapsed().as_secs_f64() * 1e3,
             "created"
         );
+        let container = Arc::new(container);
+        if let Some(port) = metrics_port {
+            let set = self.metrics.join(port, container.network()).map_err(|e| {
+                ShimError::FailedPrecondition(format!("{}: {e}", metrics.origin(port)))
+            })?;
+            if !is_sandbox {
+                let mut labels = vec![("container_id".to_string(), req.id.clone())];
+                labels.extend(metrics.labels);
+                let source: std::sync::Weak<dyn wasmhttp_runtime::prometheus::Observed> =
+                    Arc::downgrade(&container) as _;
+                set.add(labels, source);
+            }
+        }
         self.containers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(req.id.clone(), Arc::new(container));
+            .insert(req.id.clone(), container);
         self.events.send(Event::Create(TaskCreate {
             container_id: req.id.clone(),
             bundle: req.bundle.clone(),

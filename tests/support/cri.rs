@@ -48,6 +48,8 @@ pub fn cri_config(dir: &Path, registry: &str) -> Option<String> {
     runtime_type = "io.containerd.runc.v2"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmhttp]
     runtime_type = "io.containerd.wasmhttp.v1"
+    pod_annotations = ["wasmhttp.io/*"]
+    container_annotations = ["wasmhttp.io/*"]
 {}"#,
         if crate::containerd::major_version() >= 2 {
             SANDBOXED_RUNTIME
@@ -63,6 +65,8 @@ pub fn cri_config(dir: &Path, registry: &str) -> Option<String> {
 const SANDBOXED_RUNTIME: &str = r#"  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.wasmhttp-sandboxed]
     runtime_type = "io.containerd.wasmhttp.v1"
     sandbox_mode = "shim"
+    pod_annotations = ["wasmhttp.io/*"]
+    container_annotations = ["wasmhttp.io/*"]
 "#;
 
 /// The runtime handler whose pods are made by our shim's Sandbox service (containerd 2.x).

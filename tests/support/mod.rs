@@ -7,6 +7,7 @@ pub mod crictl;
 pub mod dns;
 pub mod load;
 pub mod netns;
+pub mod prometheus;
 pub mod registry;
 
 use std::path::PathBuf;

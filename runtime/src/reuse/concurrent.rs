@@ -106,10 +106,14 @@ async fn one(
         answer,
         permit,
         limits,
+        traceparent,
     } = job;
     let (sender, receiver) = futures::channel::oneshot::channel();
     let (prepared, deadline) = accessor.with(|mut store| -> wasmtime::Result<_> {
         grant_fuel(store.as_context_mut(), &limits, alone)?;
+        // Outgoing requests of an instance serving several at once cannot be told apart: they carry a
+        // request's trace context only while that request has the instance to itself.
+        store.get().set_traceparent(traceparent.filter(|_| alone));
         let deadline = store.get().guard().start_request(&limits);
         let prepared = Prepared::new(
             store.as_context_mut(),

@@ -47,6 +47,8 @@ pub(crate) struct Job {
     /// Held until the request is answered: `max-concurrency` counts requests, not instances, here.
     pub(crate) permit: Permit,
     pub(crate) limits: Arc<Limits>,
+    /// The request span's `traceparent`, for the guest's outgoing requests.
+    pub(crate) traceparent: Option<http::HeaderValue>,
 }
 
 /// The reusable instances of one service.
@@ -79,12 +81,13 @@ impl Pool {
     }
 
     /// Hands `job` to an instance of this thread with room for it, starting one if none has. Returns where
-    /// to learn why the instance ended, should the job's answer never come.
+    /// to learn why the instance ended, should the job's answer never come, and whether that instance had
+    /// taken requests before.
     pub(crate) fn dispatch(
         &self,
         shared: &Arc<Shared>,
         mut job: Job,
-    ) -> watch::Receiver<Option<FailureCause>> {
+    ) -> (watch::Receiver<Option<FailureCause>>, bool) {
         let wasi = shared.wasi;
         let at_once = job.limits.effective_instance_concurrency(wasi);
         let most = job.limits.effective_instance_reuse(wasi);
@@ -118,7 +121,7 @@ impl Pool {
                     if taken >= most {
                         retire(&mut slots, &slot);
                     }
-                    return ended;
+                    return (ended, taken > 1);
                 }
                 // The instance ended between the lookup and the send: try another.
                 Err(mpsc::error::SendError(returned)) => {
@@ -181,6 +184,10 @@ impl Instance {
             () = shared.cancel.cancelled() => Some(FailureCause::Cancelled),
         };
         self.shared.pool.retire(&self.slot);
+        let served = self.slot.taken.load(Relaxed);
+        if served > 0 {
+            self.shared.meter.stats().instance_served(served);
+        }
         if let Some(cause) = cause {
             self.slot.ended.send_replace(Some(cause));
         }

@@ -55,7 +55,9 @@ async fn one(store: &mut Store<InstanceState>, proxy: &P2Proxy, job: Job) -> was
         answer,
         permit,
         limits,
+        traceparent,
     } = job;
+    store.data_mut().set_traceparent(traceparent);
     grant_fuel(&mut *store, &limits, true)?;
     let deadline = store.data_mut().guard().start_request(&limits);
     let (sender, mut receiver) = oneshot::channel();

@@ -1,5 +1,10 @@
-//! Counters a running service updates lock-free and callers read at any time.
+//! Counters a running service updates lock-free and callers read at any time. Every export (containerd's
+//! task metrics, CRI stats, Prometheus, the exit log line) reads these same values through [`StatsSnapshot`].
 
+mod histogram;
+
+pub(crate) use histogram::Histogram;
+pub use histogram::{HistogramSnapshot, REQUEST_COUNT_BOUNDS};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -32,23 +37,121 @@ impl FailureCause {
             FailureCause::Cancelled => "cancelled: the service stopped",
         }
     }
+
+    /// The status code the client gets.
+    pub fn status(self) -> u16 {
+        match self {
+            FailureCause::Trap | FailureCause::Fuel | FailureCause::Memory => 500,
+            FailureCause::Timeout => 504,
+            FailureCause::Overload | FailureCause::Cancelled => 503,
+        }
+    }
+
+    /// A short machine-readable name, for metric labels and span attributes.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureCause::Trap => "trap",
+            FailureCause::Fuel => "fuel",
+            FailureCause::Timeout => "deadline",
+            FailureCause::Memory => "memory",
+            FailureCause::Overload => "over-capacity",
+            FailureCause::Cancelled => "cancelled",
+        }
+    }
+
+    /// Every cause, in the order of their counters.
+    pub const ALL: [FailureCause; 6] = [
+        FailureCause::Trap,
+        FailureCause::Fuel,
+        FailureCause::Timeout,
+        FailureCause::Memory,
+        FailureCause::Overload,
+        FailureCause::Cancelled,
+    ];
+}
+
+/// Why a request was answered by the host before its guest saw it (or while the guest read its body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// The body was larger than `max-request-body` → 413.
+    BodyTooLarge,
+    /// The body's start did not arrive within the request timeout → 408.
+    BodyTimeout,
+    /// The body could not be read → 400.
+    BodyUnreadable,
+}
+
+impl Rejection {
+    /// Every rejection, in the order of their counters.
+    pub const ALL: [Rejection; 3] = [
+        Rejection::BodyTooLarge,
+        Rejection::BodyTimeout,
+        Rejection::BodyUnreadable,
+    ];
+
+    /// The status code the client gets.
+    pub fn status(self) -> u16 {
+        match self {
+            Rejection::BodyTooLarge => 413,
+            Rejection::BodyTimeout => 408,
+            Rejection::BodyUnreadable => 400,
+        }
+    }
+
+    /// A short machine-readable name, for metric labels and span attributes.
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::BodyTooLarge => "body-too-large",
+            Rejection::BodyTimeout => "body-timeout",
+            Rejection::BodyUnreadable => "body-unreadable",
+        }
+    }
 }
 
 /// Live counters of one service or command; see [`StatsSnapshot`] for what each means.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Stats {
-    requests_served: AtomicU64,
+    served_by_class: [AtomicU64; 5],
     failed: [AtomicU64; 6],
+    rejected: [AtomicU64; 3],
     fuel_consumed: AtomicU64,
     cpu_time_ns: AtomicU64,
-    instantiations: AtomicU64,
-    instantiate_ns: AtomicU64,
+    instantiate: Histogram,
+    request_duration: Histogram,
+    queue_wait: Histogram,
+    requests_per_instance: Histogram,
     throttled_periods: AtomicU64,
     throttled_ns: AtomicU64,
     memory_current: AtomicU64,
     memory_peak: AtomicU64,
     memory_refusals: AtomicU64,
     instances_live: AtomicU64,
+    instances_peak: AtomicU64,
+    connections_open: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            served_by_class: Default::default(),
+            failed: Default::default(),
+            rejected: Default::default(),
+            fuel_consumed: AtomicU64::new(0),
+            cpu_time_ns: AtomicU64::new(0),
+            instantiate: Histogram::durations(),
+            request_duration: Histogram::durations(),
+            queue_wait: Histogram::durations(),
+            requests_per_instance: Histogram::new(REQUEST_COUNT_BOUNDS),
+            throttled_periods: AtomicU64::new(0),
+            throttled_ns: AtomicU64::new(0),
+            memory_current: AtomicU64::new(0),
+            memory_peak: AtomicU64::new(0),
+            memory_refusals: AtomicU64::new(0),
+            instances_live: AtomicU64::new(0),
+            instances_peak: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+        }
+    }
 }
 
 /// A consistent-enough copy of [`Stats`] (each field is read atomically, not all at once).
@@ -56,6 +159,8 @@ pub struct Stats {
 pub struct StatsSnapshot {
     /// Requests answered by the guest itself (any status it chose).
     pub requests_served: u64,
+    /// `requests_served` by the class of the guest's status: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub served_by_class: [u64; 5],
     /// Requests that ended in a guest trap → 500.
     pub failed_trap: u64,
     /// Requests stopped for exhausting their fuel → 500.
@@ -68,6 +173,8 @@ pub struct StatsSnapshot {
     pub failed_overload: u64,
     /// Requests cut by a stop while they waited or ran → 503.
     pub failed_cancelled: u64,
+    /// Requests answered by the host before or while the guest read their body, by [`Rejection::ALL`].
+    pub rejected: [u64; 3],
     /// Fuel consumed by all finished instances.
     pub fuel_consumed: u64,
     /// CPU time spent running guest instances (host calls included).
@@ -76,6 +183,17 @@ pub struct StatsSnapshot {
     pub instantiations: u64,
     /// Time spent creating instances (sum over `instantiations`).
     pub instantiate_time: Duration,
+    /// Instance creation times, in microseconds.
+    pub instantiate_durations: HistogramSnapshot,
+    /// From a request's head to its response's head (queueing included), in microseconds; requests the
+    /// host rejected before admission are not in it.
+    pub request_durations: HistogramSnapshot,
+    /// Time admitted requests waited for a slot, in microseconds.
+    pub queue_waits: HistogramSnapshot,
+    /// Requests each finished instance served (always 1 without reuse).
+    pub requests_per_instance: HistogramSnapshot,
+    /// Requests waiting for a slot now.
+    pub queued: u64,
     /// Times an instance was parked because the CPU budget was empty.
     pub throttled_periods: u64,
     /// Time instances spent parked by the CPU budget.
@@ -92,6 +210,12 @@ pub struct StatsSnapshot {
     pub in_flight: u64,
     /// Instances alive now: one per running request, plus the idle reusable ones.
     pub instances_live: u64,
+    /// The most `instances_live` has been.
+    pub instances_peak: u64,
+    /// Client connections open now.
+    pub connections_open: u64,
+    /// Guest output lines dropped because the log reader did not keep up.
+    pub log_lines_dropped: u64,
 }
 
 impl StatsSnapshot {
@@ -104,6 +228,7 @@ impl StatsSnapshot {
             + self.failed_memory
             + self.failed_overload
             + self.failed_cancelled
+            + self.rejected.iter().sum::<u64>()
     }
 
     /// Adds another service's figures to these, for a pod's total. Peaks add up to a bound on the pod's
@@ -111,6 +236,8 @@ impl StatsSnapshot {
     pub fn add(&mut self, other: &StatsSnapshot) {
         let StatsSnapshot {
             requests_served,
+            served_by_class,
+            rejected,
             failed_trap,
             failed_fuel,
             failed_timeout,
@@ -121,6 +248,11 @@ impl StatsSnapshot {
             cpu_time,
             instantiations,
             instantiate_time,
+            instantiate_durations,
+            request_durations,
+            queue_waits,
+            requests_per_instance,
+            queued,
             throttled_periods,
             throttled_time,
             memory_current,
@@ -128,7 +260,24 @@ impl StatsSnapshot {
             memory_refusals,
             in_flight,
             instances_live,
+            instances_peak,
+            connections_open,
+            log_lines_dropped,
         } = other;
+        for (mine, theirs) in self.served_by_class.iter_mut().zip(served_by_class) {
+            *mine += theirs;
+        }
+        for (mine, theirs) in self.rejected.iter_mut().zip(rejected) {
+            *mine += theirs;
+        }
+        self.instantiate_durations.add(instantiate_durations);
+        self.request_durations.add(request_durations);
+        self.queue_waits.add(queue_waits);
+        self.requests_per_instance.add(requests_per_instance);
+        self.queued += queued;
+        self.instances_peak += instances_peak;
+        self.connections_open += connections_open;
+        self.log_lines_dropped += log_lines_dropped;
         self.requests_served += requests_served;
         self.failed_trap += failed_trap;
         self.failed_fuel += failed_fuel;
@@ -154,8 +303,12 @@ impl Stats {
     /// Reads every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
         let failed = |cause: FailureCause| self.failed[cause as usize].load(Relaxed);
+        let served_by_class = self.served_by_class.each_ref().map(|n| n.load(Relaxed));
+        let instantiate_durations = self.instantiate.snapshot();
         StatsSnapshot {
-            requests_served: self.requests_served.load(Relaxed),
+            requests_served: served_by_class.iter().sum(),
+            served_by_class,
+            rejected: self.rejected.each_ref().map(|n| n.load(Relaxed)),
             failed_trap: failed(FailureCause::Trap),
             failed_fuel: failed(FailureCause::Fuel),
             failed_timeout: failed(FailureCause::Timeout),
@@ -164,8 +317,13 @@ impl Stats {
             failed_cancelled: failed(FailureCause::Cancelled),
             fuel_consumed: self.fuel_consumed.load(Relaxed),
             cpu_time: Duration::from_nanos(self.cpu_time_ns.load(Relaxed)),
-            instantiations: self.instantiations.load(Relaxed),
-            instantiate_time: Duration::from_nanos(self.instantiate_ns.load(Relaxed)),
+            instantiations: instantiate_durations.count(),
+            instantiate_time: Duration::from_micros(instantiate_durations.sum),
+            instantiate_durations,
+            request_durations: self.request_duration.snapshot(),
+            queue_waits: self.queue_wait.snapshot(),
+            requests_per_instance: self.requests_per_instance.snapshot(),
+            queued: 0,
             throttled_periods: self.throttled_periods.load(Relaxed),
             throttled_time: Duration::from_nanos(self.throttled_ns.load(Relaxed)),
             memory_current: self.memory_current.load(Relaxed),
@@ -173,11 +331,46 @@ impl Stats {
             memory_refusals: self.memory_refusals.load(Relaxed),
             in_flight: self.instances_live.load(Relaxed),
             instances_live: self.instances_live.load(Relaxed),
+            instances_peak: self.instances_peak.load(Relaxed),
+            connections_open: self.connections_open.load(Relaxed),
+            log_lines_dropped: 0,
         }
     }
 
-    pub(crate) fn served(&self) {
-        self.requests_served.fetch_add(1, Relaxed);
+    /// A request the guest answered with `status`.
+    pub(crate) fn served(&self, status: u16) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.served_by_class[class].fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn rejected(&self, why: Rejection) {
+        self.rejected[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// A request finished (its response head is ready) `took` after its head arrived.
+    pub(crate) fn request_took(&self, took: Duration) {
+        self.request_duration.record_duration(took);
+    }
+
+    pub(crate) fn waited_in_queue(&self, waited: Duration) {
+        self.queue_wait.record_duration(waited);
+    }
+
+    /// An instance is done after serving `requests`.
+    pub(crate) fn instance_served(&self, requests: u64) {
+        self.requests_per_instance.record(requests);
+    }
+
+    pub(crate) fn connection_opened(&self) {
+        self.connections_open.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.connections_open.fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn connections_open(&self) -> u64 {
+        self.connections_open.load(Relaxed)
     }
 
     pub(crate) fn failed(&self, cause: FailureCause) {
@@ -193,9 +386,7 @@ impl Stats {
     }
 
     pub(crate) fn instantiated(&self, took: Duration) {
-        self.instantiations.fetch_add(1, Relaxed);
-        self.instantiate_ns
-            .fetch_add(took.as_nanos() as u64, Relaxed);
+        self.instantiate.record_duration(took);
     }
 
     pub(crate) fn throttled(&self, parked: Duration) {
@@ -205,7 +396,8 @@ impl Stats {
     }
 
     pub(crate) fn instance_started(&self) {
-        self.instances_live.fetch_add(1, Relaxed);
+        let live = self.instances_live.fetch_add(1, Relaxed) + 1;
+        self.instances_peak.fetch_max(live, Relaxed);
     }
 
     pub(crate) fn instance_finished(&self) {
@@ -261,6 +453,7 @@ mod tests {
     fn a_pod_total_adds_every_figure() {
         let one = StatsSnapshot {
             requests_served: 3,
+            served_by_class: [0, 3, 0, 0, 0],
             cpu_time: Duration::from_millis(5),
             memory_current: 10,
             memory_peak: 20,
@@ -274,6 +467,31 @@ mod tests {
             (6, Duration::from_millis(10), 20)
         );
         assert_eq!((total.memory_peak, total.in_flight), (40, 2));
+        assert_eq!(total.served_by_class, [0, 6, 0, 0, 0]);
+    }
+
+    #[test]
+    fn answers_are_counted_by_status_class_and_every_request_once() {
+        let stats = Stats::default();
+        stats.served(200);
+        stats.served(404);
+        stats.served(599);
+        stats.failed(FailureCause::Trap);
+        stats.rejected(Rejection::BodyTooLarge);
+        let snap = stats.snapshot();
+        assert_eq!(snap.served_by_class, [0, 1, 0, 1, 1]);
+        assert_eq!((snap.requests_served, snap.requests_total()), (3, 5));
+        assert_eq!(snap.rejected, [1, 0, 0]);
+    }
+
+    #[test]
+    fn instances_peak_is_kept_after_they_finish() {
+        let stats = Stats::default();
+        stats.instance_started();
+        stats.instance_started();
+        stats.instance_finished();
+        let snap = stats.snapshot();
+        assert_eq!((snap.instances_live, snap.instances_peak), (1, 2));
     }
 
     #[test]
