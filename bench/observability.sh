@@ -34,10 +34,10 @@ variant() {
   case "$1" in
     off) run_wrk "$1/$2" 18191 50 "${serve[@]}" ;;
     metrics)
-      (while sleep 1; do curl -s -o /dev/null http://127.0.0.1:18192/metrics; done) &
+      (while sleep 1; do curl -s -o /dev/null http://127.0.0.1:18192/metrics || true; done) &
       scraper=$!
       run_wrk "$1/$2" 18191 50 "${serve[@]}" --metrics 127.0.0.1:18192
-      kill "$scraper"; wait "$scraper" 2>/dev/null || true; scraper="" ;;
+      kill "$scraper" 2>/dev/null || true; wait "$scraper" 2>/dev/null || true; scraper="" ;;
     trace-100) run_wrk "$1/$2" 18191 50 env OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:18193 \
       OTEL_TRACES_SAMPLER_ARG=1 "${serve[@]}" ;;
     trace-1) run_wrk "$1/$2" 18191 50 env OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:18193 \
