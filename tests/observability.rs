@@ -204,7 +204,8 @@ fn a_metrics_port_in_use_fails_create_naming_the_annotation() {
 
 /// A pod is scraped like any other: its `wasmhttp.io/metrics-port` pod annotation (passed through by the
 /// runtime's `pod_annotations`) opens `/metrics` at the pod IP, the series carry the pod's namespace, name
-/// and container name, and CRI's `ContainerStats` (here `crictl stats`) reads the same CPU time.
+/// and container name and count the known mix (the container's own annotations set its limits), and CRI's
+/// `ContainerStats` (here `crictl stats`) reads the same CPU time.
 #[test]
 fn prometheus_scrapes_a_pod_by_its_ip_through_cri() {
     use wasmhttp_tests::cri::*;
@@ -251,7 +252,11 @@ fn prometheus_scrapes_a_pod_by_its_ip_through_cri() {
             "image": {"image": image},
             "envs": [{"key": "PORT", "value": "8080"}],
             "log_path": "counter.log",
-            "linux": {"resources": {"memory_limit_in_bytes": 64u64 << 20}}
+            "annotations": {
+                "wasmhttp.io/max-concurrency": "1",
+                "wasmhttp.io/request-timeout": "400ms"
+            },
+            "linux": {"resources": {"memory_limit_in_bytes": 32u64 << 20}}
         }),
     );
     let id = crictl
@@ -259,12 +264,7 @@ fn prometheus_scrapes_a_pod_by_its_ip_through_cri() {
         .trim()
         .to_string();
     crictl.ok(&["start", &id]);
-    let addr: SocketAddr = format!("{ip}:8080").parse().unwrap();
-    assert!(wait_for_200(addr).starts_with("count: "));
-    for _ in 0..2 {
-        assert_eq!(get(addr, "/").status, 200);
-    }
-    assert_eq!(get(addr, "/trap").status, 500);
+    known_mix(format!("{ip}:8080").parse().unwrap());
 
     // Prometheus finds the pod with the shipped scrape job (examples/kubernetes/prometheus-scrape.yml), by
     // its annotations; a pod without prometheus.io/scrape is left alone.
@@ -285,7 +285,7 @@ fn prometheus_scrapes_a_pod_by_its_ip_through_cri() {
     assert_eq!(up[0].0["instance"], target.as_str(), "{up:?}");
     let rows = prometheus.wait_for(
         "wasmhttp_requests_total{namespace=\"shop\",pod=\"scraped\",container=\"counter\"} > 0",
-        |rows| rows.len() == 2,
+        |rows| rows.len() == 5,
     );
     let mut seen: Vec<String> = rows
         .iter()
@@ -294,7 +294,14 @@ fn prometheus_scrapes_a_pod_by_its_ip_through_cri() {
         })
         .collect();
     seen.sort();
-    assert_eq!(seen, [format!("guest 3 {id}"), format!("trap 1 {id}")]);
+    let expected = [
+        "deadline 1",
+        "guest 5",
+        "memory 1",
+        "over-capacity 1",
+        "trap 1",
+    ];
+    assert_eq!(seen, expected.map(|e| format!("{e} {id}")));
 
     let scrape = || get(target.parse().unwrap(), "/metrics").body;
     let cpu = |text: &str| (sample(text, "wasmhttp_cpu_seconds_total", &[]) * 1e9).round() as u64;
