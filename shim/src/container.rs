@@ -362,6 +362,8 @@ impl Container {
             return;
         }
         let (last, ..) = self.usage();
+        // Kept before the state changes, so a scrape in between never reads zeros.
+        *self.final_stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(last.clone());
         *self.lock() = State::Stopped;
         // The same figures the task metrics, CRI stats and /metrics report, for whoever reads only logs.
         tracing::info!(
@@ -379,7 +381,6 @@ impl Container {
             memory_refusals = last.memory_refusals,
             "exited"
         );
-        *self.final_stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(last);
         self.events.send(Event::Exit(TaskExit {
             container_id: self.id.clone(),
             id: self.id.clone(),
