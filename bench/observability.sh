@@ -14,11 +14,7 @@ source bench/lib.sh
 bash scripts/setup.sh wrk curl bc python3-venv
 bash examples/build.sh >/dev/null
 cargo build --release --locked -q -p wasmhttp-cli
-if [ ! -f target/test-venv/.installed ]; then
-  python3 -m venv target/test-venv
-  target/test-venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
-  touch target/test-venv/.installed
-fi
+bash scripts/test-venv.sh
 cache="$out/cache"; rm -rf "$cache"
 wasm=examples/wasm/hello.wasm
 serve=(./target/release/wasmhttp run "$wasm" --listen 127.0.0.1:18191 --cache-dir "$cache")

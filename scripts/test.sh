@@ -7,13 +7,7 @@ cd "$(dirname "$0")/.."
 
 # protobuf-compiler is for the test crate's CRI and containerd clients only (see the check below).
 bash scripts/setup.sh curl containerd iproute2 protobuf-compiler containernetworking-plugins docker-registry skopeo umoci apache2-utils python3-venv prometheus
-# The tests' own Python packages (the OTLP receiver's protobuf decoder), pinned in tests/requirements.txt.
-if [ ! -f target/test-venv/.installed ] || [ tests/requirements.txt -nt target/test-venv/.installed ]; then
-  rm -rf target/test-venv
-  python3 -m venv target/test-venv
-  target/test-venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
-  touch target/test-venv/.installed
-fi
+bash scripts/test-venv.sh
 # A one-off build gains nothing from incremental state but its disk use.
 if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=0; fi
 echo "disk free before the build: $(df -h --output=avail . | tail -1)"

@@ -17,7 +17,7 @@ fn receiver(out: &std::path::Path) -> (KillOnDrop, u16) {
     let python = workspace().join("target/test-venv/bin/python");
     assert!(
         python.exists(),
-        "{} is missing: run scripts/test.sh, which installs tests/requirements.txt",
+        "{} is missing: run scripts/test-venv.sh (scripts/test.sh does)",
         python.display()
     );
     let port = free_port();

@@ -239,7 +239,7 @@ impl Collector for Rows {
             }
             for cause in FailureCause::ALL {
                 let status = format!("{}xx", cause.status() / 100);
-                let count = failed(stats, cause);
+                let count = stats.failed(cause);
                 encode_counter(
                     &mut family,
                     labels,
@@ -307,17 +307,6 @@ fn encode_counter(
     family
         .encode_family(&all)?
         .encode_counter::<Labels, u64, f64>(&value, None)
-}
-
-fn failed(stats: &StatsSnapshot, cause: FailureCause) -> u64 {
-    match cause {
-        FailureCause::Trap => stats.failed_trap,
-        FailureCause::Fuel => stats.failed_fuel,
-        FailureCause::Timeout => stats.failed_timeout,
-        FailureCause::Memory => stats.failed_memory,
-        FailureCause::Overload => stats.failed_overload,
-        FailureCause::Cancelled => stats.failed_cancelled,
-    }
 }
 
 /// A `/metrics` endpoint being served; stops when dropped.

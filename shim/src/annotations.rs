@@ -66,11 +66,7 @@ pub fn parse(annotations: &HashMap<String, String>) -> Result<Annotated, String>
                 annotated.allowed_outbound_hosts = hosts;
             }
             "port" | "metrics-port" => {
-                let port = value
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| bad("a port number from 1 to 65535"))?;
+                let port = port(value).ok_or_else(|| bad(PORT_FORM))?;
                 if name == "port" {
                     annotated.port = Some(port);
                 } else {
@@ -87,6 +83,14 @@ pub fn parse(annotations: &HashMap<String, String>) -> Result<Annotated, String>
         }
     }
     Ok(annotated)
+}
+
+/// The accepted form of a port, for errors.
+pub const PORT_FORM: &str = "a port number from 1 to 65535";
+
+/// A TCP port to listen on (1–65535), as an annotation or the node configuration writes it.
+pub fn port(text: &str) -> Option<u16> {
+    text.parse::<u16>().ok().filter(|p| *p > 0)
 }
 
 /// Why the fold refused an annotation, naming it as the pod author wrote it.

@@ -48,13 +48,10 @@ impl Default for MetricsConfig {
 pub fn set_config(config: &mut MetricsConfig, key: &str, value: &str) -> Result<(), String> {
     match key {
         "port" => {
-            config.port = Some(
-                value
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| format!("{value:?}: expected a port number from 1 to 65535"))?,
-            )
+            config.port =
+                Some(crate::annotations::port(value).ok_or_else(|| {
+                    format!("{value:?}: expected {}", crate::annotations::PORT_FORM)
+                })?)
         }
         "allow-annotation" => {
             config.allow_annotation = value

@@ -231,6 +231,18 @@ impl StatsSnapshot {
             + self.rejected.iter().sum::<u64>()
     }
 
+    /// Requests that ended for `cause`.
+    pub fn failed(&self, cause: FailureCause) -> u64 {
+        match cause {
+            FailureCause::Trap => self.failed_trap,
+            FailureCause::Fuel => self.failed_fuel,
+            FailureCause::Timeout => self.failed_timeout,
+            FailureCause::Memory => self.failed_memory,
+            FailureCause::Overload => self.failed_overload,
+            FailureCause::Cancelled => self.failed_cancelled,
+        }
+    }
+
     /// Adds another service's figures to these, for a pod's total. Peaks add up to a bound on the pod's
     /// peak: the services need not have peaked at the same moment.
     pub fn add(&mut self, other: &StatsSnapshot) {
