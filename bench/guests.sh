@@ -5,8 +5,7 @@
 # default reuse) and under `wasmtime serve`
 # of the same wasmtime version (its defaults: it reuses 0.3 instances, never 0.2 ones). `wrk -t2 -c16` each.
 # Prints req/s, p50, p99, the server's peak RSS and peak PSS (sampled every 200 ms), with the ratio against
-# `wasmtime serve` on the same guest. Then the cold start of the Python 0.2 service: `ctr run -d` through a
-# private containerd with an empty compile cache to its first 200, against `wasmtime serve` with no cache.
+# `wasmtime serve` on the same guest. Cold starts are bench/cold-start.sh's.
 # Usage: bench/guests.sh [DURATION]   (results also land in bench-out/guests.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +13,7 @@ duration="${1:-8s}"
 out=bench-out/guests; mkdir -p "$out"
 source bench/lib.sh
 
-bash scripts/setup.sh wrk curl bc containerd
+bash scripts/setup.sh wrk curl bc
 bash examples/build.sh >/dev/null
 cargo build --release --locked -q -p wasmhttp-cli -p containerd-shim-wasmhttp -p wasmhttp-bench
 bin=$PWD/target/release
@@ -22,7 +21,7 @@ install_wasmtime
 cache="$out/cache"
 limits=(--memory 1Gi --cpus 2 --queue-depth 1024 --request-timeout 5s)
 # Compiles of these guests take seconds and hundreds of MiB: warm both compile caches first, so the runs (and
-# their peak RSS) measure serving, not compiling. The cold start is measured on its own below.
+# their peak RSS) measure serving, not compiling.
 ready_tries=1200
 warm() { "$@" >/dev/null 2>&1 & local pid=$!; wait_for "$port" "$ready_tries"; kill "$pid"; wait "$pid" || true; }
 for guest in python-http python-http-p3 js-http; do
@@ -48,20 +47,7 @@ for guest in python-http python-http-p3 js-http; do
   fi
 done
 
-# Cold start: a fresh private containerd (its compile cache starts empty), the image imported beforehand.
-source bench/containerd.sh
-"$bin/wasmhttp" image build examples/wasm/python-http.wasm -t docker.io/bench/python-http:1 -o "$work/py.tar" \
-  2>/dev/null
-ctr_ image import "$work/py.tar" >/dev/null
-cold_ms=$("$bin/first-response" 18283 1 -- "${ctr_cmd[@]}" run -d --runtime io.containerd.wasmhttp.v1 --net-host \
-  --env PORT=18283 docker.io/bench/python-http:1 py-cold | sed -n 1p)
-remove py-cold
-serve_cold_ms=$("$bin/first-response" 18284 1 -- "$tools/bin/wasmtime" serve -Scli -C cache=n \
-  --addr 127.0.0.1:18284 examples/wasm/python-http.wasm | sed -n 1p)
-
 {
   echo "wrk -t2 -c16 -d$duration --latency, $(nproc) cores (wrk shares them), wasmtime $wasmtime_version"
   print_table wasmtime-serve
-  echo "python-http first 200, empty compile cache: ctr run -d (wasmhttp) ${cold_ms} ms," \
-    "wasmtime serve ${serve_cold_ms} ms"
 } | tee "$out/../guests.txt"

@@ -198,7 +198,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             app.wasi(),
             handle.local_addr(),
             started.elapsed().as_millis(),
-            if app.from_cache() { "from cache" } else { "compiled" },
+            app.origin(),
         );
         eprint!("{ready}");
         if let Some((endpoint, _)) = &metrics {

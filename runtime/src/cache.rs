@@ -16,8 +16,7 @@
 //! whoever can forge an entry could already read that key.
 
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
-use std::hash::{Hash, Hasher};
+use sha2::Sha256;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -44,19 +43,6 @@ pub struct CompileCache {
     misses: AtomicU64,
 }
 
-/// Adapts `std::hash::Hash` output to sha256, so the key is stable across processes and Rust versions
-/// (unlike `DefaultHasher`).
-struct Sha256Hasher(Sha256);
-
-impl Hasher for Sha256Hasher {
-    fn finish(&self) -> u64 {
-        unreachable!("only finalized through the digest")
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
-    }
-}
-
 impl CompileCache {
     /// Opens (creating, mode 0700) the cache directory for `engine`. A directory another user owns, or that
     /// is a symlink, is refused; one writable by group or others is made 0700.
@@ -71,16 +57,19 @@ impl CompileCache {
             .map_err(|e| fail(format!("cannot create: {e}")))?;
         secure_dir(dir).map_err(fail)?;
         let key = load_or_create_key(dir).map_err(|e| fail(format!("{KEY_FILE}: {e}")))?;
-        let mut hasher = Sha256Hasher(Sha256::new());
-        engine.precompile_compatibility_hash().hash(&mut hasher);
         Ok(CompileCache {
             dir: dir.to_path_buf(),
             max_bytes,
-            engine_hash: hex::encode(&hasher.0.finalize()[..8]),
+            engine_hash: crate::precompiled::engine_hash(engine),
             key,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         })
+    }
+
+    /// The engine hash entries of this cache are named with (see [`crate::precompiled::engine_hash`]).
+    pub fn engine_hash(&self) -> &str {
+        &self.engine_hash
     }
 
     /// (hits, misses) since this cache was opened.

@@ -4,6 +4,7 @@ use crate::cache::CompileCache;
 use crate::classify::{self, Encoding, WasiVersion, WasmKind};
 use crate::cpu::{ClockId, CpuMeter, CpuShares, cpu_clock};
 use crate::instance::{InstanceState, P1State};
+use crate::precompiled::TrustedKey;
 use crate::source::Source;
 use crate::workers::Workers;
 use std::path::PathBuf;
@@ -48,6 +49,9 @@ pub struct EngineConfig {
     /// services as well, as a cgroup around the process would. Off for embedders with other work, whose
     /// CPU would otherwise be charged to the guests.
     pub charge_whole_process: bool,
+    /// Keys whose signature makes precompiled code shipped with a guest trusted (see
+    /// [`crate::precompiled`]); none by default, so shipped code is ignored and the wasm compiled.
+    pub precompiled_signers: Vec<TrustedKey>,
 }
 
 impl Default for EngineConfig {
@@ -63,6 +67,7 @@ impl Default for EngineConfig {
             slot_keep_resident: 64 << 10,
             max_component_size: 256 << 20,
             charge_whole_process: false,
+            precompiled_signers: Vec::new(),
         }
     }
 }
@@ -144,6 +149,9 @@ struct Inner {
 /// One wasmtime engine with its compile cache and component linker.
 struct Flavour {
     engine: Engine,
+    /// Names this engine's code-generation settings, for the cache and for precompiled code.
+    engine_hash: String,
+    signers: Vec<TrustedKey>,
     cache: Option<CompileCache>,
     /// Defining the ~100 WASI and wasi:http host functions takes ~0.4 ms, a tenth of a start: it runs on its
     /// own thread while the caller loads its guest.
@@ -177,14 +185,16 @@ impl Flavour {
         })?;
         spawn_epoch_clock(engine.clone(), config.epoch_tick, stop)?;
         Ok(Flavour {
+            engine_hash: crate::precompiled::engine_hash(&engine),
+            signers: config.precompiled_signers.clone(),
             engine,
             cache,
             component_linker,
         })
     }
 
-    /// Compiles a component, or fetches it from this engine's cache.
-    fn component(&self, source: &Source) -> Result<(Component, bool), wasmtime::Error> {
+    /// Compiles a component, or fetches it from this engine's cache or the signed code shipped with it.
+    fn component(&self, source: &Source) -> Result<(Component, Origin), wasmtime::Error> {
         let engine = &self.engine;
         // SAFETY: `deserialize_file` runs only on entries whose sha256 matched the sum written next to them,
         // and the cache only ever stores `Component::serialize` output of an engine with the same
@@ -193,25 +203,90 @@ impl Flavour {
         if let Some(c) = self.cached(source, |path| unsafe {
             Component::deserialize_file(engine, path)
         }) {
-            return Ok((c, true));
+            return Ok((c, Origin::Cache));
+        }
+        if let Some((c, signer)) = self.precompiled(source) {
+            return Ok((c, Origin::Precompiled(signer)));
         }
         let c = compiling(source, || Component::new(engine, source.bytes()))?;
         self.store(source, c.serialize());
-        Ok((c, false))
+        Ok((c, Origin::Compiled))
+    }
+
+    /// The precompiled code shipped with `source` for this engine, when a trusted key signed it. It is
+    /// stored in the cache first and mapped from there, so it costs no more memory than a cache hit.
+    fn precompiled(&self, source: &Source) -> Option<(Component, TrustedKey)> {
+        let store = source.precompiled()?;
+        let name = source.name();
+        let hash = &self.engine_hash;
+        if self.signers.is_empty() {
+            tracing::debug!(
+                name,
+                "not looking for precompiled code: no [engine] precompiled-signers"
+            );
+            return None;
+        }
+        let signed = match store.find(hash) {
+            Ok(Some(signed)) => signed,
+            Ok(None) => {
+                tracing::info!(
+                    name,
+                    engine = hash,
+                    "no precompiled code shipped for this engine's settings"
+                );
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(name, "ignoring precompiled code: {e}");
+                return None;
+            }
+        };
+        let signer = match crate::precompiled::verify(&self.signers, source.digest(), hash, &signed)
+        {
+            Ok(key) => key.clone(),
+            Err(why) => {
+                tracing::warn!(name, engine = hash, "ignoring precompiled code: {why}");
+                return None;
+            }
+        };
+        let engine = &self.engine;
+        // SAFETY: the code was signed by a key the node's operator listed as trusted to ship native code,
+        // over this wasm's digest, this engine's compatibility hash and the code's own digest. The cache
+        // entry is the same bytes, in a directory private to this user.
+        let mapped = self.cache.as_ref().and_then(|cache| {
+            cache.put(source.digest(), &signed.code);
+            cache.get(source.digest(), |path| unsafe {
+                Component::deserialize_file(engine, path)
+            })
+        });
+        let loaded = match mapped {
+            Some(c) => Ok(c),
+            None => unsafe { Component::deserialize(engine, &signed.code) },
+        };
+        match loaded {
+            Ok(c) => {
+                tracing::info!(name, engine = hash, %signer, "loaded precompiled code shipped with the guest");
+                Some((c, signer))
+            }
+            Err(e) => {
+                tracing::warn!(name, "ignoring precompiled code wasmtime refused: {e:#}");
+                None
+            }
+        }
     }
 
     /// Compiles a core module, or fetches it from this engine's cache.
-    fn module(&self, source: &Source) -> Result<(Module, bool), wasmtime::Error> {
+    fn module(&self, source: &Source) -> Result<(Module, Origin), wasmtime::Error> {
         let engine = &self.engine;
         // SAFETY: as above, for `Module::serialize` output.
         if let Some(m) = self.cached(source, |path| unsafe {
             Module::deserialize_file(engine, path)
         }) {
-            return Ok((m, true));
+            return Ok((m, Origin::Cache));
         }
         let m = compiling(source, || Module::new(engine, source.bytes()))?;
         self.store(source, m.serialize());
-        Ok((m, false))
+        Ok((m, Origin::Compiled))
     }
 
     fn cached<T>(
@@ -274,8 +349,29 @@ pub struct Loaded {
     name: String,
     digest: String,
     code: Code,
-    from_cache: bool,
+    origin: Origin,
     load_cpu: Duration,
+}
+
+/// Where a guest's code came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Compiled by this process.
+    Compiled,
+    /// Read from the compile cache.
+    Cache,
+    /// Shipped with the guest and signed by this trusted key (see [`crate::precompiled`]).
+    Precompiled(TrustedKey),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Compiled => f.write_str("compiled"),
+            Origin::Cache => f.write_str("from cache"),
+            Origin::Precompiled(key) => write!(f, "precompiled, signed by {key}"),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -291,7 +387,7 @@ impl std::fmt::Debug for Loaded {
             .field("wasi", &self.wasi)
             .field("name", &self.name)
             .field("digest", &self.digest)
-            .field("from_cache", &self.from_cache)
+            .field("origin", &self.origin)
             .finish_non_exhaustive()
     }
 }
@@ -322,7 +418,12 @@ impl Loaded {
     }
     /// Whether the code came from the compile cache rather than the compiler.
     pub fn from_cache(&self) -> bool {
-        self.from_cache
+        self.origin == Origin::Cache
+    }
+
+    /// Where the code came from: compiled here, the compile cache, or precompiled code shipped with it.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
     /// The CPU time loading took: compiling (on all the compiler's threads) or reading the cache. Taken
     /// from the process's CPU clock, so work other services did meanwhile is counted too. A service or
@@ -469,6 +570,31 @@ impl Runtime {
         Ok(self.inner.workers.get_or_init(|| workers).clone())
     }
 
+    /// Compiles a component for the engine that runs it, as a node with this configuration would, and
+    /// returns that engine's hash with the serialized code: what `wasmhttp image build --sign` ships.
+    pub fn precompile(&self, source: &Source) -> Result<(String, Vec<u8>), crate::Error> {
+        let name = source.name();
+        let invalid = |e: wasmtime::Error| crate::Error::Invalid {
+            name: name.to_string(),
+            detail: format!("{e:#}"),
+        };
+        if classify::encoding(name, source.bytes())? != Encoding::Component {
+            return Err(crate::Error::Invalid {
+                name: name.to_string(),
+                detail: "only components can be shipped precompiled".into(),
+            });
+        }
+        let build = |flavour: &Flavour| {
+            compiling(source, || Component::new(&flavour.engine, source.bytes()))
+                .and_then(|c| c.serialize())
+                .map(|code| (flavour.engine_hash.clone(), code))
+        };
+        match build(&self.inner.plain) {
+            Ok(built) => Ok(built),
+            Err(_) => build(self.concurrent()?).map_err(invalid),
+        }
+    }
+
     /// Compiles (or fetches from the cache) and classifies a binary.
     ///
     /// A component that the plain engine rejects is tried on the concurrent one, which also validates
@@ -481,7 +607,7 @@ impl Runtime {
             name: name.to_string(),
             detail: format!("{e:#}"),
         };
-        let (code, from_cache) = match classify::encoding(name, source.bytes())? {
+        let (code, origin) = match classify::encoding(name, source.bytes())? {
             Encoding::Component => match self.inner.plain.component(source) {
                 Ok((c, cached)) => (Code::Component(c), cached),
                 Err(_) => {
@@ -500,14 +626,14 @@ impl Runtime {
         };
         let load_time = started.elapsed();
         let load_cpu = cpu_clock(ClockId::ProcessCPUTime).saturating_sub(cpu_before);
-        tracing::debug!(name, %kind, %wasi, from_cache, ?load_time, ?load_cpu, "loaded guest");
+        tracing::debug!(name, %kind, %wasi, %origin, ?load_time, ?load_cpu, "loaded guest");
         Ok(Loaded {
             kind,
             wasi,
             name: name.to_string(),
             digest: source.digest().to_string(),
             code,
-            from_cache,
+            origin,
             load_cpu,
         })
     }

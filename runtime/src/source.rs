@@ -1,5 +1,6 @@
 //! A wasm binary to run: its bytes and their sha256 digest.
 
+use crate::precompiled::PrecompiledStore;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ pub struct Source {
     bytes: Arc<[u8]>,
     digest: String,
     name: String,
+    precompiled: Option<Arc<dyn PrecompiledStore>>,
 }
 
 impl Source {
@@ -21,7 +23,21 @@ impl Source {
             bytes,
             digest,
             name: name.into(),
+            precompiled: None,
         }
+    }
+
+    /// The same bytes with a place to look for their precompiled code (see [`crate::precompiled`]).
+    pub fn with_precompiled(self, store: Arc<dyn PrecompiledStore>) -> Self {
+        Source {
+            precompiled: Some(store),
+            ..self
+        }
+    }
+
+    /// Where precompiled code for these bytes may be found.
+    pub(crate) fn precompiled(&self) -> Option<&dyn PrecompiledStore> {
+        self.precompiled.as_deref()
     }
 
     /// The same bytes under another name, e.g. one that says which container they belong to.
@@ -63,6 +79,7 @@ impl std::fmt::Debug for Source {
             .field("name", &self.name)
             .field("digest", &self.digest)
             .field("len", &self.bytes.len())
+            .field("precompiled", &self.precompiled.is_some())
             .finish()
     }
 }

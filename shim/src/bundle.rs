@@ -285,7 +285,11 @@ fn from_rootfs(
             )),
         }));
     };
-    Ok(Payload::Wasm(Source::from_bytes(path, bytes)))
+    // Signed precompiled code the image may ship is looked for only if the node trusts a signer.
+    let shipped = crate::rootfs::ShippedCode::new(roots, max_bytes);
+    Ok(Payload::Wasm(
+        Source::from_bytes(path, bytes).with_precompiled(std::sync::Arc::new(shipped)),
+    ))
 }
 
 /// Where the container looks for `entry`: a path as it is; a bare name (Kubernetes' `command: ["server"]`)

@@ -13,6 +13,7 @@
 //! cache-max-size = "512Mi"
 //! slot-keep-resident = "64Ki"   # written pages a free instance slot keeps for the next instance
 //! max-component-size = "256Mi"  # the largest wasm file or layer a container may name
+//! precompiled-signers = []      # keys whose signed precompiled code in an image runs uncompiled
 //!
 //! [defaults]                    # any knob (README's table): used where the spec and annotations say nothing
 //! memory = "512Mi"
@@ -44,6 +45,7 @@ use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use std::path::{Path, PathBuf};
 use wasmhttp_runtime::confine::SeccompMode;
 use wasmhttp_runtime::knobs::value::{count, size};
+use wasmhttp_runtime::precompiled::TrustedKey;
 use wasmhttp_runtime::{EngineConfig, IpRange, Knob, Limits};
 
 /// Where the node configuration is read from when containerd passes none.
@@ -214,10 +216,22 @@ fn set_engine(
         "cache-dir" => engine.cache_dir = Some(PathBuf::from(value)),
         "slot-keep-resident" => engine.slot_keep_resident = size::parse(value).map_err(expected)?,
         "max-component-size" => engine.max_component_size = size::parse(value).map_err(expected)?,
+        "precompiled-signers" => {
+            engine.precompiled_signers = value
+                .split(',')
+                .filter(|k| !k.trim().is_empty())
+                .map(TrustedKey::parse)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| {
+                    format!(
+                        "{e}: expected Ed25519 public keys as `wasmhttp image keygen` prints them"
+                    )
+                })?
+        }
         _ => {
             return Err(format!(
                 "unknown key `{key}` in [engine] (keys: max-instances, max-instance-memory, cache-dir, \
-                 cache-max-size, slot-keep-resident, max-component-size)"
+                 cache-max-size, slot-keep-resident, max-component-size, precompiled-signers)"
             ));
         }
     }
@@ -478,6 +492,22 @@ mod tests {
             err.contains("n.toml:2") && err.contains("unknown key `queue-dept`"),
             "{err}"
         );
+        let err = parse("[engine]\nprecompiled-signers = [\"AAAA\"]\n", "n.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("n.toml:2: [engine] precompiled-signers: \"AAAA\" is 3 bytes long"),
+            "{err}"
+        );
+        let key = "O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik=";
+        let signers = parse(
+            &format!("[engine]\nprecompiled-signers = [\"{key}\"]\n"),
+            "n.toml",
+        )
+        .unwrap()
+        .engine
+        .precompiled_signers;
+        assert_eq!(signers, [TrustedKey::parse(key).unwrap()]);
         let err = parse("[limits]\nx = 1\n", "n.toml")
             .unwrap_err()
             .to_string();

@@ -12,11 +12,48 @@ use rustix::fs::{Mode, OFlags, ResolveFlags};
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use wasmhttp_runtime::precompiled::{self, PrecompiledStore, Signed};
 
 /// Symlinks followed in one lookup before giving up, as the kernel does (`ELOOP`).
 const MAX_SYMLINKS: usize = 40;
 /// The xattrs overlayfs marks an opaque directory with (the second when mounted with `userxattr`).
 const OPAQUE_XATTRS: [&str; 2] = ["trusted.overlay.opaque", "user.overlay.opaque"];
+
+/// The precompiled code an image ships ([`precompiled::IMAGE_DIR`]), read like any file the container names.
+pub struct ShippedCode {
+    layers: Vec<PathBuf>,
+    max_bytes: u64,
+}
+
+impl ShippedCode {
+    /// The code in a root made of `layers` (topmost first), each file read up to `max_bytes`.
+    pub fn new(layers: Vec<PathBuf>, max_bytes: u64) -> Self {
+        ShippedCode { layers, max_bytes }
+    }
+}
+
+/// An Ed25519 signature is 64 bytes; anything much larger is not one.
+const MAX_SIGNATURE_BYTES: u64 = 1024;
+
+impl PrecompiledStore for ShippedCode {
+    fn find(&self, engine_hash: &str) -> Result<Option<Signed>, String> {
+        let fs = RootFs::new(&self.layers);
+        let (code, signature) = precompiled::file_names(engine_hash);
+        let path = |name: &str| format!("{}/{name}", precompiled::IMAGE_DIR);
+        let Some(code) = fs.read(&path(&code), self.max_bytes)? else {
+            return Ok(None);
+        };
+        let signature = fs
+            .read(&path(&signature), MAX_SIGNATURE_BYTES)?
+            .ok_or_else(|| {
+                format!(
+                    "{} has no signature beside it",
+                    path(&signature).replace(".sig", ".cwasm")
+                )
+            })?;
+        Ok(Some(Signed { code, signature }))
+    }
+}
 
 /// What a path names in the merged view.
 enum Entry {

@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use wasmhttp_runtime::{EngineConfig, Runtime, Source, precompiled};
 
 /// The image forms `build` makes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -42,6 +43,60 @@ pub struct BuildArgs {
     /// Port the service listens on (sets PORT; not for `artifact`).
     #[arg(long)]
     port: Option<u16>,
+    /// Also ship the code compiled for nodes with the default [engine] settings, signed with this Ed25519
+    /// key (`wasmhttp image keygen`): nodes listing its public key in [engine] precompiled-signers start the
+    /// service without compiling it. `--format layer` only.
+    #[arg(long, value_name = "KEY_FILE")]
+    sign: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct KeygenArgs {
+    /// Where to write the secret key (PKCS#8, mode 0600); never overwritten.
+    #[arg(short = 'o', long = "output")]
+    output: PathBuf,
+}
+
+/// Writes a new signing key and prints its public key, the value for `[engine] precompiled-signers`.
+pub fn keygen(args: KeygenArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (secret, public) = precompiled::generate_key().map_err(anyhow::Error::msg)?;
+    let mut file = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&args.output)
+        .with_context(|| format!("cannot create {}", args.output.display()))?;
+    file.write_all(&secret)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    println!("{public}");
+    eprintln!(
+        "wasmhttp: wrote the secret key to {}; nodes trust it with [engine] precompiled-signers = [\"{public}\"]",
+        args.output.display()
+    );
+    Ok(())
+}
+
+/// The files a `--sign`ed layer adds: the code compiled for the default node engine and its signature.
+fn signed_code(
+    wasm: &[u8],
+    app: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let secret = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+    precompiled::public_key(&secret).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+    let source = Source::from_bytes(app.display().to_string(), wasm.to_vec());
+    let (hash, code) = Runtime::new(EngineConfig::default())?.precompile(&source)?;
+    let signature = precompiled::sign(&secret, source.digest(), &hash, &code)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+    let (code_name, sig_name) = precompiled::file_names(&hash);
+    let dir = precompiled::IMAGE_DIR.trim_start_matches('/');
+    Ok(vec![
+        (format!("{dir}/{code_name}"), code),
+        (format!("{dir}/{sig_name}"), signature),
+    ])
 }
 
 /// Where the wasm sits in a `layer` image's filesystem; the entrypoint.
@@ -76,9 +131,22 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
         env.retain(|kv| !kv.starts_with("PORT="));
         env.push(format!("PORT={port}"));
     }
+    if args.sign.is_some() && args.format != Format::Layer {
+        bail!(
+            "--sign needs --format layer: the precompiled code is a file in the image's filesystem"
+        );
+    }
     let (config_type, config, layer_type, layer) = match args.format {
         Format::Layer => {
-            let layer = Blob::new(layout::tar_of(&[(WASM_PATH, wasm.as_slice())])?);
+            let mut files = vec![(WASM_PATH.to_string(), wasm.clone())];
+            if let Some(key) = &args.sign {
+                files.extend(signed_code(&wasm, &args.app, key)?);
+            }
+            let files: Vec<(&str, &[u8])> = files
+                .iter()
+                .map(|(p, b)| (p.as_str(), b.as_slice()))
+                .collect();
+            let layer = Blob::new(layout::tar_of(&files)?);
             let config = json!({
                 "created": created,
                 "architecture": wasmhttp_oci::host_architecture().to_string(),

@@ -320,15 +320,33 @@ pub fn read(path: &Path) -> anyhow::Result<Image> {
 /// A deterministic tar of regular files (fixed mtime, owner and mode), so the same input gives the same digest.
 pub fn tar_of<P: AsRef<str>>(files: &[(P, &[u8])]) -> anyhow::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
-    for (path, bytes) in files {
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut append = |path: &str, kind, mode, bytes: &[u8]| {
         let mut header = tar::Header::new_ustar();
         header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
+        header.set_mode(mode);
         header.set_mtime(0);
         header.set_uid(0);
         header.set_gid(0);
-        header.set_entry_type(tar::EntryType::Regular);
-        builder.append_data(&mut header, path.as_ref(), *bytes)?;
+        header.set_entry_type(kind);
+        builder.append_data(&mut header, path, bytes)
+    };
+    for (path, bytes) in files {
+        let path = path.as_ref();
+        // Parent directories get entries of their own, so every unpacker gives them the same mode.
+        let mut parent = String::new();
+        for component in path
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map_or(&[][..], |(_, d)| d)
+        {
+            parent = format!("{parent}{component}/");
+            if dirs.insert(parent.clone()) {
+                append(&parent, tar::EntryType::Directory, 0o755, &[])?;
+            }
+        }
+        append(path, tar::EntryType::Regular, 0o644, bytes)?;
     }
     Ok(builder.into_inner()?)
 }

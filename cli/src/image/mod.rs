@@ -15,6 +15,8 @@ pub enum ImageCommand {
     Push(registry::PushArgs),
     /// Pull an image from a registry into an image-layout tar (for `ctr image import`).
     Pull(registry::PullArgs),
+    /// Make an Ed25519 key to sign precompiled code with (`build --sign`); prints the public key.
+    Keygen(build::KeygenArgs),
 }
 
 pub fn run(command: ImageCommand) -> anyhow::Result<()> {
@@ -22,5 +24,6 @@ pub fn run(command: ImageCommand) -> anyhow::Result<()> {
         ImageCommand::Build(args) => build::build(args),
         ImageCommand::Push(args) => registry::push(args),
         ImageCommand::Pull(args) => registry::pull(args),
+        ImageCommand::Keygen(args) => build::keygen(args),
     }
 }
