@@ -377,6 +377,13 @@ fn metrics_are_served_at_the_metrics_address_and_a_taken_one_is_refused() {
             .body
             .contains("wasmhttp_request_duration_seconds_count{app=\"hello.wasm\"} 3")
     );
+    // The process's own footprint, as the kernel counts it, beside the guest's linear memory.
+    let pss = scraped
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix("wasmhttp_process_proportional_bytes{app=\"hello.wasm\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(pss.is_some_and(|b| b > 1 << 20), "{}", scraped.body);
     assert_eq!(get(metrics, "/other").status, 404);
 
     let taken = metrics.to_string();

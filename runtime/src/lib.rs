@@ -54,4 +54,4 @@ pub use outbound::{Dialer, IpRange, SharedDialer};
 pub use output::GuestOutput;
 pub use service::{HttpOptions, Service, ServiceHandle};
 pub use source::Source;
-pub use stats::{FailureCause, HistogramSnapshot, Rejection, StatsSnapshot};
+pub use stats::{FailureCause, HistogramSnapshot, ProcessMemory, Rejection, StatsSnapshot};

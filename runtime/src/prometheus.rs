@@ -5,7 +5,7 @@
 //! module knows nothing of containers or pods.
 
 use crate::knobs::Limits;
-use crate::stats::{FailureCause, HistogramSnapshot, Rejection, StatsSnapshot};
+use crate::stats::{FailureCause, HistogramSnapshot, ProcessMemory, Rejection, StatsSnapshot};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -82,7 +82,7 @@ impl MetricsSet {
             })
             .collect();
         let mut registry = Registry::default();
-        registry.register_collector(Box::new(Rows(rows)));
+        registry.register_collector(Box::new(Rows(rows, ProcessMemory::read())));
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut text, &registry);
@@ -90,9 +90,24 @@ impl MetricsSet {
     }
 }
 
-/// One scrape's figures, encoded family by family.
+/// One scrape's figures, encoded family by family: each source's, and the hosting process's memory.
 #[derive(Debug)]
-struct Rows(Vec<(Labels, StatsSnapshot, Limits)>);
+struct Rows(Vec<(Labels, StatsSnapshot, Limits)>, Option<ProcessMemory>);
+
+impl Rows {
+    /// The labels every source shares (a pod's namespace and name, for a shim's endpoint): the process's
+    /// series carry these, since the process is all of them together.
+    fn shared_labels(&self) -> Labels {
+        let Some(((first, _, _), rest)) = self.0.split_first() else {
+            return Labels::new();
+        };
+        first
+            .iter()
+            .filter(|label| rest.iter().all(|(labels, _, _)| labels.contains(label)))
+            .cloned()
+            .collect()
+    }
+}
 
 /// A family's value for one row; `None` leaves the row out (a limit that is not set).
 type Value = fn(&StatsSnapshot, &Limits) -> Option<Num>;
@@ -292,6 +307,31 @@ impl Collector for Rows {
                 )?;
             }
         }
+        if let Some(process) = &self.1 {
+            let shared = self.shared_labels();
+            for (name, help, value) in [
+                (
+                    "wasmhttp_process_resident_bytes",
+                    "Resident memory of the process hosting these services (a shim hosts one pod).",
+                    Some(process.resident),
+                ),
+                (
+                    "wasmhttp_process_resident_peak_bytes",
+                    "The most resident memory that process has had.",
+                    Some(process.resident_peak),
+                ),
+                (
+                    "wasmhttp_process_proportional_bytes",
+                    "That process's proportional set size (PSS): pages it shares, such as mapped \
+                     compiled code, divided among the processes that map them.",
+                    process.proportional,
+                ),
+            ] {
+                let Some(value) = value else { continue };
+                let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+                family.encode_family(&shared)?.encode_gauge(&value)?;
+            }
+        }
         Ok(())
     }
 }
@@ -450,6 +490,39 @@ mod tests {
         assert!(
             !text.contains("wasmhttp_memory_limit_bytes{container_id=\"b"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_process_memory_carries_the_labels_every_source_shares() {
+        let set = MetricsSet::default();
+        let pod = |container: &str| -> Labels {
+            vec![
+                ("container_id".into(), container.into()),
+                ("namespace".into(), "shop".into()),
+                ("pod".into(), "web-0".into()),
+            ]
+        };
+        let (a, b) = (
+            source(StatsSnapshot::default(), Limits::default()),
+            source(StatsSnapshot::default(), Limits::default()),
+        );
+        set.add(pod("a"), Arc::downgrade(&a));
+        set.add(pod("b"), Arc::downgrade(&b));
+        let text = set.render();
+        for name in ["resident", "resident_peak", "proportional"] {
+            let series =
+                format!("wasmhttp_process_{name}_bytes{{namespace=\"shop\",pod=\"web-0\"}} ");
+            let line = text.lines().find(|l| l.starts_with(&series));
+            let bytes: u64 = line
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(0);
+            assert!(bytes > 0, "no {series:?} in\n{text}");
+        }
+        drop((a, b));
+        assert!(
+            set.render().contains("wasmhttp_process_resident_bytes "),
+            "no sources, no labels"
         );
     }
 

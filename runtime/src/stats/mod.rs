@@ -2,9 +2,11 @@
 //! task metrics, CRI stats, Prometheus, the exit log line) reads these same values through [`StatsSnapshot`].
 
 mod histogram;
+mod process;
 
 pub(crate) use histogram::Histogram;
 pub use histogram::{HistogramSnapshot, REQUEST_COUNT_BOUNDS};
+pub use process::ProcessMemory;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
