@@ -1,6 +1,5 @@
 //! The wasmtime engine shared by every guest of a process, its linkers, its compile cache and the epoch clock.
 
-use crate::cache::CompileCache;
 use crate::classify::{self, Encoding, WasiVersion, WasmKind};
 use crate::cpu::{ClockId, CpuMeter, CpuShares, cpu_clock};
 use crate::instance::{InstanceState, P1State};
@@ -9,13 +8,18 @@ use crate::source::Source;
 use crate::workers::Workers;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig,
 };
+
+mod flavour;
+mod on_thread;
+
+use crate::cache::CompileCache;
+use flavour::{Flavour, compiling};
 
 /// Process-wide engine settings. Per-service limits live in [`crate::Limits`]; these only size the
 /// machinery every service shares.
@@ -144,195 +148,6 @@ struct Inner {
     config: EngineConfig,
     ticker_stop: Arc<AtomicBool>,
     cpu_shares: Arc<CpuShares>,
-}
-
-/// One wasmtime engine with its compile cache and component linker.
-struct Flavour {
-    engine: Engine,
-    /// Names this engine's code-generation settings, for the cache and for precompiled code.
-    engine_hash: String,
-    signers: Vec<TrustedKey>,
-    cache: Option<CompileCache>,
-    /// Defining the ~100 WASI and wasi:http host functions takes ~0.4 ms, a tenth of a start: it runs on its
-    /// own thread while the caller loads its guest.
-    component_linker: OnThread<Linker<InstanceState>>,
-}
-
-impl Flavour {
-    fn new(
-        config: &EngineConfig,
-        concurrent: bool,
-        stop: Arc<AtomicBool>,
-    ) -> Result<Self, crate::Error> {
-        let engine = Engine::new(&config.wasmtime_config(concurrent))
-            .map_err(|e| crate::Error::Engine(format!("{e:#}")))?;
-        let cache = match &config.cache_dir {
-            Some(dir) => Some(CompileCache::open(dir, config.cache_max_bytes, &engine)?),
-            None => None,
-        };
-        let component_linker = OnThread::spawn("WASI linker", {
-            let engine = engine.clone();
-            move || {
-                let mut linker = Linker::new(&engine);
-                wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-                wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-                if concurrent {
-                    wasmtime_wasi::p3::add_to_linker(&mut linker)?;
-                    wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
-                }
-                Ok(linker)
-            }
-        })?;
-        spawn_epoch_clock(engine.clone(), config.epoch_tick, stop)?;
-        Ok(Flavour {
-            engine_hash: crate::precompiled::engine_hash(&engine),
-            signers: config.precompiled_signers.clone(),
-            engine,
-            cache,
-            component_linker,
-        })
-    }
-
-    /// Compiles a component, or fetches it from this engine's cache or the signed code shipped with it.
-    fn component(&self, source: &Source) -> Result<(Component, Origin), wasmtime::Error> {
-        let engine = &self.engine;
-        // SAFETY: `deserialize_file` runs only on entries whose sha256 matched the sum written next to them,
-        // and the cache only ever stores `Component::serialize` output of an engine with the same
-        // compatibility hash (part of the entry's name) in a directory private to this user. The file is
-        // mapped, not copied: entries are replaced by rename, never rewritten in place.
-        if let Some(c) = self.cached(source, |path| unsafe {
-            Component::deserialize_file(engine, path)
-        }) {
-            return Ok((c, Origin::Cache));
-        }
-        if let Some((c, signer)) = self.precompiled(source) {
-            return Ok((c, Origin::Precompiled(signer)));
-        }
-        let c = compiling(source, || Component::new(engine, source.bytes()))?;
-        self.store(source, c.serialize());
-        Ok((c, Origin::Compiled))
-    }
-
-    /// The precompiled code shipped with `source` for this engine, when a trusted key signed it. It is
-    /// stored in the cache first and mapped from there, so it costs no more memory than a cache hit.
-    fn precompiled(&self, source: &Source) -> Option<(Component, TrustedKey)> {
-        let store = source.precompiled()?;
-        let name = source.name();
-        let hash = &self.engine_hash;
-        if self.signers.is_empty() {
-            tracing::debug!(
-                name,
-                "not looking for precompiled code: no [engine] precompiled-signers"
-            );
-            return None;
-        }
-        let signed = match store.find(hash) {
-            Ok(Some(signed)) => signed,
-            Ok(None) => {
-                tracing::info!(
-                    name,
-                    engine = hash,
-                    "no precompiled code shipped for this engine's settings"
-                );
-                return None;
-            }
-            Err(e) => {
-                tracing::warn!(name, "ignoring precompiled code: {e}");
-                return None;
-            }
-        };
-        let signer = match crate::precompiled::verify(&self.signers, source.digest(), hash, &signed)
-        {
-            Ok(key) => key.clone(),
-            Err(why) => {
-                tracing::warn!(name, engine = hash, "ignoring precompiled code: {why}");
-                return None;
-            }
-        };
-        let engine = &self.engine;
-        // SAFETY: the code was signed by a key the node's operator listed as trusted to ship native code,
-        // over this wasm's digest, this engine's compatibility hash and the code's own digest. The cache
-        // entry is the same bytes, in a directory private to this user.
-        let mapped = self.cache.as_ref().and_then(|cache| {
-            cache.put(source.digest(), &signed.code);
-            cache.get(source.digest(), |path| unsafe {
-                Component::deserialize_file(engine, path)
-            })
-        });
-        let loaded = match mapped {
-            Some(c) => Ok(c),
-            None => unsafe { Component::deserialize(engine, &signed.code) },
-        };
-        match loaded {
-            Ok(c) => {
-                tracing::info!(name, engine = hash, %signer, "loaded precompiled code shipped with the guest");
-                Some((c, signer))
-            }
-            Err(e) => {
-                tracing::warn!(name, "ignoring precompiled code wasmtime refused: {e:#}");
-                None
-            }
-        }
-    }
-
-    /// Compiles a core module, or fetches it from this engine's cache.
-    fn module(&self, source: &Source) -> Result<(Module, Origin), wasmtime::Error> {
-        let engine = &self.engine;
-        // SAFETY: as above, for `Module::serialize` output.
-        if let Some(m) = self.cached(source, |path| unsafe {
-            Module::deserialize_file(engine, path)
-        }) {
-            return Ok((m, Origin::Cache));
-        }
-        let m = compiling(source, || Module::new(engine, source.bytes()))?;
-        self.store(source, m.serialize());
-        Ok((m, Origin::Compiled))
-    }
-
-    fn cached<T>(
-        &self,
-        source: &Source,
-        deserialize: impl FnOnce(&std::path::Path) -> wasmtime::Result<T>,
-    ) -> Option<T> {
-        self.cache.as_ref()?.get(source.digest(), deserialize)
-    }
-
-    fn store(&self, source: &Source, serialized: wasmtime::Result<Vec<u8>>) {
-        let Some(cache) = &self.cache else {
-            return;
-        };
-        match serialized {
-            Ok(bytes) => cache.put(source.digest(), &bytes),
-            Err(e) => tracing::warn!(
-                name = source.name(),
-                "cannot serialize compiled code: {e:#}"
-            ),
-        }
-    }
-
-    fn linker(&self) -> wasmtime::Result<&Linker<InstanceState>> {
-        self.component_linker
-            .get()
-            .map_err(|e| wasmtime::Error::msg(format!("linking WASI: {e}")))
-    }
-}
-
-/// Runs `compile`, saying so before and after: compiling a big guest (an interpreter and its heap) takes
-/// seconds, and until it is done the service's port refuses connections.
-fn compiling<T>(
-    source: &Source,
-    compile: impl FnOnce() -> wasmtime::Result<T>,
-) -> wasmtime::Result<T> {
-    let started = Instant::now();
-    let bytes = source.bytes().len();
-    tracing::info!(
-        name = source.name(),
-        bytes,
-        "compiling (not in the compile cache)"
-    );
-    let compiled = compile()?;
-    tracing::info!(name = source.name(), took = ?started.elapsed(), "compiled");
-    Ok(compiled)
 }
 
 impl Drop for Inner {
@@ -636,93 +451,5 @@ impl Runtime {
             origin,
             load_cpu,
         })
-    }
-}
-
-/// A value built on its own thread, waited for on first use.
-struct OnThread<T> {
-    building: Mutex<Option<JoinHandle<wasmtime::Result<T>>>>,
-    built: OnceLock<Result<T, String>>,
-}
-
-impl<T: Send + 'static> OnThread<T> {
-    /// Starts building `name` with `build` on a thread of its own.
-    fn spawn(
-        name: &str,
-        build: impl FnOnce() -> wasmtime::Result<T> + Send + 'static,
-    ) -> Result<Self, crate::Error> {
-        // Unnamed, so it inherits the process's name: with a name of its own, this short-lived thread left
-        // that name on the main thread (`/proc/PID/comm` of `wasmhttp run` read `wasmhttp-linker`).
-        let handle = std::thread::Builder::new()
-            .spawn(build)
-            .map_err(|e| crate::Error::Engine(format!("cannot start the {name} thread: {e}")))?;
-        Ok(OnThread {
-            building: Mutex::new(Some(handle)),
-            built: OnceLock::new(),
-        })
-    }
-
-    /// The value, or why it could not be built; waits for the thread the first time.
-    fn get(&self) -> Result<&T, &str> {
-        self.built
-            .get_or_init(|| {
-                let handle = self
-                    .building
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take();
-                match handle.map(JoinHandle::join) {
-                    Some(Ok(built)) => built.map_err(|e| format!("{e:#}")),
-                    Some(Err(_)) => Err("the thread building it panicked".into()),
-                    None => unreachable!("the handle is taken once, inside get_or_init"),
-                }
-            })
-            .as_ref()
-            .map_err(String::as_str)
-    }
-}
-
-/// Advances the engine's epoch every `tick` until `stop` is set (when the last `Runtime` clone drops).
-fn spawn_epoch_clock(
-    engine: Engine,
-    tick: Duration,
-    stop: Arc<AtomicBool>,
-) -> Result<(), crate::Error> {
-    std::thread::Builder::new()
-        .name("wasmhttp-epoch".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(tick);
-                engine.increment_epoch();
-            }
-        })
-        .map(drop)
-        .map_err(|e| crate::Error::Engine(format!("cannot start the epoch clock thread: {e}")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_value_built_on_a_thread_is_waited_for_and_kept() {
-        let slow = OnThread::spawn("a slow value", || {
-            std::thread::sleep(Duration::from_millis(50));
-            Ok(42)
-        })
-        .unwrap();
-        assert_eq!(slow.get(), Ok(&42));
-        assert_eq!(slow.get(), Ok(&42), "the second use gets the same value");
-    }
-
-    #[test]
-    fn a_failed_or_panicked_build_is_an_error_on_every_use() {
-        let failed =
-            OnThread::<u32>::spawn("a value", || Err(wasmtime::Error::msg("no such import")))
-                .unwrap();
-        assert_eq!(failed.get(), Err("no such import"));
-        assert_eq!(failed.get(), Err("no such import"));
-        let panicked = OnThread::<u32>::spawn("a value", || panic!("boom")).unwrap();
-        assert_eq!(panicked.get(), Err("the thread building it panicked"));
     }
 }
