@@ -67,11 +67,6 @@ impl CompileCache {
         })
     }
 
-    /// The engine hash entries of this cache are named with (see [`crate::precompiled::engine_hash`]).
-    pub fn engine_hash(&self) -> &str {
-        &self.engine_hash
-    }
-
     /// (hits, misses) since this cache was opened.
     pub fn hit_counts(&self) -> (u64, u64) {
         (self.hits.load(Relaxed), self.misses.load(Relaxed))

@@ -38,19 +38,15 @@ const MAX_SIGNATURE_BYTES: u64 = 1024;
 impl PrecompiledStore for ShippedCode {
     fn find(&self, engine_hash: &str) -> Result<Option<Signed>, String> {
         let fs = RootFs::new(&self.layers);
-        let (code, signature) = precompiled::file_names(engine_hash);
-        let path = |name: &str| format!("{}/{name}", precompiled::IMAGE_DIR);
-        let Some(code) = fs.read(&path(&code), self.max_bytes)? else {
+        let (code_name, signature_name) = precompiled::file_names(engine_hash);
+        let code_path = format!("{}/{code_name}", precompiled::IMAGE_DIR);
+        let signature_path = format!("{}/{signature_name}", precompiled::IMAGE_DIR);
+        let Some(code) = fs.read(&code_path, self.max_bytes)? else {
             return Ok(None);
         };
         let signature = fs
-            .read(&path(&signature), MAX_SIGNATURE_BYTES)?
-            .ok_or_else(|| {
-                format!(
-                    "{} has no signature beside it",
-                    path(&signature).replace(".sig", ".cwasm")
-                )
-            })?;
+            .read(&signature_path, MAX_SIGNATURE_BYTES)?
+            .ok_or_else(|| format!("{code_path} has no signature beside it"))?;
         Ok(Some(Signed { code, signature }))
     }
 }

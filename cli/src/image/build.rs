@@ -86,6 +86,7 @@ fn signed_code(
     key: &std::path::Path,
 ) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
     let secret = std::fs::read(key).with_context(|| format!("cannot read {}", key.display()))?;
+    // A bad key fails before the compile, which takes seconds for a big guest.
     precompiled::public_key(&secret).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
     let source = Source::from_bytes(app.display().to_string(), wasm.to_vec());
     let (hash, code) = Runtime::new(EngineConfig::default())?.precompile(&source)?;
@@ -138,10 +139,12 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
     }
     let (config_type, config, layer_type, layer) = match args.format {
         Format::Layer => {
-            let mut files = vec![(WASM_PATH.to_string(), wasm.clone())];
-            if let Some(key) = &args.sign {
-                files.extend(signed_code(&wasm, &args.app, key)?);
-            }
+            let signed = match &args.sign {
+                Some(key) => signed_code(&wasm, &args.app, key)?,
+                None => Vec::new(),
+            };
+            let mut files = vec![(WASM_PATH.to_string(), wasm)];
+            files.extend(signed);
             let files: Vec<(&str, &[u8])> = files
                 .iter()
                 .map(|(p, b)| (p.as_str(), b.as_slice()))

@@ -317,7 +317,8 @@ pub fn read(path: &Path) -> anyhow::Result<Image> {
     Image::new(manifest_bytes, blobs).with_context(|| path.display().to_string())
 }
 
-/// A deterministic tar of regular files (fixed mtime, owner and mode), so the same input gives the same digest.
+/// A deterministic tar of regular files and their parent directories (fixed mtime, owner and mode), so the same
+/// input gives the same digest.
 pub fn tar_of<P: AsRef<str>>(files: &[(P, &[u8])]) -> anyhow::Result<Vec<u8>> {
     let mut builder = tar::Builder::new(Vec::new());
     let mut dirs = std::collections::BTreeSet::new();
@@ -334,19 +335,52 @@ pub fn tar_of<P: AsRef<str>>(files: &[(P, &[u8])]) -> anyhow::Result<Vec<u8>> {
     for (path, bytes) in files {
         let path = path.as_ref();
         // Parent directories get entries of their own, so every unpacker gives them the same mode.
-        let mut parent = String::new();
-        for component in path
-            .split('/')
-            .collect::<Vec<_>>()
-            .split_last()
-            .map_or(&[][..], |(_, d)| d)
-        {
-            parent = format!("{parent}{component}/");
-            if dirs.insert(parent.clone()) {
-                append(&parent, tar::EntryType::Directory, 0o755, &[])?;
+        if let Some((parents, _)) = path.rsplit_once('/') {
+            let mut parent = String::new();
+            for component in parents.split('/') {
+                parent.push_str(component);
+                parent.push('/');
+                if dirs.insert(parent.clone()) {
+                    append(&parent, tar::EntryType::Directory, 0o755, &[])?;
+                }
             }
         }
         append(path, tar::EntryType::Regular, 0o644, bytes)?;
     }
     Ok(builder.into_inner()?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_parent_directory_gets_one_entry_before_its_files() {
+        let tar =
+            super::tar_of(&[("app.wasm", &b"a"[..]), ("d/e/x", b"x"), ("d/e/y", b"y")]).unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        let entries: Vec<(String, bool)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let dir = e.header().entry_type().is_dir();
+                (e.path().unwrap().display().to_string(), dir)
+            })
+            .collect();
+        let expected = [
+            ("app.wasm", false),
+            ("d/", true),
+            ("d/e/", true),
+            ("d/e/x", false),
+            ("d/e/y", false),
+        ];
+        let expected: Vec<(String, bool)> = expected
+            .iter()
+            .map(|(p, d)| (p.trim_end_matches('/').to_string(), *d))
+            .collect();
+        let entries: Vec<(String, bool)> = entries
+            .into_iter()
+            .map(|(p, d)| (p.trim_end_matches('/').to_string(), d))
+            .collect();
+        assert_eq!(entries, expected);
+    }
 }
