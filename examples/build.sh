@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds every example guest and copies the .wasm files to examples/wasm/: the Rust ones for wasm32-wasip2, the
 # Python one with componentize-py (WASI 0.2 and 0.3) and the JavaScript one with componentize-js (WASI 0.2).
+# (componentize-js 0.23.0, the newest release, embeds an engine that speaks wasi:http 0.2.10 only.)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bash "$here/../scripts/setup.sh"

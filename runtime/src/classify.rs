@@ -89,6 +89,41 @@ pub(crate) fn encoding(name: &str, bytes: &[u8]) -> Result<Encoding, crate::Erro
     }
 }
 
+/// Whether a component's own imports or exports name a WASI 0.3 interface (`…@0.3.x`), read from its
+/// top-level sections without validating or compiling it (nested modules are skipped). Such a component
+/// needs the component-model async ABI. A binary that does not parse answers `false`: the engine's own
+/// validation then reports what is wrong with it.
+pub(crate) fn names_wasi_p3(bytes: &[u8]) -> bool {
+    use wasmparser::{Chunk, Parser, Payload};
+    let is_p3 = |name: &str| {
+        name.starts_with("wasi:")
+            && name
+                .split_once('@')
+                .is_some_and(|(_, version)| version.starts_with("0.3."))
+    };
+    let mut parser = Parser::new(0);
+    let mut data = bytes;
+    loop {
+        let Ok(Chunk::Parsed { consumed, payload }) = parser.parse(data, true) else {
+            return false;
+        };
+        data = &data[consumed..];
+        let named = match payload {
+            Payload::ComponentImportSection(imports) => imports
+                .into_iter()
+                .any(|i| i.is_ok_and(|i| is_p3(i.name.name))),
+            Payload::ComponentExportSection(exports) => exports
+                .into_iter()
+                .any(|e| e.is_ok_and(|e| is_p3(e.name.name))),
+            Payload::End(_) => return false,
+            _ => false,
+        };
+        if named {
+            return true;
+        }
+    }
+}
+
 /// Classifies a compiled component by its exports: the interface says the kind, its version the WASI
 /// version. A component exporting both an HTTP handler and `wasi:cli/run` (as `wstd` services built as
 /// binaries do) is a service.
@@ -174,5 +209,27 @@ mod tests {
                 .to_string()
                 .contains("found nothing")
         );
+    }
+
+    #[test]
+    fn a_component_naming_wasi_03_is_told_apart_without_compiling() {
+        let component = |wat: &str| wat::parse_str(wat).unwrap();
+        let p3_import =
+            component(r#"(component (import "wasi:cli/environment@0.3.0" (instance)))"#);
+        assert!(names_wasi_p3(&p3_import));
+        let p3_export = component(
+            r#"(component (instance $i) (export "wasi:http/handler@0.3.0-rc-2026-03-15" (instance $i)))"#,
+        );
+        assert!(names_wasi_p3(&p3_export));
+        let p2 = component(r#"(component (import "wasi:cli/environment@0.2.6" (instance)))"#);
+        assert!(!names_wasi_p3(&p2));
+        let not_wasi = component(r#"(component (import "acme:kv/store@0.3.0" (instance)))"#);
+        assert!(!names_wasi_p3(&not_wasi));
+        // A nested core module is skipped, whatever it names.
+        let nested = component(
+            r#"(component (core module (import "wasi:cli/environment@0.3.0" "f" (func))))"#,
+        );
+        assert!(!names_wasi_p3(&nested));
+        assert!(!names_wasi_p3(b"\0asm\x0d\0\x01\0garbage"));
     }
 }

@@ -389,47 +389,50 @@ impl Runtime {
     /// returns that engine's hash with the serialized code: what `wasmhttp image build --sign` ships.
     pub fn precompile(&self, source: &Source) -> Result<(String, Vec<u8>), crate::Error> {
         let name = source.name();
-        let invalid = |e: wasmtime::Error| crate::Error::Invalid {
-            name: name.to_string(),
-            detail: format!("{e:#}"),
-        };
         if classify::encoding(name, source.bytes())? != Encoding::Component {
             return Err(crate::Error::Invalid {
                 name: name.to_string(),
                 detail: "only components can be shipped precompiled".into(),
             });
         }
-        let build = |flavour: &Flavour| {
+        self.on_component_engine(source, |flavour| {
             compiling(source, || Component::new(&flavour.engine, source.bytes()))
                 .and_then(|c| c.serialize())
                 .map(|code| (flavour.engine_hash.clone(), code))
-        };
-        match build(&self.inner.plain) {
-            Ok(built) => Ok(built),
-            Err(_) => build(self.concurrent()?).map_err(invalid),
+        })
+    }
+
+    /// Runs `work` on the engine a component belongs to. A component naming a WASI 0.3 interface goes
+    /// straight to the concurrent engine. Any other is tried on the plain one first (its instances are
+    /// cheaper) and, if refused, on the concurrent one, which also validates the component-model async ABI;
+    /// that verdict is the one reported, since it accepts strictly more. Skipping the doomed attempt keeps
+    /// a 0.3 guest's log free of a plain-engine "compiling" line followed by a cache hit.
+    fn on_component_engine<T>(
+        &self,
+        source: &Source,
+        work: impl Fn(&Flavour) -> wasmtime::Result<T>,
+    ) -> Result<T, crate::Error> {
+        let invalid = invalid(source);
+        if classify::names_wasi_p3(source.bytes()) {
+            return work(self.concurrent()?).map_err(invalid);
+        }
+        match work(&self.inner.plain) {
+            Ok(done) => Ok(done),
+            Err(_) => work(self.concurrent()?).map_err(invalid),
         }
     }
 
     /// Compiles (or fetches from the cache) and classifies a binary.
-    ///
-    /// A component that the plain engine rejects is tried on the concurrent one, which also validates
-    /// the component-model async ABI; its verdict is the one reported, since it accepts strictly more.
     pub fn load(&self, source: &Source) -> Result<Loaded, crate::Error> {
         let started = Instant::now();
         let cpu_before = cpu_clock(ClockId::ProcessCPUTime);
         let name = source.name();
-        let invalid = |e: wasmtime::Error| crate::Error::Invalid {
-            name: name.to_string(),
-            detail: format!("{e:#}"),
-        };
+        let invalid = invalid(source);
         let (code, origin) = match classify::encoding(name, source.bytes())? {
-            Encoding::Component => match self.inner.plain.component(source) {
-                Ok((c, cached)) => (Code::Component(c), cached),
-                Err(_) => {
-                    let (c, cached) = self.concurrent()?.component(source).map_err(invalid)?;
-                    (Code::Component(c), cached)
-                }
-            },
+            Encoding::Component => {
+                let (c, origin) = self.on_component_engine(source, |f| f.component(source))?;
+                (Code::Component(c), origin)
+            }
             Encoding::CoreModule => {
                 let (m, cached) = self.inner.plain.module(source).map_err(invalid)?;
                 (Code::Module(m), cached)
@@ -451,5 +454,13 @@ impl Runtime {
             origin,
             load_cpu,
         })
+    }
+}
+
+/// Turns wasmtime's refusal of `source` into the error that names it.
+fn invalid(source: &Source) -> impl Fn(wasmtime::Error) -> crate::Error + '_ {
+    |e| crate::Error::Invalid {
+        name: source.name().to_string(),
+        detail: format!("{e:#}"),
     }
 }

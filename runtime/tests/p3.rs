@@ -399,6 +399,11 @@ fn a_wasi_03_guest_is_cached_under_its_own_engine() {
     let second = Runtime::new(config).unwrap();
     let p3 = second.load(&example("hello-p3")).unwrap();
     assert!(p3.from_cache() && p3.is_concurrent(), "{p3:?}");
+    assert_eq!(
+        second.cache().unwrap().hit_counts(),
+        (0, 0),
+        "a guest naming WASI 0.3 goes straight to its engine: the plain one is not asked"
+    );
     let p2 = second.load(&example("hello")).unwrap();
     assert!(p2.from_cache() && !p2.is_concurrent(), "{p2:?}");
     let entries = walk(dir.path());
