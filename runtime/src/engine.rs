@@ -109,7 +109,9 @@ impl EngineConfig {
             // `slot_keep_resident` bytes of them are copied back from the image instead of being dropped with
             // madvise. madvise costs a TLB shootdown on every core plus a page fault per page on the next
             // request, so a small guest is faster with its few written pages kept; a big one (an interpreter's
-            // heap) has the rest dropped, so an idle slot never holds more than this.
+            // heap) has the rest dropped, so an idle slot never holds more than this. Where the kernel reports
+            // never-touched pages as written, wasmtime 50's scan spends the budget on those instead
+            // (docs/performance.md, `bench/pagemap-fix.sh`).
             .pagemap_scan(Enabled::Auto)
             .linear_memory_keep_resident(self.slot_keep_resident as usize)
             .table_keep_resident(16 << 10)
