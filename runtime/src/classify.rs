@@ -101,6 +101,11 @@ pub(crate) fn names_wasi_p3(bytes: &[u8]) -> bool {
                 .split_once('@')
                 .is_some_and(|(_, version)| version.starts_with("0.3."))
     };
+    // A name may carry its version's tail separately (`version_suffix`), or name the interface it
+    // implements: both count.
+    let names_p3 = |name: wasmparser::ComponentExternName<'_>| {
+        is_p3(&name.full_name()) || name.full_implements().is_some_and(|i| is_p3(&i))
+    };
     let mut parser = Parser::new(0);
     let mut data = bytes;
     loop {
@@ -111,10 +116,10 @@ pub(crate) fn names_wasi_p3(bytes: &[u8]) -> bool {
         let named = match payload {
             Payload::ComponentImportSection(imports) => imports
                 .into_iter()
-                .any(|i| i.is_ok_and(|i| is_p3(i.name.name))),
+                .any(|i| i.is_ok_and(|i| names_p3(i.name))),
             Payload::ComponentExportSection(exports) => exports
                 .into_iter()
-                .any(|e| e.is_ok_and(|e| is_p3(e.name.name))),
+                .any(|e| e.is_ok_and(|e| names_p3(e.name))),
             Payload::End(_) => return false,
             _ => false,
         };
