@@ -9,49 +9,19 @@
 //! samples; prints each call's median nanoseconds)
 
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
 use std::time::Instant;
+use wasmhttp_bench::pagemap::{PAGE, PRESENT, Query, Region, anonymous_pages, scan};
 use wasmhttp_runtime::confine::{CapabilitySet, SeccompMode, confine};
 
-/// `PAGEMAP_SCAN` and its argument (`struct pm_scan_arg`, Linux 6.7): report which of a range's pages
-/// are present, as wasmtime asks which were written.
-const PAGEMAP_SCAN: libc::c_ulong = 0xc060_6610;
-const PAGE_IS_PRESENT: u64 = 1 << 3;
-
-#[repr(C)]
-struct PmScanArg {
-    size: u64,
-    flags: u64,
-    start: u64,
-    end: u64,
-    walk_end: u64,
-    vec: u64,
-    vec_len: u64,
-    max_pages: u64,
-    category_inverted: u64,
-    category_mask: u64,
-    category_anyof_mask: u64,
-    return_mask: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct PageRegion {
-    start: u64,
-    end: u64,
-    categories: u64,
-}
-
 const SAMPLES: usize = 5;
-const PAGE: usize = 4096;
 const PAGES: usize = 16;
 
 struct Calls {
     sender: UdpSocket,
     receiver: UdpSocket,
-    memory: *mut libc::c_void,
+    memory: *mut u8,
     pagemap: std::fs::File,
-    regions: Vec<PageRegion>,
+    regions: Vec<Region>,
 }
 
 impl Calls {
@@ -60,26 +30,14 @@ impl Calls {
         let sender = UdpSocket::bind("127.0.0.1:0")?;
         sender.connect(receiver.local_addr()?)?;
         receiver.set_nonblocking(true)?;
-        // SAFETY: a fresh private anonymous mapping, used only by this struct.
-        let memory = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                PAGE * PAGES,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if memory == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
+        // A mapping of its own, used only by this struct.
+        let memory = anonymous_pages(PAGES)?;
         Ok(Calls {
             sender,
             receiver,
             memory,
             pagemap: std::fs::File::open("/proc/self/pagemap")?,
-            regions: vec![PageRegion::default(); PAGES],
+            regions: vec![Region::default(); PAGES],
         })
     }
 
@@ -100,27 +58,21 @@ impl Calls {
             }
             // SAFETY: `memory` is this struct's own mapping of PAGES pages.
             3 => unsafe {
-                libc::madvise(self.memory, PAGE, libc::MADV_DONTNEED);
+                libc::madvise(self.memory.cast(), PAGE, libc::MADV_DONTNEED);
             },
             _ => {
-                let mut scan = PmScanArg {
-                    size: size_of::<PmScanArg>() as u64,
-                    flags: 0,
-                    start: self.memory as u64,
-                    end: self.memory as u64 + (PAGE * PAGES) as u64,
-                    walk_end: 0,
-                    vec: self.regions.as_mut_ptr() as u64,
-                    vec_len: PAGES as u64,
-                    max_pages: 0,
-                    category_inverted: 0,
-                    category_mask: 0,
-                    category_anyof_mask: PAGE_IS_PRESENT,
-                    return_mask: PAGE_IS_PRESENT,
+                let query = Query {
+                    anyof: PRESENT,
+                    returned: PRESENT,
+                    ..Query::default()
                 };
-                // SAFETY: the argument and its region vector outlive the call.
-                unsafe {
-                    libc::ioctl(self.pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut scan);
-                }
+                let _ = scan(
+                    &self.pagemap,
+                    self.memory,
+                    PAGE * PAGES,
+                    query,
+                    &mut self.regions,
+                );
             }
         }
     }
