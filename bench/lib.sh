@@ -27,14 +27,15 @@ wait_for() {
 
 # run_wrk NAME PORT CONNECTIONS COMMAND...: starts the server, warms it up, measures with wrk while sampling
 # the server's PSS, reads its peak RSS, stops it; appends "NAME rps p50 p99 peak_rss_mib peak_pss_mib" to
-# $out/results. The readiness wait allows $ready_tries × 50 ms (compiles of big guests take seconds).
+# $out/results. The readiness wait allows $ready_tries × 50 ms (compiles of big guests take seconds); wrk asks
+# for $target_path (default /).
 run_wrk() {
-  local name=$1 port=$2 conns=$3; shift 3
+  local name=$1 port=$2 conns=$3 url="http://127.0.0.1:$2${target_path:-/}"; shift 3
   mkdir -p "$(dirname "$out/$name")"
   "$@" >"$out/$name.log" 2>&1 &
   local pid=$!
   wait_for "$port" "${ready_tries:-200}"
-  wrk -t2 -c"$conns" -d2s "http://127.0.0.1:$port/" >/dev/null
+  wrk -t2 -c"$conns" -d2s "$url" >/dev/null
   (
     peak=0
     while kill -0 "$pid" 2>/dev/null; do
@@ -44,7 +45,7 @@ run_wrk() {
     done
   ) &
   local sampler=$!
-  wrk -t2 -c"$conns" -d"$duration" --latency "http://127.0.0.1:$port/" >"$out/$name.wrk"
+  wrk -t2 -c"$conns" -d"$duration" --latency "$url" >"$out/$name.wrk"
   local rss pss
   rss=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status")
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true

@@ -7,8 +7,8 @@ use wasmhttp_tests::containerd::*;
 use wasmhttp_tests::netns::NetNs;
 
 /// The capabilities the server keeps (shim/src/confine.rs): DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER,
-/// NET_BIND_SERVICE, SYS_ADMIN.
-const KEPT: u64 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 10) | (1 << 21);
+/// SETGID, SETUID, NET_BIND_SERVICE, SYS_ADMIN.
+const KEPT: u64 = (1 << 1) | (1 << 2) | (1 << 3) | (1 << 6) | (1 << 7) | (1 << 10) | (1 << 21);
 
 /// A field of `/proc/PID/status`.
 fn status_field(pid: i32, field: &str) -> String {
@@ -68,7 +68,7 @@ fn serve_in_namespace(
 
 #[cfg(target_arch = "x86_64")]
 #[test]
-fn the_shim_server_keeps_five_capabilities_and_its_kernel_refuses_calls_outside_the_allowlist() {
+fn the_shim_server_keeps_seven_capabilities_and_its_kernel_refuses_calls_outside_the_allowlist() {
     let containerd = Containerd::start();
     let netns = NetNs::create("wasmhttp-confine", "10.213.81", "whcnf");
     let (pid, addr) = serve_in_namespace(&containerd, &netns, "confined", &[]);

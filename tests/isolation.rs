@@ -288,57 +288,94 @@ fn a_compile_cache_entry_copied_under_another_digest_is_recompiled_not_run() {
 }
 
 #[test]
-fn a_user_other_than_root_is_refused_a_writable_volume() {
+fn a_containers_user_reads_and_writes_volumes_with_its_own_rights_as_under_runc() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
     let containerd = Containerd::start();
     let dir = tempfile::tempdir().unwrap();
     let rootfs = dir.path().join("rootfs");
     std::fs::create_dir(&rootfs).unwrap();
-    std::fs::copy(example("hello"), rootfs.join("app.wasm")).unwrap();
+    std::fs::copy(example("probe"), rootfs.join("app.wasm")).unwrap();
     let volume = dir.path().join("volume");
     std::fs::create_dir(&volume).unwrap();
+    std::fs::set_permissions(&volume, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for (name, mode, gid) in [
+        ("public", 0o644, 0),
+        ("secret", 0o600, 0),
+        ("team", 0o640, 2000),
+    ] {
+        let path = volume.join(name);
+        std::fs::write(&path, name).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        chown(&path, Some(0), Some(gid)).unwrap();
+    }
+    std::fs::create_dir(volume.join("mine")).unwrap();
+    chown(volume.join("mine"), Some(1000), Some(1000)).unwrap();
     // ctr 1.6 has no --user: start from its default spec, as an operator's tooling would.
-    let port = free_port();
-    let spec_of =
-        |mode: &str| {
-            let mut spec: serde_json::Value =
-                serde_json::from_str(&containerd.ctr_ok(&["oci", "spec"])).unwrap();
-            spec["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
-            spec["root"] = serde_json::json!({"path": rootfs});
-            spec["process"]["args"] = serde_json::json!(["/app.wasm"]);
-            spec["process"]["env"] = serde_json::json!([format!("PORT={port}")]);
-            spec["linux"]["namespaces"]
-                .as_array_mut()
-                .unwrap()
-                .retain(|ns| ns["type"] != "network");
-            spec["mounts"].as_array_mut().unwrap().push(serde_json::json!({
-            "destination": "/data", "type": "bind", "source": volume, "options": ["rbind", mode]
-        }));
-            let path = dir.path().join(format!("spec-{mode}.json"));
-            std::fs::write(&path, spec.to_string()).unwrap();
-            path
-        };
-    let (rw, ro) = (spec_of("rw"), spec_of("ro"));
-    let run = |spec: &std::path::Path, id: &str, mode: &str| {
-        let config = spec.to_str().unwrap();
-        ctr_run(&containerd, mode, &["--config", config, id])
+    let run = |id: &str, user: serde_json::Value| {
+        let port = free_port();
+        let mut spec: serde_json::Value =
+            serde_json::from_str(&containerd.ctr_ok(&["oci", "spec"])).unwrap();
+        spec["process"]["user"] = user;
+        spec["root"] = serde_json::json!({"path": rootfs});
+        spec["process"]["args"] = serde_json::json!(["/app.wasm"]);
+        spec["process"]["env"] = serde_json::json!([format!("PORT={port}")]);
+        spec["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|ns| ns["type"] != "network");
+        spec["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({
+                "destination": "/data", "type": "bind", "source": volume, "options": ["rbind", "rw"]
+            }));
+        let path = dir.path().join(format!("{id}.json"));
+        std::fs::write(&path, spec.to_string()).unwrap();
+        let output = ctr_run(&containerd, "-d", &["--config", path.to_str().unwrap(), id]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let addr = ([127, 0, 0, 1], port).into();
+        let body = wait_for_200_at(
+            addr,
+            "/?read=/data/public&read=/data/secret&read=/data/team&write=/data/mine/out&write=/data/root-owned",
+        );
+        kill_now(&containerd, id);
+        body.lines().map(str::to_string).collect::<Vec<_>>()
     };
-    let output = run(&rw, "user1", "--rm");
-    let _ = containerd.ctr(&["container", "rm", "user1"]);
-    let err = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success()
-            && err.contains("process.user is 1000:1000")
-            && err.contains("writable mount /data"),
-        "{err}"
+    let verdicts =
+        |lines: &[String]| -> Vec<bool> { lines.iter().map(|l| l.contains(" allowed")).collect() };
+
+    let user = run(
+        "user1000",
+        serde_json::json!({"uid": 1000, "gid": 1000, "additionalGids": [2000]}),
     );
-    let output = run(&ro, "user2", "-d");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    assert_eq!(
+        verdicts(&user),
+        [true, false, true, true, false],
+        "public, secret (root's), team (group 2000), mine/out (the user's directory), root-owned: {user:?}"
     );
-    wait_for_200(([127, 0, 0, 1], port).into());
-    kill_now(&containerd, "user2");
+    assert!(user[1].contains("denied"), "{user:?}");
+    let written = std::fs::metadata(volume.join("mine/out")).unwrap();
+    assert_eq!(
+        (written.uid(), written.gid()),
+        (1000, 1000),
+        "owned by the user"
+    );
+    assert!(!volume.join("root-owned").exists());
+
+    let without_group = run("nogroup", serde_json::json!({"uid": 1000, "gid": 1000}));
+    assert!(!verdicts(&without_group)[2], "{without_group:?}");
+
+    // Root in the container has root's rights, so the same probe can see everything.
+    let root = run("root", serde_json::json!({"uid": 0, "gid": 0}));
+    assert_eq!(verdicts(&root), [true; 5], "{root:?}");
+    assert_eq!(
+        std::fs::metadata(volume.join("root-owned")).unwrap().uid(),
+        0
+    );
 }
 
 /// Answers `200 ok` to each connection on `listener` until `count` connections came, counting them.

@@ -6,12 +6,13 @@ use clap::Args;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 use wasmhttp_runtime::prometheus::{MetricsEndpoint, MetricsSet, Observed};
 use wasmhttp_runtime::telemetry::{RequestTracer, TracingConfig};
 use wasmhttp_runtime::{
-    Capabilities, CommandIo, EngineConfig, GuestOutput, Layers, Limits, Preopen, Runtime, Service,
-    Source, fold,
+    Capabilities, CommandIo, EngineConfig, FileUser, GuestOutput, Layers, Limits, Preopen, Runtime,
+    Service, Source, fold,
 };
 
 /// Where `wasmhttp run` serves when `--listen` is not given.
@@ -37,6 +38,10 @@ pub struct RunArgs {
     /// Directory for the guest, HOST:GUEST or HOST:GUEST:ro (repeatable).
     #[arg(long = "dir", value_name = "HOST:GUEST[:ro]", value_parser = parse_dir)]
     dirs: Vec<Preopen>,
+    /// Check the guest's access to `--dir` directories as this user, as a container's `process.user`
+    /// (UID:GID or UID:GID:GROUP,GROUP…; needs root).
+    #[arg(long, value_name = "UID:GID[:GROUPS]", value_parser = parse_user)]
+    user: Option<FileUser>,
     /// Host the guest may send outbound HTTP requests to (repeatable; `*` for any).
     #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
     allow_hosts: Vec<String>,
@@ -73,6 +78,21 @@ fn parse_dir(text: &str) -> Result<Preopen, String> {
     }
 }
 
+fn parse_user(text: &str) -> Result<FileUser, String> {
+    let invalid = || format!("{text:?} is not UID:GID or UID:GID:GROUP,GROUP…");
+    let mut parts = text.splitn(3, ':');
+    let id = |part: Option<&str>| part.and_then(|p| p.parse::<u32>().ok()).ok_or_else(invalid);
+    let (uid, gid) = (id(parts.next())?, id(parts.next())?);
+    let groups = match parts.next() {
+        None => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|g| g.parse::<u32>().map_err(|_| invalid()))
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(FileUser { uid, gid, groups })
+}
+
 impl RunArgs {
     /// The flags folded over the same built-in defaults the shim uses. Whoever runs the CLI is the operator
     /// of what it serves, so the flags take the place of the OCI spec (which the default only stands in for)
@@ -99,6 +119,7 @@ impl RunArgs {
                 .chain(self.args.iter().cloned())
                 .collect(),
             allowed_outbound_hosts: self.allow_hosts.clone(),
+            file_user: self.user.clone().map(Arc::new),
             // The host's network and resolver, minus the link-local (cloud metadata) ranges.
             ..Capabilities::default()
         }
@@ -134,6 +155,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // while the runtime's HTTP workers serve them.
     let tokio = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .on_thread_start(wasmhttp_runtime::reset_thread_file_rights)
         .build()
         .context("starting tokio")?;
     if !app.kind().is_http() {
@@ -284,6 +306,18 @@ mod tests {
         assert!(ro.read_only && ro.guest == "/data");
         assert!(!parse_dir("/srv:/data").unwrap().read_only);
         assert!(parse_dir("/srv").is_err());
+        assert_eq!(
+            parse_user("1000:1001:5,6").unwrap(),
+            FileUser {
+                uid: 1000,
+                gid: 1001,
+                groups: vec![5, 6]
+            }
+        );
+        assert!(parse_user("1000:1001").unwrap().groups.is_empty());
+        for bad in ["1000", "a:1", "1:2:x"] {
+            assert!(parse_user(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

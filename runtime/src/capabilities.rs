@@ -1,5 +1,6 @@
 //! What a guest may touch. The default is nothing: no directories, no host environment, no network.
 
+use crate::identity::{FileUser, as_shim};
 use crate::outbound::{IpRange, OutboundPolicy, SharedDialer, default_denied_ranges};
 use crate::output::InstanceOutput;
 use std::path::PathBuf;
@@ -33,6 +34,9 @@ pub struct Capabilities {
     pub denied_outbound: Vec<IpRange>,
     /// Where outbound connections are resolved and opened (by default the host's network).
     pub dialer: SharedDialer,
+    /// The user whose rights the guest's file access in [`Capabilities::preopens`] has, when it is not
+    /// the runtime's own (a container's `process.user` other than root).
+    pub file_user: Option<Arc<FileUser>>,
 }
 
 impl Default for Capabilities {
@@ -44,13 +48,24 @@ impl Default for Capabilities {
             allowed_outbound_hosts: Vec::new(),
             denied_outbound: default_denied_ranges(),
             dialer: SharedDialer::default(),
+            file_user: None,
         }
     }
 }
 
 impl Capabilities {
-    /// Checks that every preopened directory exists, so a mistake fails at load time and not per request.
+    /// Checks that every preopened directory exists and that the runtime can take on the file user's
+    /// rights, so a mistake fails at load time and not per request.
     pub fn validate(&self) -> Result<(), crate::Error> {
+        if let Some(user) = self.guest_file_user() {
+            user.check().map_err(|e| {
+                crate::Error::Capability(format!(
+                    "cannot give the guest the file rights of user {}:{} (this needs CAP_SETUID and \
+                     CAP_SETGID): {e}",
+                    user.uid, user.gid
+                ))
+            })?;
+        }
         for preopen in &self.preopens {
             if !preopen.host.is_dir() {
                 return Err(crate::Error::Capability(format!(
@@ -78,15 +93,23 @@ impl Capabilities {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        // Path operations run on the polling thread, which has the file user's rights (crate::identity).
+        builder.allow_blocking_current_thread(self.guest_file_user().is_some());
         for preopen in &self.preopens {
             let perms = if preopen.read_only {
                 FsPerms::ReadOnly
             } else {
                 FsPerms::ReadWrite
             };
-            builder.preopened_dir(&preopen.host, &preopen.guest, perms)?;
+            // The shim opens the volume, as runc mounts it; what is inside is the user's to reach.
+            as_shim(|| builder.preopened_dir(&preopen.host, &preopen.guest, perms))?;
         }
         Ok(builder)
+    }
+
+    /// The user whose rights the guest's tasks are polled with: none when the guest has no directories.
+    pub(crate) fn guest_file_user(&self) -> Option<Arc<FileUser>> {
+        self.file_user.clone().filter(|_| !self.preopens.is_empty())
     }
 
     /// The outbound gate of an instance whose requests are charged to `meter`.

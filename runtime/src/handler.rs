@@ -7,6 +7,7 @@ use crate::classify::WasiVersion;
 use crate::cpu::CpuMeter;
 use crate::deadline::with_timeout;
 use crate::engine::Runtime;
+use crate::identity::AsUser;
 use crate::instance::{Guarded, InstanceGuard, InstanceIo, InstanceState, finish, new_store};
 use crate::knobs::Limits;
 use crate::knobs::value::MAX_DURATION;
@@ -62,6 +63,14 @@ pub(crate) struct Tracing {
 }
 
 impl Shared {
+    /// A task that runs this service's guest code: metered, and polled with the guest's file rights.
+    pub(crate) fn guest_task<F: Future>(&self, task: F) -> Metered<AsUser<F>> {
+        Metered::new(
+            AsUser::new(task, self.caps.guest_file_user()),
+            self.meter.clone(),
+        )
+    }
+
     pub(crate) fn limits(&self) -> Arc<Limits> {
         self.limits
             .read()
@@ -218,10 +227,14 @@ async fn fresh(
 ) -> Ending {
     let (sender, receiver) = oneshot::channel();
     // Metered from setup to teardown: building the store and returning its memory are the request's CPU too.
-    let instance = shared.tasks.spawn(Metered::new(
-        run_instance(shared.clone(), limits, request, sender, permit, traceparent),
-        shared.meter.clone(),
-    ));
+    let instance = shared.tasks.spawn(shared.guest_task(run_instance(
+        shared.clone(),
+        limits,
+        request,
+        sender,
+        permit,
+        traceparent,
+    )));
     match receiver.await {
         Ok(Ok(response)) => Ending::Answer(Answer::Response(response)),
         Ok(Err(code)) => Ending::Answer(Answer::GuestError(error_code_name(&code))),

@@ -93,6 +93,7 @@ impl Worker {
             .spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
+                    .on_thread_start(crate::identity::reset_thread_file_rights)
                     .build();
                 match runtime {
                     Ok(runtime) => {

@@ -6,7 +6,8 @@ use crate::limits::oci_limits;
 use crate::rootfs::RootFs;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use std::path::{Path, PathBuf};
-use wasmhttp_runtime::{Capabilities, Layers, Limits, Preopen, Source, fold};
+use std::sync::Arc;
+use wasmhttp_runtime::{Capabilities, FileUser, Layers, Limits, Preopen, Source, fold};
 
 /// Annotation CRI puts on every container of a pod.
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
@@ -207,19 +208,14 @@ pub fn load(
     };
     let preopens = preopens(&spec);
     let user = process.user();
-    if let Some(writable) = preopens.iter().find(|p| !p.read_only)
-        && (user.uid() != 0 || user.gid() != 0)
-    {
-        // Guest file I/O runs as the shim (root): under another user a writable volume would be written
-        // as root, so refuse rather than pretend.
-        return Err(invalid(format!(
-            "process.user is {}:{}, but wasmhttp does file I/O as root, so it cannot give that user the \
-             writable mount {}: mount it read-only, or run the container as user 0",
-            user.uid(),
-            user.gid(),
-            writable.guest
-        )));
-    }
+    // Root in the container has root's file rights, as under runc; anyone else has their own.
+    let file_user = (user.uid() != 0).then(|| {
+        Arc::new(FileUser {
+            uid: user.uid(),
+            gid: user.gid(),
+            groups: user.additional_gids().clone().unwrap_or_default(),
+        })
+    });
     let mut guest_args = if args.is_empty() {
         vec![entry.clone()]
     } else {
@@ -235,6 +231,7 @@ pub fn load(
             env,
             args: guest_args,
             allowed_outbound_hosts: annotated.allowed_outbound_hosts,
+            file_user,
             ..Capabilities::default()
         },
         port,
@@ -440,39 +437,33 @@ mod tests {
     }
 
     #[test]
-    fn a_user_other_than_root_gets_no_writable_mount() {
-        let mounts = |options: &str| {
-            format!(
-                r#","mounts":[{{"destination":"/data","type":"bind","source":"/tmp","options":[{options}]}}]"#
+    fn the_containers_user_and_its_groups_are_the_guests_file_user() {
+        let with_user = |user: &str| {
+            config(
+                r#"["/app.wasm"]"#,
+                r#","mounts":[{"destination":"/data","type":"bind","source":"/tmp","options":["rbind","rw"]}]"#,
             )
-        };
-        let as_user = |extra: &str| {
-            config(r#"["/app.wasm"]"#, extra)
-                .replace(r#""uid":0,"gid":0"#, r#""uid":1000,"gid":1000"#)
+            .replace(r#""uid":0,"gid":0"#, user)
         };
         let files: &[(&str, &[u8])] = &[("app.wasm", b"\0asm\x01\0\0\0")];
-        let dir = bundle(&as_user(&mounts(r#""rbind","rw""#)), files);
-        let err = load(dir.path(), &[], &Layers::default(), 1 << 20)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("process.user is 1000:1000") && err.contains("writable mount /data"),
-            "{err}"
+        let file_user = |user: &str| {
+            let dir = bundle(&with_user(user), files);
+            let workload = load(dir.path(), &[], &Layers::default(), 1 << 20).unwrap();
+            assert_eq!(workload.capabilities.preopens.len(), 1);
+            workload.capabilities.file_user
+        };
+        assert_eq!(
+            file_user(r#""uid":1000,"gid":1001,"additionalGids":[2000,3000]"#).as_deref(),
+            Some(&FileUser {
+                uid: 1000,
+                gid: 1001,
+                groups: vec![2000, 3000]
+            })
         );
-        let dir = bundle(&as_user(&mounts(r#""rbind","ro""#)), files);
-        assert!(load(dir.path(), &[], &Layers::default(), 1 << 20).is_ok());
-        // CRI's writable /dev/shm in every container is no preopen, so it does not stand in a user's way.
-        let shm = r#","mounts":[{"destination":"/dev/shm","type":"bind","source":"/tmp","options":["rbind","rw"]}]"#;
-        let dir = bundle(&as_user(shm), files);
-        let workload = load(dir.path(), &[], &Layers::default(), 1 << 20).unwrap();
-        assert!(workload.capabilities.preopens.is_empty());
-        let dir = bundle(
-            &config(r#"["/app.wasm"]"#, &mounts(r#""rbind","rw""#)),
-            files,
-        );
-        assert!(
-            load(dir.path(), &[], &Layers::default(), 1 << 20).is_ok(),
-            "root may"
+        assert_eq!(
+            file_user(r#""uid":0,"gid":1000"#),
+            None,
+            "root keeps root's rights"
         );
     }
 

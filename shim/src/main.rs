@@ -184,8 +184,22 @@ async fn start_for_every_containerd(flags: Flags) -> Result<(), Error> {
 
 // One thread for the Task API, stdio and commands: HTTP connections run on the runtime's own workers, and a
 // multi-threaded runtime here only cost every shim process (three per container) its start-up and threads.
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        // Commands' guests run here, and a blocking thread started during their poll would keep their user.
+        .on_thread_start(wasmhttp_runtime::reset_thread_file_rights)
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(shim_main()),
+        Err(e) => {
+            eprintln!("{RUNTIME_ID}: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn shim_main() {
     let args: Vec<_> = std::env::args_os().collect();
     let flags = match containerd_shim::parse(&args[1..]) {
         Ok(flags) => flags,

@@ -1,5 +1,6 @@
 //! Probes what the guest is allowed to touch, for capability tests:
-//! `?read=PATH` reads a file, `?fetch=URL` sends an outbound GET. Each answers "allowed: …" or "denied: …".
+//! `?read=PATH` reads a file, `?write=PATH` creates (or replaces) one, `?fetch=URL` sends an outbound GET.
+//! Each answers "allowed: …" or "denied: …".
 
 use wstd::http::{Body, Client, Error, Request, Response};
 
@@ -12,6 +13,12 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
             match std::fs::read_to_string(path) {
                 Ok(text) => out.push_str(&format!("read allowed: {}\n", text.trim())),
                 Err(e) => out.push_str(&format!("read denied: {e}\n")),
+            }
+        }
+        if let Some(path) = pair.strip_prefix("write=") {
+            match std::fs::write(path, "written by the guest\n") {
+                Ok(()) => out.push_str("write allowed\n"),
+                Err(e) => out.push_str(&format!("write denied: {e}\n")),
             }
         }
         if let Some(url) = pair.strip_prefix("fetch=") {

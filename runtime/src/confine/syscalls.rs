@@ -179,6 +179,11 @@ const ANY_ARGUMENTS: &[(&str, &[libc::c_long])] = &[
             libc::SYS_waitid,
         ],
     ),
+    (
+        "a thread taking on a container user's file rights for a guest's poll, and giving them back \
+         (crate::identity): file-system ids and groups only, never the process's uid or gid",
+        &[libc::SYS_setfsuid, libc::SYS_setfsgid, libc::SYS_setgroups],
+    ),
     #[cfg(target_arch = "x86_64")]
     (
         "x86_64's older spellings, which glibc and std still use there",
@@ -316,6 +321,8 @@ mod tests {
             ("process_vm_writev", libc::SYS_process_vm_writev),
             ("pidfd_send_signal", libc::SYS_pidfd_send_signal),
             ("setuid", libc::SYS_setuid),
+            ("setresuid", libc::SYS_setresuid),
+            ("setgid", libc::SYS_setgid),
             ("chroot", libc::SYS_chroot),
         ] {
             assert!(!rules.contains_key(&call), "{name} is allowed");

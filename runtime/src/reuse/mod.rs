@@ -16,7 +16,6 @@ use crate::deadline::with_timeout;
 use crate::handler::Shared;
 use crate::instance::finish;
 use crate::knobs::Limits;
-use crate::metered::Metered;
 use crate::stats::FailureCause;
 use http::{Request, Response};
 use std::sync::atomic::Ordering::Relaxed;
@@ -163,9 +162,7 @@ fn start_instance(shared: &Arc<Shared>, generation: u64, limits: Arc<Limits>) ->
         slot: slot.clone(),
         jobs: receiver,
     };
-    shared
-        .tasks
-        .spawn(Metered::new(task.run(limits), shared.meter.clone()));
+    shared.tasks.spawn(shared.guest_task(task.run(limits)));
     slot
 }
 
