@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Python and JavaScript guests, one run, same machine: examples/python-http (WASI 0.2 and 0.3, componentize-py)
 # and examples/js-http (WASI 0.2, componentize-js) under wasmhttp (limits on; 0.2 with a fresh instance per
-# request, its default, and with serial reuse opted in, also with 4 requests running at once; 0.3 with its
-# default reuse) and under `wasmtime serve`
-# of the same wasmtime version (its defaults: it reuses 0.3 instances, never 0.2 ones). `wrk -t2 -c16` each.
+# request, its default, and with serial reuse opted in, also with as many requests running at once as there
+# are cores, and with 4; 0.3 with its default reuse) and under `wasmtime serve` of the same wasmtime version
+# (its defaults: it reuses 0.3 instances, never 0.2 ones). `wrk -t2 -c16` each.
 # Prints req/s, p50, p99, the server's peak RSS and peak PSS (sampled every 200 ms), with the ratio against
 # `wasmtime serve` on the same guest. Cold starts are bench/cold-start.sh's.
 # Usage: bench/guests.sh [DURATION]   (results also land in bench-out/guests.txt)
@@ -40,10 +40,14 @@ for guest in python-http python-http-p3 js-http; do
   if [ "$guest" != python-http-p3 ]; then
     run_wrk "wasmhttp-reuse/$guest" 18281 16 ./target/release/wasmhttp run "$wasm" --listen 127.0.0.1:18281 \
       --cache-dir "$cache" "${limits[@]}" --max-instance-reuse 1000 --max-concurrency 256
-    # Serial reuse keeps one live instance (and its heap) per request running at once: with 4 running and
-    # the rest queued, the two cores stay busy and a quarter of the instances stay resident.
-    run_wrk "wasmhttp-reuse-c4/$guest" 18281 16 ./target/release/wasmhttp run "$wasm" --listen 127.0.0.1:18281 \
-      --cache-dir "$cache" "${limits[@]}" --max-instance-reuse 1000 --max-concurrency 4
+    # Serial reuse keeps one live instance (and its heap) per request running at once. These guests do not
+    # wait on I/O, so as many running as there are cores keeps the cores busy with the fewest heaps resident
+    # (docs/performance.md); 4 shows what one more pair costs.
+    for running in "$(nproc)" 4; do
+      run_wrk "wasmhttp-reuse-c$running/$guest" 18281 16 ./target/release/wasmhttp run "$wasm" \
+        --listen 127.0.0.1:18281 --cache-dir "$cache" "${limits[@]}" --max-instance-reuse 1000 \
+        --max-concurrency "$running"
+    done
   fi
 done
 
