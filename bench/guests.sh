@@ -5,8 +5,9 @@
 # are cores, and with 4; 0.3 with its default reuse) and under `wasmtime serve` of the same wasmtime version
 # (its defaults: it reuses 0.3 instances, never 0.2 ones). `wrk -t2 -c16` each.
 # Prints req/s, p50, p99, the server's peak RSS and peak PSS (sampled every 200 ms), with the ratio against
-# `wasmtime serve` on the same guest. Cold starts are bench/cold-start.sh's.
-# Usage: bench/guests.sh [DURATION]   (results also land in bench-out/guests.txt)
+# `wasmtime serve` on the same guest; then the same guests' cold starts through containerd (bench/cold-start.sh,
+# COLD_RUNS starts each, default 3; COLD_START=0 skips them).
+# Usage: bench/guests.sh [DURATION]   (results also land in bench-out/guests.txt and bench-out/cold-start.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:-8s}"
@@ -55,3 +56,6 @@ done
   echo "wrk -t2 -c16 -d$duration --latency, $(nproc) cores (wrk shares them), wasmtime $wasmtime_version"
   print_table wasmtime-serve
 } | tee "$out/../guests.txt"
+
+# The cold starts of the same guests, in the same run: their own script, since it runs a private containerd.
+[ "${COLD_START:-1}" = 0 ] || bash bench/cold-start.sh "${COLD_RUNS:-3}"
