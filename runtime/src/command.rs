@@ -3,7 +3,6 @@
 use crate::capabilities::Capabilities;
 use crate::classify::WasiVersion;
 use crate::engine::{Code, Loaded, Runtime};
-use crate::identity::AsUser;
 use crate::instance::{
     Guarded, InstanceGuard, InstanceIo, InstanceState, P1State, finish, new_store,
 };
@@ -107,24 +106,14 @@ pub async fn run_command(
                         .run_concurrent(async |store| command.wasi_cli_run().call_run(store).await)
                         .await?
                 };
-                run_metered(
-                    &meter,
-                    limits.request_timeout,
-                    AsUser::new(run, caps.guest_file_user()),
-                )
-                .await
+                run_metered(&meter, limits.request_timeout, caps.guest_file_user(), run).await
             } else {
                 let pre = CommandPre::new(pre).map_err(link_error)?;
                 let run = async {
                     let command = pre.instantiate_async(&mut store).await?;
                     command.wasi_cli_run().call_run(&mut store).await
                 };
-                run_metered(
-                    &meter,
-                    limits.request_timeout,
-                    AsUser::new(run, caps.guest_file_user()),
-                )
-                .await
+                run_metered(&meter, limits.request_timeout, caps.guest_file_user(), run).await
             };
             conclude(
                 store,
@@ -145,12 +134,8 @@ pub async fn run_command(
                 let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                 start.call_async(&mut store, ()).await
             };
-            let result = run_metered(
-                &meter,
-                limits.request_timeout,
-                AsUser::new(run, caps.guest_file_user()),
-            )
-            .await;
+            let result =
+                run_metered(&meter, limits.request_timeout, caps.guest_file_user(), run).await;
             conclude(store, result.map(|()| 0))
         }
     };

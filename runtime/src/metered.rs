@@ -2,18 +2,21 @@
 //! that runs no guest code can be held back while the service owes CPU.
 
 use crate::cpu::CpuMeter;
+use crate::identity::{AsUser, FileUser};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-/// Runs a guest future metered by `meter` and bounded by `timeout`.
+/// Runs a guest future metered by `meter`, bounded by `timeout` and polled with `user`'s file rights.
 pub(crate) async fn run_metered<R>(
     meter: &Arc<CpuMeter>,
     timeout: Option<Duration>,
+    user: Option<Arc<FileUser>>,
     run: impl Future<Output = wasmtime::Result<R>>,
 ) -> wasmtime::Result<R> {
+    let run = AsUser::new(run, user);
     Metered::new(crate::deadline::with_timeout(timeout, run), meter.clone()).await
 }
 
