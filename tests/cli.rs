@@ -80,6 +80,49 @@ fn a_command_runs_with_args_and_env_and_returns_its_exit_code() {
     );
 }
 
+/// A WASI 0.3 guest lists a directory with `read-directory`, which wasmtime-wasi may run on a blocking
+/// thread; under `--user` it must still be checked with that user's rights, as a 0.2 listing is.
+#[test]
+fn a_wasi_03_directory_listing_is_checked_with_the_users_rights() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mode = |path: &std::path::Path, mode| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // The volume's root may be entered but not read by others; `open` may be read too.
+    std::fs::create_dir(dir.path().join("open")).unwrap();
+    std::fs::write(dir.path().join("open/visible"), "").unwrap();
+    mode(&dir.path().join("open"), 0o755);
+    mode(dir.path(), 0o711);
+    let volume = format!("{}:/data", dir.path().display());
+    let guest = example("hello-cli-p3");
+    let ls = |user: Option<&str>, path: &str| {
+        let mut args = vec!["run", "--no-cache", "--dir", &volume];
+        if let Some(user) = user {
+            args.extend(["--user", user]);
+        }
+        args.extend([guest.to_str().unwrap(), "--", "ls", path]);
+        let output = wasmhttp(&args);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.success(), stdout)
+    };
+    assert_eq!(
+        ls(None, "."),
+        (true, "open\n".into()),
+        "root lists the volume"
+    );
+    assert_eq!(
+        ls(Some("65534:65534"), "open"),
+        (true, "visible\n".into()),
+        "the user lists a directory others may read"
+    );
+    let (listed, stdout) = ls(Some("65534:65534"), ".");
+    assert!(
+        !listed && stdout.contains("read-directory .") && stdout.contains("Access"),
+        "the user may enter the volume's root but not list it: {stdout}"
+    );
+}
+
 #[test]
 fn a_service_serves_with_limits_and_drains_on_sigterm() {
     let cache = tempfile::tempdir().unwrap();
