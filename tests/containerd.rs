@@ -101,7 +101,7 @@ fn guest_logs_reach_the_log_file_and_two_services_run_at_once() {
         wait_for_200(([127, 0, 0, 1], p2).into()),
         "Hello from wasmhttp!\n"
     );
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = log_holding(&log, &["logger stdout: GET /", "logger stderr: GET /"]);
     assert!(
         text.contains("logger stdout: GET /") && text.contains("logger stderr: GET /"),
         "{text}"

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use wasmhttp_tests::binary;
 use wasmhttp_tests::containerd::{
-    Containerd, ctr_run, free_port, is_1_6, run_service, wait_for_200,
+    Containerd, ctr_run, free_port, is_1_6, log_holding, run_service, wait_for_200,
 };
 use wasmhttp_tests::registry::Registry;
 
@@ -121,7 +121,7 @@ fn a_layer_image_is_pushed_pulled_by_ctr_and_runs_with_limits() {
         ],
     );
     assert_eq!(wait_for_200(([127, 0, 0, 1], port).into()), "logged /\n");
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = log_holding(&log, &["logger stdout: GET /"]);
     assert!(text.contains("logger stdout: GET /"), "{text}");
     let metrics = containerd.ctr_ok(&["task", "metrics", "pulled"]);
     assert!(

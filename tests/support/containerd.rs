@@ -315,6 +315,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The text of the log file at `path` once it holds every one of `lines`, or what it holds after 10 s. Guest
+/// output reaches containerd's log through a writer thread of its own, so a response can come before its
+/// log lines are written.
+pub fn log_holding(path: &Path, lines: &[&str]) -> String {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if lines.iter().all(|line| text.contains(line))
+            || started.elapsed() > Duration::from_secs(10)
+        {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Polls `addr` until `/` answers 200; returns the body.
 pub fn wait_for_200(addr: SocketAddr) -> String {
     wait_for_200_at(addr, "/")
