@@ -28,6 +28,9 @@ pub fn io_error(context: &str) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
+/// How long the last replies get to be written once the shim has decided to exit.
+const REPLY_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Serves until Shutdown leaves no container.
 pub async fn serve(flags: Flags) -> Result<(), Error> {
     let path = flags.socket.trim_start_matches("unix://").to_string();
@@ -115,6 +118,11 @@ async fn serve_task_api(listener: UnixListener, flags: &Flags, path: &str) -> Re
     tracing::info!("shim serving on {}", flags.socket);
     exit.wait().await;
     tracing::info!("shim shutting down");
+    // The request that ended the shim (Shutdown, ShutdownSandbox) signalled the exit before returning its
+    // reply, and ttrpc's shutdown closes connections without waiting for replies still being written:
+    // containerd 2.x reports "failed to shutdown sandbox: ttrpc: closed" for a ShutdownSandbox cut that way.
+    server.stop_listen().await;
+    tokio::time::sleep(REPLY_GRACE).await;
     server.shutdown().await.unwrap_or_default();
     let _ = std::fs::remove_file(path);
     Ok(())
