@@ -121,10 +121,12 @@ async fn serve_task_api(listener: UnixListener, flags: &Flags, path: &str) -> Re
     // The request that ended the shim (Shutdown, ShutdownSandbox) signalled the exit before returning its
     // reply, and ttrpc's shutdown closes connections without waiting for replies still being written:
     // containerd 2.x reports "failed to shutdown sandbox: ttrpc: closed" for a ShutdownSandbox cut that way.
+    // The socket goes first, so a new container's `start` meanwhile binds a new server rather than
+    // connecting to this one, which accepts no more.
+    let _ = std::fs::remove_file(path);
     server.stop_listen().await;
     tokio::time::sleep(REPLY_GRACE).await;
     server.shutdown().await.unwrap_or_default();
-    let _ = std::fs::remove_file(path);
     Ok(())
 }
 
