@@ -272,14 +272,7 @@ async fn pod_lifecycle_through_cri() {
         .expect_err("exec must be refused");
     assert!(exec.message().contains("exec"), "{exec}");
     let log_file = log_dir.join("logger.log");
-    let started = Instant::now();
-    let log = loop {
-        let log = std::fs::read_to_string(&log_file).unwrap_or_default();
-        if log.contains(" stderr F ") || started.elapsed() > Duration::from_secs(10) {
-            break log;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let log = log_holding(&log_file, &[" stderr F "]);
     let line = log
         .lines()
         .find(|l| l.contains(" stdout F "))
