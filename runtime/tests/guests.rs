@@ -40,7 +40,7 @@ async fn walk_through(name: &str, hello: &str, log_line: &str, memory: OnRefused
     );
 
     assert_eq!(get_async(served.addr, "/log").await.status, 200, "{name}");
-    let logged = served.stdout.text();
+    let logged = served.stdout.holding(log_line);
     assert!(logged.contains(log_line), "{name} stdout: {logged:?}");
 
     let grower = get_async(served.addr, "/alloc/96").await;

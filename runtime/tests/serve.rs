@@ -71,7 +71,10 @@ async fn a_trap_is_a_500_and_the_next_request_is_served() {
         "{stats:?}"
     );
     assert!(
-        served.stderr.text().contains("deliberate panic"),
+        served
+            .stderr
+            .holding("deliberate panic")
+            .contains("deliberate panic"),
         "the guest's panic message reaches its stderr"
     );
 }
@@ -226,11 +229,11 @@ async fn guest_stdout_and_stderr_reach_the_callers_writers() {
         assert_eq!(get_async(served.addr, path).await.status, 200);
     }
     assert_eq!(
-        served.stdout.text(),
+        served.stdout.holding("GET /two"),
         "logger stdout: GET /one\nlogger stdout: GET /two\n"
     );
     assert_eq!(
-        served.stderr.text(),
+        served.stderr.holding("GET /two"),
         "logger stderr: GET /one\nlogger stderr: GET /two\n"
     );
 }

@@ -77,6 +77,19 @@ impl Capture {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
+    /// The text once it holds `needle`, or whatever it holds after 10 s: guest output is written by a
+    /// thread of its own (and a fresh instance's unfinished line when the instance drops), so it can
+    /// trail the response that caused it.
+    pub fn holding(&self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = self.text();
+            if text.contains(needle) || std::time::Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
     pub fn output(&self) -> GuestOutput {
         GuestOutput::new(self.clone())
     }
