@@ -31,7 +31,6 @@ for round in $(seq 1 "$rounds"); do
   done
 done
 
-median() { sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
 printf '%-8s %14s %14s %10s   (median req/s of %s rounds, wrk -t2 -c50 -d%s)\n' guest "root" "--user" "user/root" "$rounds" "$duration"
 for guest in hello read; do
   root=$(awk -v g="$guest" '$1 ~ "^root/" g "\\." {print $2}' "$out/results" | median)

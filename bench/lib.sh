@@ -58,6 +58,9 @@ run_wrk() {
   echo "$name $rps $p50 $p99 $rss $pss" >>"$out/results"
 }
 
+# median: the median of the numbers on stdin, one per line.
+median() { sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
+
 # rps_of NAME: the req/s recorded for NAME.
 rps_of() { awk -v n="$1" '$1 == n {print $2}' "$out/results"; }
 

@@ -31,6 +31,11 @@ enum Command {
     Install(install::InstallArgs),
 }
 
+/// Host memory `wasmhttp run` allocates for a service is charged to it (see `wasmhttp_runtime::ChargingAllocator`).
+#[cfg(feature = "host-memory-charging")]
+#[global_allocator]
+static ALLOCATOR: wasmhttp_runtime::ChargingAllocator = wasmhttp_runtime::ChargingAllocator;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -323,7 +323,6 @@ impl Runtime {
             .map_err(|e| crate::Error::Engine(e.clone()))
     }
 
-    /// The group in which this runtime's services share the host's CPUs by weight.
     /// The CPU meter of a service or command running `app` under `limits`. It starts owing what loading
     /// `app` cost, so a compile is held to the container's quota as the guest's own work is.
     pub(crate) fn meter_for(&self, limits: &crate::Limits, app: &Loaded) -> Arc<CpuMeter> {
@@ -336,6 +335,7 @@ impl Runtime {
         Arc::new(meter)
     }
 
+    /// The group in which this runtime's services share the host's CPUs by weight.
     pub(crate) fn cpu_shares(&self) -> Arc<CpuShares> {
         self.inner.cpu_shares.clone()
     }

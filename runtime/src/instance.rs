@@ -153,6 +153,7 @@ impl InstanceGuard {
             tracing::warn!(
                 service = %self.name,
                 wanted,
+                host_memory = self.meter.stats().host_account().bytes(),
                 limit = self.memory_per_instance.or(self.memory_total),
                 "memory growth refused: {}",
                 cause.reason()
@@ -184,8 +185,13 @@ impl ResourceLimiter for InstanceGuard {
     ) -> wasmtime::Result<bool> {
         let grow = (desired as u64).saturating_sub(current as u64);
         let wanted = self.held + grow;
+        // The service's host memory is its baseline: a growth that would not fit next to it even with no
+        // other instance live is this instance's fault, not an overload.
+        let host = self.meter.stats().host_account().bytes();
         let over_own_limit = self.memory_per_instance.is_some_and(|cap| wanted > cap)
-            || self.memory_total.is_some_and(|cap| wanted > cap);
+            || self
+                .memory_total
+                .is_some_and(|cap| wanted.saturating_add(host) > cap);
         if over_own_limit {
             self.refuse_memory(FailureCause::Memory, wanted);
             return Ok(false);

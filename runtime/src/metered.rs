@@ -1,5 +1,6 @@
-//! Metering of futures: every poll of a task is charged to its service's [`CpuMeter`], and host work
-//! that runs no guest code can be held back while the service owes CPU.
+//! Metering of futures: every poll of a task is charged to its service's [`CpuMeter`] (its CPU time) and
+//! host memory account (what it allocates), and host work that runs no guest code can be held back while
+//! the service owes CPU.
 
 use crate::cpu::CpuMeter;
 use crate::identity::{AsUser, FileUser};
@@ -92,6 +93,7 @@ impl<F: Future> Future for Metered<F> {
         }
         METERING.set(true);
         let guard = MeteringGuard;
+        let _charging = this.meter.stats().host_account().charging();
         let start = Instant::now();
         let result = inner.as_mut().poll(cx);
         if result.is_ready() {

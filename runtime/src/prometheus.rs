@@ -189,6 +189,11 @@ const GAUGES: &[(&str, &str, Value)] = &[
         |s, _| Some(Count(s.memory_peak)),
     ),
     (
+        "wasmhttp_host_memory_bytes",
+        "Host memory held for the service (connections, stores, wasi:http resources and bodies), counted against its memory limit.",
+        |s, _| Some(Count(s.host_memory)),
+    ),
+    (
         "wasmhttp_memory_limit_bytes",
         "The memory limit of all instances together.",
         |_, l| l.memory.map(Count),

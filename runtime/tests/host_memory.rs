@@ -1,5 +1,6 @@
-//! Host memory a guest makes the shim hold for it (`wasi:http` resources) is bounded by its memory limit.
-//! Alone in its own test binary so the RSS it samples is this test's.
+//! Host memory a guest makes the shim hold for it (`wasi:http` resources) is bounded by its memory limit
+//! and charged against it. Alone in its own test binary so the RSS it samples is this test's, and with
+//! the charging allocator the shim installs.
 
 mod common;
 
@@ -7,6 +8,66 @@ use common::*;
 use wasmhttp_runtime::*;
 
 const MIB: u64 = 1 << 20;
+
+#[global_allocator]
+static ALLOCATOR: ChargingAllocator = ChargingAllocator;
+
+/// The service's host memory once `done` holds of it, or after 5 s.
+async fn host_memory_reaches(served: &Served, done: impl Fn(u64) -> bool) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let bytes = served.handle.stats().host_memory;
+        if done(bytes) || std::time::Instant::now() > deadline {
+            return bytes;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_memory_held_for_a_guest_counts_against_its_memory_limit() {
+    let served = serve(
+        &runtime(),
+        "mem-hog",
+        Limits {
+            memory: Some(64 * MIB),
+            ..Limits::default()
+        },
+        Capabilities::default(),
+    );
+    let addr = served.addr;
+    // 48 MiB of linear memory fits the limit, and so do 400 fields of 48 KiB (19 MiB) held in the host.
+    assert_eq!(get_async(addr, "/?mib=48").await.status, 200);
+    let reply = get_async(addr, "/?fields=400").await;
+    assert_eq!(reply.body, "host holds 400 fields\n", "{reply:?}");
+    // Both at once do not: the growth is refused as the guest's own.
+    let reply = get_async(addr, "/?fields=400&mib=48").await;
+    assert_eq!(reply.status, 500, "{reply:?}");
+    assert!(reply.body.contains("memory limit"), "{reply:?}");
+    assert_eq!(
+        get_async(addr, "/?mib=48").await.status,
+        200,
+        "still serving"
+    );
+    let stats = served.handle.stats();
+    assert_eq!(
+        (stats.failed_memory, stats.failed_overload),
+        (1, 0),
+        "{stats:?}"
+    );
+
+    // While a request holds 100 fields, the service's figure shows them; they are given back after.
+    let holding = tokio::spawn(get_async(addr, "/?fields=100&mib=1&hold=1000"));
+    let fields = 100 * (48 << 10);
+    let shown = host_memory_reaches(&served, |bytes| bytes >= fields).await;
+    assert!(
+        shown >= fields,
+        "{shown} bytes charged while 100 fields are held"
+    );
+    assert_eq!(holding.await.unwrap().status, 200);
+    let left = host_memory_reaches(&served, |bytes| bytes <= 2 * MIB).await;
+    assert!(left <= 2 * MIB, "{left} bytes still charged");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resources_a_guest_makes_the_host_hold_are_bounded_by_its_memory_limit() {

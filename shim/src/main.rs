@@ -34,6 +34,10 @@ use containerd_shim::util::timestamp;
 use containerd_shim::{DeleteResponse, Error, Flags, StartOpts};
 use std::io::Write;
 
+/// Host memory the shim allocates for a service is charged to it (see `wasmhttp_runtime::ChargingAllocator`).
+#[global_allocator]
+static ALLOCATOR: wasmhttp_runtime::ChargingAllocator = wasmhttp_runtime::ChargingAllocator;
+
 /// The runtime type containerd knows us by.
 pub const RUNTIME_ID: &str = "io.containerd.wasmhttp.v1";
 

@@ -1,8 +1,8 @@
 //! The runtime's stats in containerd's cgroup `Metrics` types, so `ctr task metrics` and CRI stats read them.
 //!
 //! containerd decodes the type its host uses: cgroup v2 metrics when `/sys/fs/cgroup/cgroup.controllers`
-//! exists, v1 otherwise. Memory usage is the linear memory of live instances plus the service's compiled
-//! code; CPU usage is the CPU time spent running its instances.
+//! exists, v1 otherwise. Memory usage is the linear memory of live instances, the host memory held for
+//! the service and its compiled code; CPU usage is the CPU time spent running its instances.
 
 use containerd_shim::protos::cgroups::metrics as v1;
 use containerd_shim::protos::cgroups_v2::metrics as v2;
@@ -25,8 +25,8 @@ pub fn encode(
     code_size: u64,
     v2: bool,
 ) -> Result<Any, String> {
-    let usage = stats.memory_current + code_size;
-    let peak = stats.memory_peak + code_size;
+    let usage = stats.memory_current + stats.host_memory + code_size;
+    let peak = (stats.memory_peak + code_size).max(usage);
     let message: Box<dyn containerd_shim::protos::protobuf::MessageDyn> = if v2 {
         Box::new(v2::Metrics {
             memory: Some(v2::MemoryStat {
@@ -111,6 +111,7 @@ mod tests {
     fn both_cgroup_versions_carry_memory_and_cpu() {
         let stats = StatsSnapshot {
             memory_current: 1000,
+            host_memory: 200,
             cpu_time: std::time::Duration::from_millis(5),
             throttled_periods: 3,
             throttled_time: std::time::Duration::from_millis(7),
@@ -124,7 +125,7 @@ mod tests {
         let any = encode(&stats, &limits, 24, false).unwrap();
         assert_eq!(any.type_url, "io.containerd.cgroups.v1.Metrics");
         let decoded = v1::Metrics::parse_from_bytes(&any.value).unwrap();
-        assert_eq!(decoded.memory.usage.usage, 1024);
+        assert_eq!(decoded.memory.usage.usage, 1224);
         assert_eq!(decoded.memory.usage.limit, 4096);
         assert_eq!(decoded.cpu.usage.total, 5_000_000);
         assert_eq!(decoded.memory.usage.failcnt, 2);
@@ -144,7 +145,7 @@ mod tests {
                 decoded.memory.usage_limit,
                 decoded.cpu.usage_usec
             ),
-            (1024, 4096, 5000)
+            (1224, 4096, 5000)
         );
         assert_eq!(
             (decoded.cpu.nr_throttled, decoded.cpu.throttled_usec),

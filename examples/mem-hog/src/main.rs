@@ -1,6 +1,7 @@
 //! Allocates and touches `?mib=N` MiB of linear memory, then answers how much it holds; `&hold=MS` keeps
 //! holding it that many milliseconds before answering, so concurrent requests overlap for sure.
-//! `?fields=N` instead makes the host hold memory for it: N `wasi:http` fields resources of 48 KiB each.
+//! `?fields=N` makes the host hold memory for it: N `wasi:http` fields resources of 48 KiB each, held
+//! while `mib` (if given) is then allocated.
 
 use wstd::http::{Body, Error, Request, Response};
 
@@ -13,9 +14,10 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
             .and_then(|v| v.parse().ok())
     };
+    // Fields stay held until the answer, next to whatever linear memory `mib` then asks for.
+    let mut held = Vec::new();
     if let Some(count) = param("fields") {
         let value = vec![b'a'; 48 << 10];
-        let mut held = Vec::new();
         for _ in 0..count {
             let fields = wasip2::http::types::Fields::new();
             fields
@@ -23,7 +25,9 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
                 .map_err(|e| Error::msg(format!("{e:?}")))?;
             held.push(fields);
         }
-        return Ok(Response::new(format!("host holds {} fields\n", held.len()).into()));
+        if param("mib").is_none() {
+            return Ok(Response::new(format!("host holds {} fields\n", held.len()).into()));
+        }
     }
     let mib = param("mib").unwrap_or(1) as usize;
     let hold_ms = param("hold").unwrap_or(0);
@@ -36,5 +40,6 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
         wstd::task::sleep(wstd::time::Duration::from_millis(hold_ms)).await;
     }
     let sum: u64 = buf.iter().step_by(4096).map(|b| *b as u64).sum();
+    drop(held);
     Ok(Response::new(format!("held {mib} MiB (checksum {sum})\n").into()))
 }

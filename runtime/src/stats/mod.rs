@@ -4,6 +4,7 @@
 mod histogram;
 mod process;
 
+use crate::host_memory::Account;
 pub(crate) use histogram::Histogram;
 pub use histogram::{HistogramSnapshot, REQUEST_COUNT_BOUNDS};
 pub use process::ProcessMemory;
@@ -130,6 +131,8 @@ pub struct Stats {
     instances_live: AtomicU64,
     instances_peak: AtomicU64,
     connections_open: AtomicU64,
+    /// Host memory allocated for the service and not yet freed.
+    host: Account,
 }
 
 impl Default for Stats {
@@ -152,6 +155,7 @@ impl Default for Stats {
             instances_live: AtomicU64::new(0),
             instances_peak: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
+            host: Account::open(),
         }
     }
 }
@@ -204,6 +208,10 @@ pub struct StatsSnapshot {
     pub memory_current: u64,
     /// The most `memory_current` has been.
     pub memory_peak: u64,
+    /// Host memory the shim holds for the service (its connections, stores, `wasi:http` resources and
+    /// bodies, outbound requests), in bytes; counted against its memory limit with `memory_current`. Zero
+    /// unless the process's global allocator is [`crate::ChargingAllocator`].
+    pub host_memory: u64,
     /// Memory growths refused by a memory limit (of one instance or of the whole service). A guest may catch
     /// the failure and answer the request itself, so this can exceed `failed_memory + failed_overload`.
     pub memory_refusals: u64,
@@ -271,6 +279,7 @@ impl StatsSnapshot {
             throttled_time,
             memory_current,
             memory_peak,
+            host_memory,
             memory_refusals,
             in_flight,
             instances_live,
@@ -307,6 +316,7 @@ impl StatsSnapshot {
         self.throttled_time += *throttled_time;
         self.memory_current += memory_current;
         self.memory_peak += memory_peak;
+        self.host_memory += host_memory;
         self.memory_refusals += memory_refusals;
         self.in_flight += in_flight;
         self.instances_live += instances_live;
@@ -342,6 +352,7 @@ impl Stats {
             throttled_time: Duration::from_nanos(self.throttled_ns.load(Relaxed)),
             memory_current: self.memory_current.load(Relaxed),
             memory_peak: self.memory_peak.load(Relaxed),
+            host_memory: self.host.bytes(),
             memory_refusals: self.memory_refusals.load(Relaxed),
             in_flight: self.instances_live.load(Relaxed),
             instances_live: self.instances_live.load(Relaxed),
@@ -418,12 +429,14 @@ impl Stats {
         self.instances_live.fetch_sub(1, Relaxed);
     }
 
-    /// Charges `bytes` against `total` (if any); returns false, charging nothing, when it would not fit.
+    /// Charges `bytes` of linear memory against `total` (if any), which the service's host memory counts
+    /// against too; returns false, charging nothing, when it would not fit.
     pub(crate) fn try_grow_memory(&self, bytes: u64, total: Option<u64>) -> bool {
+        let host = self.host.bytes();
         let mut current = self.memory_current.load(Relaxed);
         loop {
             let next = current.saturating_add(bytes);
-            if total.is_some_and(|t| next > t) {
+            if total.is_some_and(|t| next.saturating_add(host) > t) {
                 return false;
             }
             match self
@@ -437,6 +450,11 @@ impl Stats {
                 Err(seen) => current = seen,
             }
         }
+    }
+
+    /// The account the service's host memory is charged to.
+    pub(crate) fn host_account(&self) -> &Account {
+        &self.host
     }
 
     pub(crate) fn memory_refused(&self) {
