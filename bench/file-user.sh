@@ -33,7 +33,7 @@ done
 
 printf '%-8s %14s %14s %10s   (median req/s of %s rounds, wrk -t2 -c50 -d%s)\n' guest "root" "--user" "user/root" "$rounds" "$duration"
 for guest in hello read; do
-  root=$(awk -v g="$guest" '$1 ~ "^root/" g "\\." {print $2}' "$out/results" | median)
-  user=$(awk -v g="$guest" '$1 ~ "^user/" g "\\." {print $2}' "$out/results" | median)
+  root=$(round_median root "$guest")
+  user=$(round_median user "$guest")
   printf '%-8s %14.0f %14.0f %9.2fx\n' "$guest" "$root" "$user" "$(echo "$user / $root" | bc -l)"
 done

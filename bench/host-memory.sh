@@ -36,8 +36,8 @@ done
   printf '%-12s %12s %12s %16s   (median req/s of %s rounds, wrk -t2 -c50 -d%s, %s cores)\n' guest uncharged \
     charged charged/uncharged "$rounds" "$duration" "$(nproc)"
   for guest in hello hello-p3 python-http; do
-    off=$(awk -v g="$guest" '$1 ~ "^uncharged/" g "\\." {print $2}' "$out/results" | median)
-    on=$(awk -v g="$guest" '$1 ~ "^charged/" g "\\." {print $2}' "$out/results" | median)
+    off=$(round_median uncharged "$guest")
+    on=$(round_median charged "$guest")
     printf '%-12s %12.0f %12.0f %15.3fx\n' "$guest" "$off" "$on" "$(echo "$on / $off" | bc -l)"
   done
 

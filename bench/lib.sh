@@ -61,6 +61,9 @@ run_wrk() {
 # median: the median of the numbers on stdin, one per line.
 median() { sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
 
+# round_median KIND GUEST: the median req/s of the rounds recorded as "KIND/GUEST.N" (N = 1, 2, …).
+round_median() { awk -v p="$1/$2." 'index($1, p) == 1 {print $2}' "$out/results" | median; }
+
 # rps_of NAME: the req/s recorded for NAME.
 rps_of() { awk -v n="$1" '$1 == n {print $2}' "$out/results"; }
 
