@@ -5,7 +5,6 @@ use crate::error::{Result, ShimError};
 use crate::events::{Event, Events};
 use crate::limits::oci_limits;
 use containerd_shim::protos::events::task::{TaskExit, TaskOOM};
-use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use oci_spec::runtime::LinuxResources;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,41 +18,8 @@ use wasmhttp_runtime::{
     StatsSnapshot, fold,
 };
 
-/// The exit status of a task whose Start failed (its port was taken, say): what runc reports for a process
-/// that could not be started, so kubelet shows the same `StartError`.
-pub const EXIT_START_FAILED: u32 = 128;
-
-/// The exit status of a command stopped at its memory limit: a SIGKILL's, which Kubernetes reads as OOMKilled
-/// together with the TaskOOM event.
-pub const EXIT_OOM: u32 = 137;
-
-/// How a container ended.
-#[derive(Debug, Clone, Copy)]
-pub struct Exit {
-    /// Exit status as containerd reports it (128 + signal when killed).
-    pub code: u32,
-    /// When it ended.
-    pub at: SystemTime,
-}
-
-impl Exit {
-    /// The protobuf timestamp of `at`.
-    pub fn timestamp(&self) -> Timestamp {
-        timestamp(self.at)
-    }
-}
-
-/// `at` as a protobuf timestamp.
-pub fn timestamp(at: SystemTime) -> Timestamp {
-    let since = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-        ..Default::default()
-    }
-}
+mod exit;
+pub use exit::{EXIT_OOM, EXIT_START_FAILED, Exit, timestamp};
 
 /// The task status containerd sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -531,68 +497,4 @@ impl wasmhttp_runtime::prometheus::Observed for Container {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use wasmhttp_runtime::EngineConfig;
-
-    fn sandbox(events: Events) -> Arc<Container> {
-        let workload = Workload {
-            payload: Payload::Sandbox,
-            layers: Default::default(),
-            limits: Limits::default(),
-            capabilities: Capabilities::default(),
-            port: 0,
-            network: Network::Host,
-            resolver_files: (None, None),
-            metrics: Default::default(),
-        };
-        let runtime = Runtime::new(EngineConfig {
-            max_instances: 4,
-            ..EngineConfig::default()
-        })
-        .unwrap();
-        let options = CreateOptions {
-            runtime,
-            stdout: GuestOutput::discard(),
-            stderr: GuestOutput::discard(),
-            events,
-            tracing: None,
-        };
-        Arc::new(Container::create("pod-sandbox", workload, options).unwrap())
-    }
-
-    #[tokio::test]
-    async fn the_pod_sandbox_runs_nothing_and_lives_until_killed() {
-        let (events, mut published) = Events::captured();
-        let sandbox = sandbox(events);
-        assert_eq!(sandbox.status(), Status::Created);
-        sandbox.start().unwrap();
-        assert_eq!(sandbox.status(), Status::Running);
-        assert!(
-            tokio::time::timeout(Duration::from_millis(200), sandbox.wait())
-                .await
-                .is_err(),
-            "it keeps running"
-        );
-        sandbox.set_paused(true).unwrap();
-        sandbox.set_paused(false).unwrap();
-        sandbox.kill(15, Duration::from_secs(1)).unwrap();
-        assert_eq!(sandbox.wait().await.code, 143);
-        assert_eq!(sandbox.status(), Status::Stopped);
-        let Some(Event::Exit(exit)) = published.recv().await else {
-            panic!("the exit event was published")
-        };
-        assert_eq!(
-            (exit.container_id.as_str(), exit.exit_status),
-            ("pod-sandbox", 143)
-        );
-        assert!(
-            matches!(sandbox.kill(9, Duration::ZERO), Err(ShimError::NotFound(_))),
-            "killing a stopped container"
-        );
-        assert!(
-            matches!(sandbox.start(), Err(ShimError::FailedPrecondition(_))),
-            "no restart"
-        );
-    }
-}
+mod tests;

@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex};
 use wasmhttp_oci::WASM_LAYER_TYPES;
 use wasmhttp_runtime::{Source, StatsSnapshot};
 
+mod create;
+
 /// Every container of this shim process, and the engine they share.
 pub struct TaskService {
     runtime: SharedRuntime,
@@ -43,60 +45,6 @@ impl TaskService {
             content,
             metrics: Default::default(),
             tracer: Default::default(),
-        }
-    }
-
-    /// Reads the wasm of a container whose code is an image layer rather than a file in its rootfs.
-    async fn read_image_layer(
-        &self,
-        id: &str,
-        layer: ImageLayer,
-        node: &NodeConfig,
-    ) -> Result<Payload> {
-        let max_bytes = node.engine.max_component_size;
-        let found = async {
-            let image = match &layer.image {
-                Some(image) if node.security.any_image_annotation => image.clone(),
-                Some(image) => {
-                    let own = self.content.image_of_container(id).await?;
-                    if *image != own {
-                        return Err(ShimError::InvalidArgument(format!(
-                            "annotation wasmhttp.io/image={image} names an image other than the \
-                             container's own ({}); this node lets it name only the container's own image \
-                             (its [security] image-annotation = \"any\" allows any)",
-                            if own.is_empty() { "none" } else { &own }
-                        )));
-                    }
-                    own
-                }
-                None => self.content.image_of_container(id).await?,
-            };
-            if image.is_empty() {
-                return Ok(None);
-            }
-            self.content.wasm_layer(&image, max_bytes).await
-        };
-        let no_layer = |why: String| {
-            ShimError::InvalidArgument(match &layer.not_in_rootfs {
-                Some(not_in_rootfs) => format!("{not_in_rootfs}, and {why}"),
-                None => why,
-            })
-        };
-        match found.await {
-            Ok(Some(wasm)) => {
-                tracing::info!(container = id, image = %wasm.image, digest = %wasm.digest, "wasm layer read from containerd's content store");
-                Ok(Payload::Wasm(Source::from_bytes(
-                    format!("{} ({} layer {})", layer.name, wasm.image, wasm.digest),
-                    wasm.bytes,
-                )))
-            }
-            Ok(None) => Err(no_layer(format!(
-                "the container's image {} has no wasm layer ({})",
-                layer.image.as_deref().unwrap_or("record"),
-                WASM_LAYER_TYPES.join(" or ")
-            ))),
-            Err(e) if layer.not_in_rootfs.is_some() => Err(no_layer(e.to_string())),
-            Err(e) => Err(e),
         }
     }
 
@@ -173,153 +121,6 @@ impl TaskService {
             .get(id)
             .cloned()
             .ok_or_else(|| ShimError::NotFound(format!("container {id} not found in this shim")))
-    }
-
-    async fn create_container(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
-        if req.terminal {
-            return Err(ShimError::InvalidArgument(
-                "wasmhttp does not support terminals (ctr run -t)".into(),
-            ));
-        }
-        if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
-            return Err(ShimError::Unimplemented(
-                "wasmhttp does not support checkpoint/restore".into(),
-            ));
-        }
-        if self.get(&req.id).is_ok() {
-            return Err(ShimError::AlreadyExists(format!(
-                "container {} already exists",
-                req.id
-            )));
-        }
-        let started = std::time::Instant::now();
-        let node = node_config::for_create(req.options.as_ref())?;
-        let pod_network = bundle::sandbox_id(Path::new(&req.bundle))
-            .and_then(|sandbox| self.get(&sandbox).ok())
-            .map(|sandbox| sandbox.network().clone());
-        let engine_started = std::time::Instant::now();
-        let runtime = self.runtime.get_or_build(&node.engine)?;
-        let engine_ready = engine_started.elapsed();
-        let events = self.events.clone();
-        let rootfs: Vec<RootfsMount> = req
-            .rootfs
-            .iter()
-            .map(|m| RootfsMount {
-                kind: m.type_.clone(),
-                source: m.source.clone(),
-                options: m.options.clone(),
-            })
-            .collect();
-        let (id, bundle_dir, stdout, stderr) = (
-            req.id.clone(),
-            PathBuf::from(&req.bundle),
-            req.stdout.clone(),
-            req.stderr.clone(),
-        );
-        let node_layers = wasmhttp_runtime::Layers {
-            node_defaults: node.defaults.clone(),
-            node_ceilings: node.ceilings.clone(),
-            ..Default::default()
-        };
-        let max_component_size = node.engine.max_component_size;
-        let bundle_started = std::time::Instant::now();
-        let mut workload = tokio::task::spawn_blocking(move || {
-            bundle::load(&bundle_dir, &rootfs, &node_layers, max_component_size)
-        })
-        .await
-        .map_err(|e| ShimError::Internal(format!("reading the bundle failed: {e}")))??;
-        let bundle_read = bundle_started.elapsed();
-        if let Payload::ImageLayer(layer) = workload.payload {
-            workload.payload = self.read_image_layer(&id, layer, &node).await?;
-        }
-        let metrics = workload.metrics.clone();
-        let metrics_port = metrics
-            .port(&node.metrics)
-            .map_err(ShimError::InvalidArgument)?;
-        let is_sandbox = matches!(workload.payload, Payload::Sandbox);
-        let pod_name = metrics.labels.iter().find(|(label, _)| label == "pod");
-        let tracer = self
-            .tracer
-            .get_or_build(&node.tracing, pod_name.map_or(&id, |(_, name)| name))
-            .map_err(ShimError::InvalidArgument)?;
-        let traced = tracer.map(|t| (t, crate::traces::span_attributes(&id, &metrics.labels)));
-        if let Some(port) = metrics_port.filter(|p| *p == workload.port && !is_sandbox) {
-            return Err(ShimError::InvalidArgument(format!(
-                "{}: port {port} is the service's own port",
-                metrics.origin(port)
-            )));
-        }
-        // Loading compiles (or deserializes) the wasm and opening fifos blocks: keep both off the executor.
-        let container = tokio::task::spawn_blocking(move || -> Result<Container> {
-            if bundle::is_shim_netns(&workload.network) {
-                workload.network = pod_network.ok_or_else(|| {
-                    ShimError::FailedPrecondition(
-                        "the container joins its pod sandbox's network namespace, but the sandbox \
-                         is not running in this shim"
-                            .into(),
-                    )
-                })?;
-            }
-            workload.confine_outbound(node.security.deny_outbound.clone());
-            let open = |path: &str| {
-                crate::stdio::open_output(path)
-                    .map_err(|e| ShimError::InvalidArgument(format!("cannot open {path}: {e}")))
-            };
-            let options = CreateOptions {
-                runtime,
-                stdout: open(&stdout)?,
-                stderr: open(&stderr)?,
-                events,
-                tracing: traced,
-            };
-            Container::create(&id, workload, options)
-        })
-        .await
-        .map_err(|e| ShimError::Internal(format!("create task failed: {e}")))??;
-        // Start-up time is what users compare runtimes on: say where it went (only a shim's first Create
-        // builds the engine).
-        tracing::info!(
-            container = %req.id,
-            engine_ms = engine_ready.as_secs_f64() * 1e3,
-            bundle_ms = bundle_read.as_secs_f64() * 1e3,
-            total_ms = started.elapsed().as_secs_f64() * 1e3,
-            "created"
-        );
-        let container = Arc::new(container);
-        if let Some(port) = metrics_port {
-            let set = self.metrics.join(port, container.network()).map_err(|e| {
-                ShimError::FailedPrecondition(format!("{}: {e}", metrics.origin(port)))
-            })?;
-            if !is_sandbox {
-                let mut labels = vec![("container_id".to_string(), req.id.clone())];
-                labels.extend(metrics.labels);
-                let source: std::sync::Weak<dyn wasmhttp_runtime::prometheus::Observed> =
-                    Arc::downgrade(&container) as _;
-                set.add(labels, source);
-            }
-        }
-        self.containers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(req.id.clone(), container);
-        self.events.send(Event::Create(TaskCreate {
-            container_id: req.id.clone(),
-            bundle: req.bundle.clone(),
-            rootfs: req.rootfs.clone(),
-            io: Some(TaskIO {
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-                ..Default::default()
-            })
-            .into(),
-            pid: std::process::id(),
-            ..Default::default()
-        }));
-        Ok(CreateTaskResponse {
-            pid: std::process::id(),
-            ..Default::default()
-        })
     }
 }
 

@@ -1,0 +1,235 @@
+use super::*;
+
+fn bundle(config: &str, files: &[(&str, &[u8])]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), config).unwrap();
+    for (name, bytes) in files {
+        let path = dir.path().join("rootfs").join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+    dir
+}
+
+fn config(args: &str, extra: &str) -> String {
+    format!(
+        r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},
+               "process":{{"user":{{"uid":0,"gid":0}},"cwd":"/","args":{args},"env":["PORT=9000","GREETING=hi"]}}
+               {extra}}}"#
+    )
+}
+
+#[test]
+fn the_containers_user_and_its_groups_are_the_guests_file_user() {
+    let with_user = |user: &str| {
+        config(
+                r#"["/app.wasm"]"#,
+                r#","mounts":[{"destination":"/data","type":"bind","source":"/tmp","options":["rbind","rw"]}]"#,
+            )
+            .replace(r#""uid":0,"gid":0"#, user)
+    };
+    let files: &[(&str, &[u8])] = &[("app.wasm", b"\0asm\x01\0\0\0")];
+    let file_user = |user: &str| {
+        let dir = bundle(&with_user(user), files);
+        let workload = load(dir.path(), &[], &Layers::default(), 1 << 20).unwrap();
+        assert_eq!(workload.capabilities.preopens.len(), 1);
+        workload.capabilities.file_user
+    };
+    assert_eq!(
+        file_user(r#""uid":1000,"gid":1001,"additionalGids":[2000,3000]"#).as_deref(),
+        Some(&FileUser {
+            uid: 1000,
+            gid: 1001,
+            groups: vec![2000, 3000]
+        })
+    );
+    assert_eq!(
+        file_user(r#""uid":0,"gid":1000"#),
+        None,
+        "root keeps root's rights"
+    );
+}
+
+#[test]
+fn a_bare_command_name_is_looked_up_in_the_containers_path() {
+    let wasm: &[u8] = b"\0asm\x01\0\0\0";
+    let source = |dir: &tempfile::TempDir| match load(dir.path(), &[], &Layers::default(), 1 << 20)
+        .unwrap()
+        .payload
+    {
+        Payload::Wasm(source) => source.name().to_string(),
+        _ => panic!("not read from the rootfs"),
+    };
+    // The spec's PATH, in order; the guest still sees the name it was given.
+    let dir = bundle(
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"user":{"uid":0,"gid":0},"cwd":"/","args":["top"],
+               "env":["PATH=/opt/missing:/opt/bin:/bin"]}}"#,
+        &[("opt/bin/top", wasm), ("bin/top", wasm)],
+    );
+    assert_eq!(source(&dir), "/opt/bin/top");
+    let workload = load(dir.path(), &[], &Layers::default(), 1 << 20).unwrap();
+    assert_eq!(workload.capabilities.args, ["top"]);
+    // No PATH: runc's default; not on it: the root.
+    let dir = bundle(&config(r#"["sh"]"#, ""), &[("bin/sh", wasm)]);
+    assert_eq!(source(&dir), "/bin/sh");
+    let dir = bundle(&config(r#"["app.wasm"]"#, ""), &[("app.wasm", wasm)]);
+    assert_eq!(source(&dir), "/app.wasm");
+    // A relative PATH entry is skipped (it would depend on the cwd).
+    assert_eq!(
+            command_paths(
+                "x",
+                &serde_json::from_str(
+                    r#"{"ociVersion":"1.0.2","process":{"user":{"uid":0,"gid":0},"cwd":"/","env":["PATH=bin:/b/"]}}"#
+                )
+                .unwrap()
+            ),
+            ["/b/x", "/x"]
+        );
+}
+
+#[test]
+fn a_wasm_bundle_is_read_with_env_port_limits_and_network() {
+    let extra = r#","linux":{"resources":{"memory":{"limit":1048576}},
+            "namespaces":[{"type":"network","path":"/var/run/netns/x"}]},
+            "mounts":[{"destination":"/data","type":"bind","source":"/tmp","options":["rbind","ro"]},
+                      {"destination":"/proc","type":"proc","source":"proc"}]"#;
+    let dir = bundle(
+        &config(r#"["/app.wasm","--flag"]"#, extra),
+        &[("app.wasm", b"\0asm\x01\0\0\0")],
+    );
+    let workload = load(dir.path(), &[], &Layers::default(), 1 << 20).unwrap();
+    assert!(matches!(workload.payload, Payload::Wasm(_)));
+    assert_eq!(workload.port, 9000);
+    assert_eq!(workload.capabilities.args, ["app.wasm", "--flag"]);
+    assert!(
+        workload
+            .capabilities
+            .env
+            .contains(&("GREETING".into(), "hi".into()))
+    );
+    assert_eq!(workload.limits.memory, Some(1 << 20));
+    assert_eq!(
+        workload.network,
+        Network::Namespace("/var/run/netns/x".into())
+    );
+    assert_eq!(
+        workload.capabilities.preopens,
+        [Preopen {
+            host: "/tmp".into(),
+            guest: "/data".into(),
+            read_only: true
+        }]
+    );
+}
+
+#[test]
+fn bad_bundles_are_named_in_the_error() {
+    let dir = bundle(&config("[]", ""), &[]);
+    let err = load(dir.path(), &[], &Layers::default(), 1 << 20)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("config.json: process.args is empty"), "{err}");
+
+    // Not in the rootfs: the Task service looks for a wasm layer in the image, and gives this error if none.
+    let dir = bundle(&config(r#"["/missing.wasm"]"#, ""), &[]);
+    let Payload::ImageLayer(layer) = load(dir.path(), &[], &Layers::default(), 1 << 20)
+        .unwrap()
+        .payload
+    else {
+        panic!("a missing file must be looked for in the image");
+    };
+    assert_eq!(layer.image, None);
+    let err = layer.not_in_rootfs.unwrap();
+    assert!(
+        err.contains("config.json: process.args[0] /missing.wasm does not exist"),
+        "{err}"
+    );
+
+    let annotated = r#","annotations":{"wasmhttp.io/image":"example.com/app:v1"}"#;
+    let dir = bundle(&config("[]", annotated), &[]);
+    let workload = load(dir.path(), &[], &Layers::default(), 1 << 20).unwrap();
+    let Payload::ImageLayer(layer) = &workload.payload else {
+        panic!("the annotation names the image to read");
+    };
+    assert_eq!(
+        layer,
+        &ImageLayer {
+            image: Some("example.com/app:v1".into()),
+            name: "app.wasm".into(),
+            not_in_rootfs: None
+        }
+    );
+    assert_eq!(workload.capabilities.args, ["app.wasm"]);
+
+    let dir = bundle(&config(r#"["/../etc/passwd"]"#, ""), &[]);
+    let payload = load(dir.path(), &[], &Layers::default(), 1 << 20)
+        .unwrap()
+        .payload;
+    assert!(
+        matches!(
+            payload,
+            Payload::ImageLayer(ImageLayer {
+                not_in_rootfs: Some(_),
+                ..
+            })
+        ),
+        "`..` stops at the container's root, so the host's /etc/passwd is not found: {payload:?}"
+    );
+
+    let dir = bundle("{not json", &[]);
+    let err = load(dir.path(), &[], &Layers::default(), 1 << 20)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot read bundle config") && err.contains("config.json"),
+        "{err}"
+    );
+
+    let dir = bundle(
+        &config(r#"["/a.wasm"]"#, "").replace("PORT=9000", "PORT=web"),
+        &[("a.wasm", b"x")],
+    );
+    let err = load(dir.path(), &[], &Layers::default(), 1 << 20)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("PORT=\"web\" is not a port number"), "{err}");
+}
+
+#[test]
+fn the_sandbox_container_needs_no_binary_and_overlay_layers_are_searched() {
+    let sandbox = config(
+        r#"["/pause"]"#,
+        r#","annotations":{"io.kubernetes.cri.container-type":"sandbox","io.kubernetes.cri.sandbox-id":"pod1"}"#,
+    );
+    let dir = bundle(&sandbox, &[]);
+    assert!(matches!(
+        load(dir.path(), &[], &Layers::default(), 1 << 20)
+            .unwrap()
+            .payload,
+        Payload::Sandbox
+    ));
+    assert_eq!(grouping_key(dir.path(), "c1"), "pod1");
+
+    let layers = tempfile::tempdir().unwrap();
+    let (lower, upper) = (layers.path().join("lower"), layers.path().join("upper"));
+    std::fs::create_dir_all(&lower).unwrap();
+    std::fs::create_dir_all(&upper).unwrap();
+    std::fs::write(lower.join("app.wasm"), b"lower").unwrap();
+    let mount = RootfsMount {
+        kind: "overlay".into(),
+        source: "overlay".into(),
+        options: vec![
+            format!("lowerdir={}", lower.display()),
+            format!("upperdir={}", upper.display()),
+        ],
+    };
+    let dir = bundle(&config(r#"["/app.wasm"]"#, ""), &[]);
+    let Payload::Wasm(source) = load(dir.path(), &[mount], &Layers::default(), 1 << 20)
+        .unwrap()
+        .payload
+    else {
+        panic!()
+    };
+    assert_eq!(source.bytes(), b"lower");
+    assert_eq!(grouping_key(dir.path(), "c1"), "c1");
+}

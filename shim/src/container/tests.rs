@@ -1,0 +1,63 @@
+use super::*;
+use wasmhttp_runtime::EngineConfig;
+
+fn sandbox(events: Events) -> Arc<Container> {
+    let workload = Workload {
+        payload: Payload::Sandbox,
+        layers: Default::default(),
+        limits: Limits::default(),
+        capabilities: Capabilities::default(),
+        port: 0,
+        network: Network::Host,
+        resolver_files: (None, None),
+        metrics: Default::default(),
+    };
+    let runtime = Runtime::new(EngineConfig {
+        max_instances: 4,
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let options = CreateOptions {
+        runtime,
+        stdout: GuestOutput::discard(),
+        stderr: GuestOutput::discard(),
+        events,
+        tracing: None,
+    };
+    Arc::new(Container::create("pod-sandbox", workload, options).unwrap())
+}
+
+#[tokio::test]
+async fn the_pod_sandbox_runs_nothing_and_lives_until_killed() {
+    let (events, mut published) = Events::captured();
+    let sandbox = sandbox(events);
+    assert_eq!(sandbox.status(), Status::Created);
+    sandbox.start().unwrap();
+    assert_eq!(sandbox.status(), Status::Running);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), sandbox.wait())
+            .await
+            .is_err(),
+        "it keeps running"
+    );
+    sandbox.set_paused(true).unwrap();
+    sandbox.set_paused(false).unwrap();
+    sandbox.kill(15, Duration::from_secs(1)).unwrap();
+    assert_eq!(sandbox.wait().await.code, 143);
+    assert_eq!(sandbox.status(), Status::Stopped);
+    let Some(Event::Exit(exit)) = published.recv().await else {
+        panic!("the exit event was published")
+    };
+    assert_eq!(
+        (exit.container_id.as_str(), exit.exit_status),
+        ("pod-sandbox", 143)
+    );
+    assert!(
+        matches!(sandbox.kill(9, Duration::ZERO), Err(ShimError::NotFound(_))),
+        "killing a stopped container"
+    );
+    assert!(
+        matches!(sandbox.start(), Err(ShimError::FailedPrecondition(_))),
+        "no restart"
+    );
+}
