@@ -65,8 +65,8 @@ median() { sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2
 round_median() { awk -v p="$1/$2." 'index($1, p) == 1 {print $2}' "$out/results" | median; }
 
 # paired_ratio KIND BASE GUEST: the median, over rounds, of KIND's req/s divided by BASE's in the same round.
-# Two runs next to each other share this VM's drift, which comes in swings of more than 10% over minutes;
-# the medians of each side taken apart do not cancel it.
+# Two runs next to each other share this VM's drift over minutes, which the medians of each side taken
+# apart do not cancel.
 paired_ratio() {
   awk -v a="$1/$3." -v b="$2/$3." '
     index($1, a) == 1 { x[substr($1, length(a) + 1)] = $2 }
