@@ -4,8 +4,9 @@
 #   2. hello req/s through the shim (`wrk -t2 -c50`, the service on the host network), and the shim's CPU
 #      per request (its utime + stime over the requests wrk counted), which wrk sharing the cores disturbs less
 # for the shims:
-#   enforce — this tree's shim as shipped: capabilities dropped, seccomp filter on
-#   off     — this tree's shim with `[security] seccomp = "off"` (capabilities are still dropped)
+#   enforce — this tree's shim as shipped: capabilities dropped, seccomp filter and Landlock file rules on
+#   off     — this tree's shim with `[security] seccomp = "off"` and `landlock = "off"` (capabilities are still
+#             dropped)
 #   off2    — the same as off, a second time: off2/off is this machine's noise in the same run, the yardstick
 #             for enforce/off
 #   before  — with BASELINE=<commit> (aebc203 is the last commit before the isolation work): the shim built
@@ -53,7 +54,8 @@ declare -A runtime=([before]=io.containerd.wasmhttpbefore.v1 [enforce]=io.contai
 # Each shim its own compile cache: the baseline's entries are in an older format.
 printf '[engine]\ncache-dir = "%s"\n' "$work/cache-before" >"$work/before.toml"
 for mode in enforce off; do
-  printf '[engine]\ncache-dir = "%s"\n[security]\nseccomp = "%s"\n' "$work/cache-now" "$mode" >"$work/$mode.toml"
+  printf '[engine]\ncache-dir = "%s"\n[security]\nseccomp = "%s"\nlandlock = "%s"\n' "$work/cache-now" "$mode" \
+    "$mode" >"$work/$mode.toml"
 done
 cp "$work/off.toml" "$work/off2.toml"
 service() { # KIND ID PORT: sets $args to the `ctr run -d` arguments of hello under that shim

@@ -43,7 +43,7 @@ for _ in $(seq 1 100); do ctr version >/dev/null 2>&1 && break; sleep 0.1; done
 "$bin/wasmhttp" image build examples/wasm/hello.wasm -t docker.io/library/wasmhttp-hello:latest -o "$work/hello.tar"
 ctr image import "$work/hello.tar" >/dev/null
 echo "\$ ctr run -d --runtime io.containerd.wasmhttp.v1 --net-host --memory-limit 67108864 --env PORT=$port ... hello"
-ctr run -d --runtime io.containerd.wasmhttp.v1 --net-host --fifo-dir "$work/fifo" \
+ctr run -d --runtime io.containerd.wasmhttp.v1 --net-host --fifo-dir "$work/state/fifo" \
   --memory-limit 67108864 --env "PORT=$port" docker.io/library/wasmhttp-hello:latest hello
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.05; done
 echo "\$ curl http://127.0.0.1:$port/"

@@ -118,6 +118,25 @@ fn the_shim_server_keeps_seven_capabilities_and_its_kernel_refuses_calls_outside
     }
     assert_eq!(refused[6].1, i64::from(pid), "an allowed call still works");
 
+    // Landlock: a file of the host's, readable by root (DAC_OVERRIDE would open even a 0600 one), is out of
+    // reach; the container's own bundle (the server's working directory) and /proc are not.
+    let host_file = tempfile::NamedTempFile::new().unwrap();
+    let opened = opens_in(
+        pid,
+        &[
+            host_file.path().to_str().unwrap(),
+            "/etc/passwd",
+            "config.json",
+            "/proc/self/status",
+        ],
+    );
+    let eacces = -i64::from(nix::libc::EACCES);
+    assert_eq!(opened[..2], [eacces, eacces], "host files: {opened:?}");
+    assert!(
+        opened[2] >= 0 && opened[3] >= 0,
+        "its bundle and /proc: {opened:?}"
+    );
+
     // The server survived being made to try: it still serves and stops on request.
     assert_eq!(wasmhttp_tests::get(addr, "/").status, 200);
     kill_now(&containerd, "confined");
@@ -145,7 +164,21 @@ fn the_node_configuration_turns_the_filter_off_but_not_the_capability_drop() {
 /// each `(name, number, arguments)` call, and returns what each returned. The thread's registers are put
 /// back afterwards, so it resumes its own call as after a signal.
 #[cfg(target_arch = "x86_64")]
-fn syscalls_in(pid: i32, calls: &[(&'static str, i64, [u64; 5])]) -> Vec<(&'static str, i64)> {
+fn syscalls_in(pid: i32, calls: &[Call]) -> Vec<(&'static str, i64)> {
+    syscalls_with_strings_in(pid, &[], |_| calls.to_vec())
+}
+
+/// A system call to make: its name (for messages), number and arguments.
+type Call = (&'static str, i64, [u64; 5]);
+
+/// As [`syscalls_in`], after writing `strings` (NUL-terminated) to the thread's stack well below its stack
+/// pointer; `calls` gets their addresses.
+#[cfg(target_arch = "x86_64")]
+fn syscalls_with_strings_in(
+    pid: i32,
+    strings: &[&str],
+    calls: impl FnOnce(&[u64]) -> Vec<Call>,
+) -> Vec<(&'static str, i64)> {
     use nix::sys::ptrace;
     use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
     let thread = nix::unistd::Pid::from_raw(pid);
@@ -169,9 +202,27 @@ fn syscalls_in(pid: i32, calls: &[(&'static str, i64, [u64; 5])]) -> Vec<(&'stat
         0x050f,
         "the thread is not stopped in a syscall"
     );
-    let results = calls
-        .iter()
-        .map(|&(name, number, args)| {
+    let stack = stack_of(pid);
+    let mut next = (saved.rsp - 8192) & !7;
+    let mut addresses = Vec::new();
+    for text in strings {
+        assert!(
+            stack.contains(&next),
+            "scratch {next:#x} is outside the stack {stack:x?}"
+        );
+        addresses.push(next);
+        let mut bytes = text.as_bytes().to_vec();
+        bytes.resize(bytes.len() / 8 * 8 + 8, 0);
+        for (i, word) in bytes.chunks(8).enumerate() {
+            let word = i64::from_ne_bytes(word.try_into().unwrap());
+            let at = next + 8 * i as u64;
+            ptrace::write(thread, at as ptrace::AddressType, word).unwrap();
+        }
+        next += bytes.len() as u64;
+    }
+    let results = calls(&addresses)
+        .into_iter()
+        .map(|(name, number, args)| {
             let mut regs = saved;
             regs.rip = instruction;
             regs.rax = number as u64;
@@ -189,6 +240,34 @@ fn syscalls_in(pid: i32, calls: &[(&'static str, i64, [u64; 5])]) -> Vec<(&'stat
     ptrace::setregs(thread, saved).unwrap();
     ptrace::detach(thread, None).unwrap();
     results
+}
+
+/// The address range of process `pid`'s main stack.
+fn stack_of(pid: i32) -> std::ops::Range<u64> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let line = maps.lines().find(|l| l.ends_with("[stack]")).unwrap();
+    let (start, end) = line
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .split_once('-')
+        .unwrap();
+    u64::from_str_radix(start, 16).unwrap()..u64::from_str_radix(end, 16).unwrap()
+}
+
+/// What `openat(AT_FDCWD, path, O_RDONLY)` of each path returns in process `pid`.
+#[cfg(target_arch = "x86_64")]
+fn opens_in(pid: i32, paths: &[&str]) -> Vec<i64> {
+    syscalls_with_strings_in(pid, paths, |addresses| {
+        let at_fdcwd = nix::libc::AT_FDCWD as i64 as u64;
+        addresses
+            .iter()
+            .map(|&path| ("openat", nix::libc::SYS_openat, [at_fdcwd, path, 0, 0, 0]))
+            .collect()
+    })
+    .into_iter()
+    .map(|(_, result)| result)
+    .collect()
 }
 
 /// Waits (a bounded while) until the thread is blocked in a system call rather than running.
@@ -229,4 +308,61 @@ fn python_and_javascript_guests_serve_under_the_filter() {
         }
         kill_now(&containerd, name);
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_container_naming_a_host_path_outside_the_file_rules_is_refused_until_the_node_lists_it() {
+    let containerd = Containerd::start();
+    let image = import_example(&containerd, "hello");
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("guest.log");
+    let log_uri = format!("file://{}", log.display());
+    let output = ctr_run(
+        &containerd,
+        "-d",
+        &["--net-host", "--log-uri", &log_uri, &image, "refused"],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "ran with a log outside: {stderr}");
+    assert!(
+        stderr.contains(&log.display().to_string()) && stderr.contains("[security] host-paths"),
+        "{stderr}"
+    );
+    assert!(!log.exists(), "nothing written before the refusal");
+    containerd.assert_shims_exit();
+
+    let netns = NetNs::create("wasmhttp-hostpaths", "10.213.83", "whhpa");
+    let listed = node_config_listing(dir.path());
+    let config = ["--runtime-config-path", listed.to_str().unwrap()];
+    let (_, addr) = serve_in_namespace(
+        &containerd,
+        &netns,
+        "listed",
+        &[&config[..], &["--log-uri", &log_uri]].concat(),
+    );
+    assert_eq!(wasmhttp_tests::get(addr, "/").status, 200);
+    assert!(log.exists(), "the listed log file is written");
+    kill_now(&containerd, "listed");
+    containerd.ctr_ok(&["task", "rm", "listed"]);
+    containerd.assert_shims_exit();
+
+    // `landlock = "off"`: no file rules, so no refusal and the host's files open.
+    let off = dir.path().join("off.toml");
+    std::fs::write(&off, "[security]\nlandlock = \"off\"\n").unwrap();
+    let other_log = format!("file://{}", dir.path().join("other.log").display());
+    let (pid, _) = serve_in_namespace(
+        &containerd,
+        &netns,
+        "unruled",
+        &[
+            "--runtime-config-path",
+            off.to_str().unwrap(),
+            "--log-uri",
+            &other_log,
+        ],
+    );
+    assert!(opens_in(pid, &["/etc/passwd"])[0] >= 0);
+    assert_eq!(status_field(pid, "Seccomp"), "2", "the filter stays on");
+    kill_now(&containerd, "unruled");
 }

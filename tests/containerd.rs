@@ -85,15 +85,24 @@ fn guest_logs_reach_the_log_file_and_two_services_run_at_once() {
     let containerd = Containerd::start();
     let logger = import_example(&containerd, "logger");
     let hello = import_example(&containerd, "hello");
-    let log = containerd.dir.path().join("logger.log");
+    let logs = containerd.dir.path().join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    let log = logs.join("logger.log");
     let log_uri = format!("file://{}", log.display());
+    // A log file outside containerd's directories is one the node lists for the shim to write.
+    let node = node_config_listing(&logs);
     let (p1, p2) = (free_port(), free_port());
     run_service(
         &containerd,
         &logger,
         "logger1",
         p1,
-        &["--log-uri", &log_uri],
+        &[
+            "--log-uri",
+            &log_uri,
+            "--runtime-config-path",
+            node.to_str().unwrap(),
+        ],
     );
     run_service(&containerd, &hello, "hello2", p2, &[]);
     wait_for_200(([127, 0, 0, 1], p1).into());

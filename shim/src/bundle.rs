@@ -251,6 +251,11 @@ fn from_rootfs(
     max_bytes: u64,
 ) -> std::result::Result<Payload, String> {
     let roots = rootfs_dirs(bundle, spec, rootfs);
+    for root in &roots {
+        let read = wasmhttp_runtime::confine::landlock::Access::Read;
+        crate::confine::check_reachable(root, read, "a directory of the rootfs")
+            .map_err(|e| e.to_string())?;
+    }
     let fs = RootFs::new(&roots);
     let mut found = None;
     for candidate in command_paths(entry, spec) {

@@ -170,10 +170,15 @@ async fn start_server(opts: StartOpts, input: &StartInput) -> Result<String, Err
     let cwd = std::env::current_dir().map_err(server::io_error("bundle directory"))?;
     let grouping = bundle::grouping_key(&cwd, &opts.id);
     // A configuration that does not read gets the default here, and its error from Create.
-    let seccomp = node_config::for_create(input.options.as_ref())
-        .map(|node| node.security.seccomp)
-        .unwrap_or_default();
-    let vars = vec![(confine::SECCOMP_MODE_ENV, seccomp.name())];
+    let node = node_config::for_create(input.options.as_ref()).unwrap_or_default();
+    let config_file = node_config::file_for(input.options.as_ref());
+    let files = confine::node_file_rules(&node, config_file.as_deref())
+        .map_err(|e| Error::Other(e.to_string()))?;
+    let files = confine::encode(files.as_ref());
+    let vars = vec![
+        (confine::SECCOMP_MODE_ENV, node.security.seccomp.name()),
+        (confine::FILE_RULES_ENV, files.as_str()),
+    ];
     let address = spawn(opts, &grouping, vars).await?;
     containerd_shim::util::write_str_to_file("address", &address).await?;
     Ok(address)

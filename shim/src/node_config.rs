@@ -26,6 +26,8 @@
 //! image-annotation = "own"      # wasmhttp.io/image may name only the container's own image ("any": any image)
 //! deny-outbound = ["169.254.0.0/16", "fe80::/10", "fd00:ec2::254"]  # no guest request reaches these
 //! seccomp = "enforce"           # the shim server's syscall filter: "enforce", "log" (dmesg) or "off"
+//! landlock = "enforce"          # confine the shim server's file access (see crate::confine): or "off"
+//! host-paths = ["/var/lib/kubelet", "/run/containerd/fifo", "/var/log/wasmhttp"]  # host paths it may also use
 //!
 //! [metrics]                     # Prometheus /metrics in each pod's network namespace: see crate::scrape
 //! port = 9464
@@ -84,6 +86,13 @@ pub struct Security {
     /// `seccomp`: the shim server's system-call filter. Read when the shim process starts (the first
     /// container of a pod decides), as the engine's settings are.
     pub seccomp: SeccompMode,
+    /// `landlock = "enforce"`: the shim server reaches only the files [`crate::confine`] names. Read when the
+    /// shim process starts.
+    pub landlock: bool,
+    /// `host-paths`: host directories (or files) the shim server may read and write besides containerd's
+    /// own, such as kubelet's pod directories, `hostPath` volumes and log files; containers naming anything
+    /// else are refused. Read when the shim process starts.
+    pub host_paths: Vec<PathBuf>,
 }
 
 impl Default for Security {
@@ -92,9 +101,18 @@ impl Default for Security {
             any_image_annotation: false,
             deny_outbound: wasmhttp_runtime::outbound::default_denied_ranges(),
             seccomp: SeccompMode::default(),
+            landlock: true,
+            host_paths: DEFAULT_HOST_PATHS.iter().map(PathBuf::from).collect(),
         }
     }
 }
+
+/// `host-paths` unless configured: kubelet's pod directories (volumes, `/etc/hosts`, termination logs),
+/// `ctr`'s default fifo directory and [`LOG_DIR`].
+pub const DEFAULT_HOST_PATHS: &[&str] = &["/var/lib/kubelet", "/run/containerd/fifo", LOG_DIR];
+
+/// A directory for `ctr run --log-uri file://…` logs, which the shim creates when `host-paths` lists it.
+pub const LOG_DIR: &str = "/var/log/wasmhttp";
 
 impl Default for NodeConfig {
     fn default() -> Self {
@@ -251,6 +269,23 @@ fn set_security(
         ("image-annotation", "any") => security.any_image_annotation = true,
         ("image-annotation", _) => return Err(format!("{value:?}: expected \"own\" or \"any\"")),
         ("seccomp", _) => security.seccomp = value.parse()?,
+        ("landlock", "enforce") => security.landlock = true,
+        ("landlock", "off") => security.landlock = false,
+        ("landlock", _) => return Err(format!("{value:?}: expected \"enforce\" or \"off\"")),
+        ("host-paths", _) => {
+            security.host_paths = value
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    if p.starts_with('/') && !p.contains('\n') {
+                        Ok(PathBuf::from(p))
+                    } else {
+                        Err(format!("{p:?}: expected absolute paths"))
+                    }
+                })
+                .collect::<std::result::Result<_, _>>()?
+        }
         ("deny-outbound", _) => {
             security.deny_outbound = value
                 .split(',')
@@ -261,7 +296,8 @@ fn set_security(
         }
         _ => {
             return Err(format!(
-                "unknown key `{key}` in [security] (keys: image-annotation, deny-outbound, seccomp)"
+                "unknown key `{key}` in [security] (keys: image-annotation, deny-outbound, seccomp, landlock, \
+                 host-paths)"
             ));
         }
     }
@@ -315,23 +351,45 @@ pub fn read(path: &Path) -> Result<NodeConfig> {
     parse(&text, &path.display().to_string())
 }
 
-/// The node configuration for a Create whose runtime options are `options`.
-pub fn for_create(options: Option<&Any>) -> Result<NodeConfig> {
+/// Where a node configuration comes from.
+enum Source {
+    Body(String),
+    File(PathBuf),
+    BuiltIn,
+}
+
+fn source(options: Option<&Any>) -> Result<Source> {
     let (path, body) = match options.filter(|o| !o.value.is_empty()) {
         Some(any) if is_sandbox_endpoint_only(any) => (String::new(), String::new()),
         Some(any) => runtime_options(any)?,
         None => (String::new(), String::new()),
     };
-    if !body.is_empty() {
-        return parse(&body, "runtime options ConfigBody");
+    Ok(if !body.is_empty() {
+        Source::Body(body)
+    } else if !path.is_empty() {
+        Source::File(path.into())
+    } else if Path::new(DEFAULT_PATH).exists() {
+        Source::File(DEFAULT_PATH.into())
+    } else {
+        Source::BuiltIn
+    })
+}
+
+/// The node configuration for a Create whose runtime options are `options`.
+pub fn for_create(options: Option<&Any>) -> Result<NodeConfig> {
+    match source(options)? {
+        Source::Body(body) => parse(&body, "runtime options ConfigBody"),
+        Source::File(path) => read(&path),
+        Source::BuiltIn => Ok(NodeConfig::default()),
     }
-    if !path.is_empty() {
-        return read(Path::new(&path));
+}
+
+/// The file [`for_create`] reads for `options`, if it reads one (whether or not it parses).
+pub fn file_for(options: Option<&Any>) -> Option<PathBuf> {
+    match source(options) {
+        Ok(Source::File(path)) => Some(path),
+        _ => None,
     }
-    if Path::new(DEFAULT_PATH).exists() {
-        return read(Path::new(DEFAULT_PATH));
-    }
-    Ok(NodeConfig::default())
 }
 
 /// Whether `any` is containerd's `runtimeoptions.v1.Options` (with or without a type URL prefix), the one

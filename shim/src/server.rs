@@ -50,7 +50,7 @@ pub async fn serve(flags: Flags) -> Result<(), Error> {
     // the engine's thread) with the `start` action's exit. This process's stderr goes nowhere, so a failure
     // from here on is logged for containerd's log, and containerd sees the socket close.
     signal_started()?;
-    let served = match confine_server() {
+    let served = match confine_server(Path::new(&path)) {
         Ok(()) => serve_task_api(listener, &flags, &path).await,
         Err(e) => Err(e),
     };
@@ -61,18 +61,31 @@ pub async fn serve(flags: Flags) -> Result<(), Error> {
     served
 }
 
-/// Drops capabilities and installs the seccomp filter in the mode `start` passed down; the server refuses to
-/// run unconfined rather than run so silently.
-fn confine_server() -> Result<(), Error> {
-    let mode = match std::env::var(crate::confine::SECCOMP_MODE_ENV) {
-        Ok(text) => text.parse().map_err(|e| {
+/// Restricts file access, drops capabilities and installs the seccomp filter in the modes `start` passed
+/// down; the server refuses to run unconfined rather than run so silently.
+fn confine_server(socket: &Path) -> Result<(), Error> {
+    let started = std::time::Instant::now();
+    let env = |name: &str| std::env::var(name).ok();
+    let mode = match env(crate::confine::SECCOMP_MODE_ENV) {
+        Some(text) => text.parse().map_err(|e| {
             Error::InvalidArgument(format!("{}: {e}", crate::confine::SECCOMP_MODE_ENV))
         })?,
-        Err(_) => wasmhttp_runtime::confine::SeccompMode::default(),
+        None => wasmhttp_runtime::confine::SeccompMode::default(),
     };
-    crate::confine::confine(mode).map_err(Error::Other)?;
-    tracing::info!("shim confined: seccomp {mode}");
-    Ok(())
+    // Run by hand, without `start`: the node's defaults.
+    let node_rules = match env(crate::confine::FILE_RULES_ENV) {
+        Some(text) => crate::confine::decode(&text).map_err(Error::InvalidArgument)?,
+        None => crate::confine::node_file_rules(&crate::node_config::NodeConfig::default(), None)
+            .map_err(|e| Error::Other(e.to_string()))?,
+    };
+    let files = match node_rules {
+        Some(rules) => {
+            let bundle = std::env::current_dir().map_err(io_error("bundle directory"))?;
+            Some(crate::confine::server_file_rules(rules, &bundle, socket))
+        }
+        None => None,
+    };
+    crate::confine::confine(mode, files, started).map_err(Error::Other)
 }
 
 /// Sends panics to containerd's log: this process's stderr goes nowhere, and a panic in a task is otherwise

@@ -187,9 +187,10 @@ state = "{d}/state"
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
-    /// Where ctr should put its fifos, so none are left in /run.
+    /// Where ctr should put its fifos, so none are left in /run: in containerd's state, as ctr's default
+    /// (`/run/containerd/fifo`) is in the default state directory, where the confined shim can open them.
     pub fn fifo_dir(&self) -> String {
-        self.dir.path().join("fifo").display().to_string()
+        self.dir.path().join("state/fifo").display().to_string()
     }
 
     /// Restarts containerd (same root/state), leaving shims running.
@@ -387,6 +388,14 @@ pub fn task_status(containerd: &Containerd, id: &str) -> String {
         .and_then(|line| line.split_whitespace().nth(2))
         .unwrap_or("MISSING")
         .to_string()
+}
+
+/// Writes a node configuration (for `--runtime-config-path`) into `dir` that lists `dir` in `[security]
+/// host-paths`, so the confined shim may write a log file there, and returns its path.
+pub fn node_config_listing(dir: &Path) -> PathBuf {
+    let node = dir.join("node.toml");
+    std::fs::write(&node, format!("[security]\nhost-paths = [{dir:?}]\n")).unwrap();
+    node
 }
 
 /// SIGKILLs the task `id` and waits until it is stopped.

@@ -114,7 +114,7 @@ fn main() {
         .map(|n| n.parse().expect("ROUNDS is a number"))
         .unwrap_or(100_000);
     let mut calls = Calls::new().expect("set up the calls");
-    confine(mode, CapabilitySet::all()).expect("confine");
+    confine(mode, CapabilitySet::all(), None).expect("confine");
     for (call, name) in CALLS.iter().enumerate() {
         calls.make(call);
         println!("{name} {:.1}", calls.nanoseconds_per_call(call, rounds));

@@ -7,6 +7,7 @@
 //! set. The filter is installed for all threads at once and, like the bounding set, holds for the life of
 //! the process.
 
+pub mod landlock;
 mod syscalls;
 
 pub use rustix::thread::CapabilitySet;
@@ -56,9 +57,14 @@ impl std::str::FromStr for SeccompMode {
     }
 }
 
-/// Drops every capability but `keep` (from the bounding, permitted, effective, inheritable and ambient
-/// sets) and installs the seccomp filter in `mode`. Must run while the process has one thread.
-pub fn confine(mode: SeccompMode, keep: CapabilitySet) -> Result<(), String> {
+/// Restricts file access to `files` (Landlock; `None`: unrestricted), drops every capability but `keep`
+/// (from the bounding, permitted, effective, inheritable and ambient sets) and installs the seccomp filter in
+/// `mode`. Must run while the process has one thread. Returns the Landlock ABI version applied.
+pub fn confine(
+    mode: SeccompMode,
+    keep: CapabilitySet,
+    files: Option<&landlock::FileRules>,
+) -> Result<Option<u32>, String> {
     let threads = std::fs::read_dir("/proc/self/task")
         .map(|tasks| tasks.count())
         .map_err(|e| format!("cannot count this process's threads: {e}"))?;
@@ -67,11 +73,12 @@ pub fn confine(mode: SeccompMode, keep: CapabilitySet) -> Result<(), String> {
             "cannot drop capabilities: {threads} threads are running, and only the calling one would lose them"
         ));
     }
+    let abi = files.map(landlock::restrict).transpose()?;
     drop_capabilities(keep).map_err(|e| format!("cannot drop capabilities: {e}"))?;
     if mode != SeccompMode::Off {
         install_filters(mode).map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
     }
-    Ok(())
+    Ok(abi)
 }
 
 fn drop_capabilities(keep: CapabilitySet) -> std::io::Result<()> {

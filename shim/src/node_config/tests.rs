@@ -47,6 +47,15 @@ fn a_file_sets_engine_defaults_and_ceilings() {
     assert!(config.security.any_image_annotation);
     assert_eq!(config.security.seccomp, SeccompMode::Log);
     assert_eq!(NodeConfig::default().security.seccomp, SeccompMode::Enforce);
+    assert!(NodeConfig::default().security.landlock);
+    let paths = parse(
+        "[security]\nlandlock = \"off\"\nhost-paths = [\"/srv/a\", \"/data\"]\n",
+        "p.toml",
+    )
+    .unwrap()
+    .security;
+    assert!(!paths.landlock);
+    assert_eq!(paths.host_paths, [Path::new("/srv/a"), Path::new("/data")]);
     assert_eq!(
         config.security.deny_outbound,
         [
@@ -155,6 +164,20 @@ fn errors_name_the_origin_line_and_key() {
         ),
         "{err}"
     );
+    let err = parse("[security]\nlandlock = \"log\"\n", "n.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("n.toml:2: [security] landlock: \"log\": expected \"enforce\" or \"off\""),
+        "{err}"
+    );
+    let err = parse("[security]\nhost-paths = [\"srv/data\"]\n", "n.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("n.toml:2: [security] host-paths: \"srv/data\": expected absolute paths"),
+        "{err}"
+    );
     let err = parse("[defaults\n", "n.toml").unwrap_err().to_string();
     assert!(err.contains("n.toml:1"), "{err}");
 }
@@ -182,6 +205,12 @@ fn runtime_options_carry_a_path_or_a_body() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("/nonexistent/wasmhttp.toml"), "{err}");
+    // The confined server must be able to read the file it failed on, to say why.
+    assert_eq!(
+        file_for(Some(&encode("/nonexistent/wasmhttp.toml", ""))),
+        Some(PathBuf::from("/nonexistent/wasmhttp.toml"))
+    );
+    assert_eq!(file_for(Some(&encode("", "[defaults]\n"))), None);
     let runc = |fields: &[(u32, &str)]| {
         let mut value = Vec::new();
         let mut out = CodedOutputStream::vec(&mut value);

@@ -115,6 +115,7 @@ impl TaskService {
         .await
         .map_err(|e| ShimError::Internal(format!("reading the bundle failed: {e}")))??;
         let bundle_read = bundle_started.elapsed();
+        check_reachable(&workload, &stdout, &stderr)?;
         if let Payload::ImageLayer(layer) = workload.payload {
             workload.payload = self.read_image_layer(&id, layer, &node).await?;
         }
@@ -207,4 +208,34 @@ impl TaskService {
             ..Default::default()
         })
     }
+}
+
+/// Refuses a container that names host paths the confined server cannot reach, naming the first one, rather
+/// than failing later with a bare "permission denied".
+fn check_reachable(workload: &bundle::Workload, stdout: &str, stderr: &str) -> Result<()> {
+    use crate::confine::check_reachable as check;
+    use wasmhttp_runtime::confine::landlock::Access;
+    for (name, uri) in [("stdout", stdout), ("stderr", stderr)] {
+        let path = uri.strip_prefix("file://").unwrap_or(uri);
+        if !path.is_empty() && !path.contains("://") {
+            check(Path::new(path), Access::ReadWrite, name)?;
+        }
+    }
+    for preopen in &workload.capabilities.preopens {
+        let access = if preopen.read_only {
+            Access::Read
+        } else {
+            Access::ReadWrite
+        };
+        let what = format!("the source of the mount at {}", preopen.guest);
+        check(&preopen.host, access, &what)?;
+    }
+    let (hosts, resolv_conf) = &workload.resolver_files;
+    for (file, destination) in [(hosts, "/etc/hosts"), (resolv_conf, "/etc/resolv.conf")] {
+        if let Some(file) = file {
+            let what = format!("the file mounted at {destination}");
+            check(file, Access::Read, &what)?;
+        }
+    }
+    Ok(())
 }
