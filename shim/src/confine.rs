@@ -12,7 +12,8 @@
 //!   through the bundle's `work` link; the node configuration file;
 //!   `/proc`, `/sys/fs/cgroup`, `/run/netns`, the host's `/etc/hosts` and `/etc/resolv.conf`.
 //!
-//! A container whose stdio, mounts or resolver files lie elsewhere is refused at Create, naming the path.
+//! A container whose stdio, mounts, resolver files or rootfs layers lie elsewhere is refused at Create, naming
+//! the path.
 
 use crate::error::{Result, ShimError};
 use crate::node_config::NodeConfig;
