@@ -392,20 +392,26 @@ fn preopens(spec: &Spec) -> Vec<Preopen> {
     mounts
         .iter()
         .filter_map(|mount| {
-            let options = mount.options().clone().unwrap_or_default();
-            let is_bind = mount.typ().as_deref() == Some("bind")
-                || options.iter().any(|o| o == "bind" || o == "rbind");
-            let source = mount.source().as_ref()?;
-            if !is_bind || !source.is_dir() || is_kernel_interface(mount.destination()) {
+            let (source, read_only) = bind_mount(mount)?;
+            if !source.is_dir() || is_kernel_interface(mount.destination()) {
                 return None;
             }
             Some(Preopen {
                 host: source.clone(),
                 guest: mount.destination().display().to_string(),
-                read_only: options.iter().any(|o| o == "ro"),
+                read_only,
             })
         })
         .collect()
+}
+
+/// A bind mount's host source and whether it is read-only (`ro`); `None` for other mounts.
+pub fn bind_mount(mount: &oci_spec::runtime::Mount) -> Option<(&PathBuf, bool)> {
+    let options = mount.options().as_deref().unwrap_or_default();
+    let is_bind = mount.typ().as_deref() == Some("bind")
+        || options.iter().any(|o| o == "bind" || o == "rbind");
+    let source = mount.source().as_ref().filter(|_| is_bind)?;
+    Some((source, options.iter().any(|o| o == "ro")))
 }
 
 /// Whether `destination` is under `/dev`, `/proc` or `/sys`: the kernel's interfaces, which a WASI guest cannot

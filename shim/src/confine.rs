@@ -195,20 +195,20 @@ fn spec_paths(spec: &oci_spec::runtime::Spec, bundle: &Path) -> Vec<(PathBuf, Ac
         paths.push((bundle.join(root.path()), Access::Read));
     }
     for mount in spec.mounts().iter().flatten() {
-        let options = mount.options().clone().unwrap_or_default();
-        let is_bind = mount.typ().as_deref() == Some("bind")
-            || options.iter().any(|o| o == "bind" || o == "rbind");
-        if let (true, Some(source)) = (is_bind, mount.source()) {
-            let read_only = options.iter().any(|o| o == "ro");
-            let access = if read_only {
-                Access::Read
-            } else {
-                Access::ReadWrite
-            };
-            paths.push((source.clone(), access));
+        if let Some((source, read_only)) = crate::bundle::bind_mount(mount) {
+            paths.push((source.clone(), access(read_only)));
         }
     }
     paths
+}
+
+/// The access a mount's `ro` option leaves.
+pub fn access(read_only: bool) -> Access {
+    if read_only {
+        Access::Read
+    } else {
+        Access::ReadWrite
+    }
 }
 
 /// Confines this process (one thread, before the server starts its runtime) in `mode`, keeping [`KEPT`],
@@ -226,7 +226,8 @@ pub fn confine(
             ms,
             "shim confined: seccomp {mode}, Landlock ABI {abi} over {paths} paths"
         );
-        let _ = APPLIED.set(files);
+        // Resolved once here, not on every check at Create.
+        let _ = APPLIED.set(files.resolved());
     } else {
         tracing::info!(ms, "shim confined: seccomp {mode}, Landlock off");
     }

@@ -33,14 +33,23 @@ impl FileRules {
         self.paths.push((path.into(), access));
     }
 
-    /// Whether `path` lies beneath a rule that gives at least `access`. The comparison is by path after
-    /// resolving symlinks (of the deepest existing ancestor), as the kernel's check is by the directories a
-    /// file sits in: a path this answers `false` for would be refused by the kernel.
+    /// These rules with each path's symlinks resolved, as the kernel resolves them when the rules are
+    /// applied: what [`FileRules::reaches`] compares with.
+    pub fn resolved(&self) -> FileRules {
+        let paths = self.paths.iter();
+        FileRules {
+            paths: paths.map(|(p, a)| (resolve_existing(p), *a)).collect(),
+        }
+    }
+
+    /// Whether `path` lies beneath a rule that gives at least `access`. The comparison is by path, after
+    /// resolving the symlinks of `path` (its deepest existing ancestor), as the kernel's check is by the
+    /// directories a file sits in; the rules are compared as they are, so give [`FileRules::resolved`] ones.
+    /// A path this answers `false` for would be refused by the kernel.
     pub fn reaches(&self, path: &Path, access: Access) -> bool {
         let resolved = resolve_existing(path);
         self.paths.iter().any(|(rule, given)| {
-            (*given == Access::ReadWrite || access == Access::Read)
-                && (resolved.starts_with(rule) || resolved.starts_with(resolve_existing(rule)))
+            (*given == Access::ReadWrite || access == Access::Read) && resolved.starts_with(rule)
         })
     }
 }
@@ -231,7 +240,9 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&inside, &link).unwrap();
         let mut rules = FileRules::default();
-        rules.allow(&inside, Access::Read);
+        rules.allow(&link, Access::Read);
+        let rules = rules.resolved();
+        assert_eq!(rules.paths[0].0, inside.canonicalize().unwrap());
         assert!(rules.reaches(&inside.join("not-yet/file"), Access::Read));
         assert!(
             rules.reaches(&link.join("file"), Access::Read),

@@ -222,13 +222,12 @@ fn check_reachable(workload: &bundle::Workload, stdout: &str, stderr: &str) -> R
         }
     }
     for preopen in &workload.capabilities.preopens {
-        let access = if preopen.read_only {
-            Access::Read
-        } else {
-            Access::ReadWrite
-        };
         let what = format!("the source of the mount at {}", preopen.guest);
-        check(&preopen.host, access, &what)?;
+        check(
+            &preopen.host,
+            crate::confine::access(preopen.read_only),
+            &what,
+        )?;
     }
     let (hosts, resolv_conf) = &workload.resolver_files;
     for (file, destination) in [(hosts, "/etc/hosts"), (resolv_conf, "/etc/resolv.conf")] {
