@@ -124,7 +124,8 @@ def remove_pod(runtime, pod):
 
 def shim_pss_kib():
     total = 0
-    for pid in sh("pgrep", "-f", f"containerd-shim-wasmhttp-v1.*{work}").split():
+    # Brokers included: each shim server has one.
+    for pid in sh("pgrep", "-f", f"(containerd-shim-wasmhttp-v1|wasmhttp-broker).*{work}").split():
         with open(f"/proc/{pid}/smaps_rollup") as f:
             total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
     return total

@@ -95,10 +95,11 @@ for i in $(seq 1 "$runs"); do
 done
 for kind in wasmhttp-warm wasmhttp-cold runc runc-dir; do start_ms[$kind]=$(median <"$work/start-$kind"); done
 
-# 4: memory per running service. Sums RSS and PSS (kB) over every shim process of this containerd.
+# 4: memory per running service. Sums RSS and PSS (kB) over every shim process of this containerd, brokers
+# included.
 shim_memory() {
   local rss=0 pss=0
-  for pid in $(pgrep -f "containerd-shim-wasmhttp-v1.*$work"); do
+  for pid in $(pgrep -f "(containerd-shim-wasmhttp-v1|wasmhttp-broker).*$work"); do
     read -r r p < <(awk '/^Rss:/ {r=$2} /^Pss:/ {p=$2} END {print r, p}' "/proc/$pid/smaps_rollup")
     rss=$((rss + r)); pss=$((pss + p))
   done

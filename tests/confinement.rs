@@ -111,12 +111,20 @@ fn the_shim_server_keeps_seven_capabilities_and_its_kernel_refuses_calls_outside
                 [0x20000, 0, 0, 0, 0],
             ),
             ("getpid", nix::libc::SYS_getpid, [0; 5]),
+            // No unix socket, so no way to containerd's API (its broker has that); IP sockets serve.
+            ("socket(AF_UNIX)", nix::libc::SYS_socket, [1, 1, 0, 0, 0]),
+            ("socket(AF_INET)", nix::libc::SYS_socket, [2, 1, 0, 0, 0]),
         ],
     );
-    for (name, result) in &refused[..6] {
+    for (name, result) in refused[..6].iter().chain(&refused[7..8]) {
         assert_eq!(*result, -i64::from(nix::libc::EPERM), "{name}");
     }
     assert_eq!(refused[6].1, i64::from(pid), "an allowed call still works");
+    assert!(refused[8].1 >= 0, "an IP socket: {:?}", refused[8]);
+    // The broker, which does hold containerd's API, is the server's child and runs no guest code.
+    let brokers = containerd.broker_pids();
+    assert_eq!(brokers.len(), 1, "one broker: {brokers:?}");
+    assert_eq!(status_field(brokers[0], "PPid"), pid.to_string());
 
     // Landlock: a file of the host's, readable by root (DAC_OVERRIDE would open even a 0600 one), is out of
     // reach; the container's own bundle (the server's working directory) and /proc are not.

@@ -223,19 +223,11 @@ fn a_killed_shim_is_reported_exited_and_a_containerd_restart_keeps_services() {
     wait_for_200(([127, 0, 0, 1], p1).into());
     let shims = containerd.shim_pids();
     assert_eq!(shims.len(), 1, "{shims:?}");
+    assert_eq!(containerd.broker_pids().len(), 1, "the shim's broker");
     let shim_socket = shim_socket_of(shims[0]);
     assert!(shim_socket.exists());
     let events_log = containerd.dir.path().join("events.log");
-    let events = KillOnDrop(
-        Command::new("ctr")
-            .arg("--address")
-            .arg(containerd.socket())
-            .args(["events"])
-            .stdout(std::fs::File::create(&events_log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    std::thread::sleep(Duration::from_millis(300));
+    let events = watch_events(&containerd, &events_log);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shims[0]),
         nix::sys::signal::Signal::SIGKILL,
@@ -243,22 +235,18 @@ fn a_killed_shim_is_reported_exited_and_a_containerd_restart_keeps_services() {
     .unwrap();
     // containerd notices the dead shim, runs its `delete` action, and reports the task exited (killed: 137).
     let started = Instant::now();
-    let exit_line = loop {
-        let text = std::fs::read_to_string(&events_log).unwrap_or_default();
-        if let Some(line) = text
-            .lines()
-            .find(|l| l.contains("/tasks/exit") && l.contains("victim"))
-        {
-            break line.to_string();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no exit event for the killed shim: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let exit_line = wait_for_exit_event(&events_log, "victim");
     drop(events);
     assert!(exit_line.contains("\"exit_status\":137"), "{exit_line}");
+    // Its broker saw the server's end of their pairs close, and ended too.
+    while !containerd.broker_pids().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the killed shim's broker still runs: {:?}",
+            containerd.broker_pids()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let _ = containerd.ctr(&["task", "delete", "victim"]);
     containerd.ctr_ok(&["container", "rm", "victim"]);
     // Removed by the shim's `delete` action, which containerd runs for the dead shim, sometimes while the
@@ -307,6 +295,46 @@ fn a_killed_shim_is_reported_exited_and_a_containerd_restart_keeps_services() {
         "the service kept answering across the restart"
     );
     assert_eq!(task_status(&containerd, "survivor"), "RUNNING");
+    // The broker reaches the restarted containerd: the survivor's exit is published.
+    let events = watch_events(&containerd, &events_log);
+    containerd.ctr_ok(&["task", "kill", "--signal", "SIGKILL", "survivor"]);
+    let exit_line = wait_for_exit_event(&events_log, "survivor");
+    drop(events);
+    assert!(exit_line.contains("\"exit_status\":137"), "{exit_line}");
+}
+
+/// `ctr events` of `containerd`, written to `log` (emptied) until dropped.
+fn watch_events(containerd: &Containerd, log: &std::path::Path) -> KillOnDrop {
+    let events = KillOnDrop(
+        Command::new("ctr")
+            .arg("--address")
+            .arg(containerd.socket())
+            .args(["events"])
+            .stdout(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    events
+}
+
+/// The `/tasks/exit` line for container `id` in the events `log`, waiting up to 20 s for it.
+fn wait_for_exit_event(log: &std::path::Path, id: &str) -> String {
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.contains("/tasks/exit") && l.contains(id))
+        {
+            return line.to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no exit event for {id}: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

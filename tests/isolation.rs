@@ -140,6 +140,39 @@ fn the_node_caps_the_size_of_a_component_a_container_names() {
         )),
         "{err}"
     );
+
+    // A wasm layer in the content store, which the broker reads under the cap `start` passed it.
+    let artifact = "example.com/big-artifact:v1";
+    let tar = dir.path().join("artifact.tar");
+    wasmhttp_tests::build_image("hello", artifact, "artifact", &tar);
+    containerd.ctr_ok(&["image", "import", "--no-unpack", tar.to_str().unwrap()]);
+    std::fs::write(
+        &node,
+        "[engine]\nmax-component-size = \"1Ki\"\n[security]\nimage-annotation = \"any\"\n",
+    )
+    .unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let annotation = format!("wasmhttp.io/image={artifact}");
+    let err = create_error(
+        &containerd,
+        &empty,
+        "big-layer",
+        "hello.wasm",
+        &[
+            "--runtime-config-path",
+            node.to_str().unwrap(),
+            "--annotation",
+            &annotation,
+        ],
+    );
+    assert!(
+        err.contains(&format!("image {artifact}: its wasm layer sha256:"))
+            && err.contains(&format!(
+                "is {size} bytes, more than the node's [engine] max-component-size (1024 bytes)"
+            )),
+        "{err}"
+    );
 }
 
 #[test]

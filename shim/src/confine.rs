@@ -174,7 +174,7 @@ fn containerd_root(bundle: &Path) -> Option<PathBuf> {
 /// manager's directory (`io.containerd.runtime.v2.task`) or, for a Sandbox API pod's shim, the sandbox
 /// controller's (`io.containerd.sandbox.controller.v1.shim`). A bundle elsewhere (a containerd that lays them
 /// out otherwise) gives its namespace directory alone.
-fn state_dir(bundle: &Path) -> PathBuf {
+pub fn state_dir(bundle: &Path) -> PathBuf {
     let plugin_dir = bundle.parent().and_then(Path::parent);
     match plugin_dir {
         Some(dir)

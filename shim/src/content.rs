@@ -19,6 +19,52 @@ pub struct ContentStore {
     pub namespace: String,
 }
 
+/// Which images a container may take its wasm from, and how large a layer may be: the node configuration's
+/// `[security] image-annotation` and `[engine] max-component-size`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImagePolicy {
+    /// `wasmhttp.io/image` may name any image of the namespace, not only the container's own.
+    pub any: bool,
+    /// The largest wasm layer read.
+    pub max_bytes: u64,
+}
+
+impl ImagePolicy {
+    /// The policy of `node`.
+    pub fn of(node: &crate::node_config::NodeConfig) -> Self {
+        ImagePolicy {
+            any: node.security.any_image_annotation,
+            max_bytes: node.engine.max_component_size,
+        }
+    }
+}
+
+impl std::fmt::Display for ImagePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let images = if self.any { "any" } else { "own" };
+        write!(f, "{images} {}", self.max_bytes)
+    }
+}
+
+impl std::str::FromStr for ImagePolicy {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let (images, max_bytes) = text
+            .split_once(' ')
+            .ok_or_else(|| format!("{text:?}: expected \"own|any MAX_BYTES\""))?;
+        let any = match images {
+            "own" => false,
+            "any" => true,
+            other => return Err(format!("{other:?}: expected \"own\" or \"any\"")),
+        };
+        let max_bytes = max_bytes
+            .parse()
+            .map_err(|e| format!("{max_bytes:?}: {e}"))?;
+        Ok(ImagePolicy { any, max_bytes })
+    }
+}
+
 /// The most an index or manifest may weigh: they are small JSON documents.
 const MAX_DOCUMENT_BYTES: u64 = 4 << 20;
 
@@ -34,7 +80,7 @@ pub struct WasmLayer {
 
 impl ContentStore {
     /// The image containerd recorded for container `id` (empty when it was created from a bare rootfs).
-    pub async fn image_of_container(&self, id: &str) -> Result<String> {
+    async fn image_of_container(&self, id: &str) -> Result<String> {
         let reply = self
             .connect()
             .await?
@@ -44,9 +90,39 @@ impl ContentStore {
         Ok(reply.container.map(|c| c.image).unwrap_or_default())
     }
 
+    /// The wasm layer of container `id`'s image, or of the image its `wasmhttp.io/image` annotation names
+    /// when `images` lets it name that one; `Ok(None)` when there is no image or it has no wasm layer.
+    pub async fn wasm_layer_of_container(
+        &self,
+        id: &str,
+        annotation: Option<&str>,
+        images: &ImagePolicy,
+    ) -> Result<Option<WasmLayer>> {
+        let image = match annotation {
+            Some(image) if images.any => image.to_string(),
+            Some(image) => {
+                let own = self.image_of_container(id).await?;
+                if image != own {
+                    return Err(ShimError::InvalidArgument(format!(
+                        "annotation wasmhttp.io/image={image} names an image other than the container's \
+                         own ({}); this node lets it name only the container's own image (its [security] \
+                         image-annotation = \"any\" allows any)",
+                        if own.is_empty() { "none" } else { &own }
+                    )));
+                }
+                own
+            }
+            None => self.image_of_container(id).await?,
+        };
+        if image.is_empty() {
+            return Ok(None);
+        }
+        self.wasm_layer(&image, images.max_bytes).await
+    }
+
     /// The wasm layer of image `name`; `Ok(None)` when the image has no wasm layer (its code is in the rootfs).
     /// A layer larger than `max_bytes` is refused before it is read.
-    pub async fn wasm_layer(&self, name: &str, max_bytes: u64) -> Result<Option<WasmLayer>> {
+    async fn wasm_layer(&self, name: &str, max_bytes: u64) -> Result<Option<WasmLayer>> {
         let mut client = self.connect().await?;
         let target = client
             .get_image(name)

@@ -1,15 +1,15 @@
-//! Task events to containerd, published in the order they happen.
+//! Task events to containerd, published (through the broker: [`crate::broker`]) in the order they happen.
 
-use containerd_shim::Context;
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::protobuf::{self, Message};
 use containerd_shim::protos::topics::*;
-use containerd_shim::publisher::RemotePublisher;
 use tokio::sync::mpsc;
 
 /// One task event.
+#[derive(Debug)]
 pub enum Event {
     /// `/tasks/create`
     Create(TaskCreate),
@@ -28,7 +28,8 @@ pub enum Event {
 }
 
 impl Event {
-    fn into_topic_and_message(self) -> (&'static str, Box<dyn MessageDyn>) {
+    /// The topic containerd files it under, and the message.
+    pub fn into_topic_and_message(self) -> (&'static str, Box<dyn MessageDyn>) {
         match self {
             Event::Create(e) => (TASK_CREATE_EVENT_TOPIC, Box::new(e)),
             Event::Start(e) => (TASK_START_EVENT_TOPIC, Box::new(e)),
@@ -39,27 +40,83 @@ impl Event {
             Event::Resumed(e) => (TASK_RESUMED_EVENT_TOPIC, Box::new(e)),
         }
     }
+
+    /// The container the event is about.
+    pub fn container_id(&self) -> &str {
+        match self {
+            Event::Create(e) => &e.container_id,
+            Event::Start(e) => &e.container_id,
+            Event::Exit(e) => &e.container_id,
+            Event::Oom(e) => &e.container_id,
+            Event::Delete(e) => &e.container_id,
+            Event::Paused(e) => &e.container_id,
+            Event::Resumed(e) => &e.container_id,
+        }
+    }
+
+    /// The event as the server sends it to the broker: a kind and the message's protobuf encoding.
+    pub fn encode(&self) -> (u8, Vec<u8>) {
+        let encoded = match self {
+            Event::Create(e) => e.write_to_bytes(),
+            Event::Start(e) => e.write_to_bytes(),
+            Event::Exit(e) => e.write_to_bytes(),
+            Event::Oom(e) => e.write_to_bytes(),
+            Event::Delete(e) => e.write_to_bytes(),
+            Event::Paused(e) => e.write_to_bytes(),
+            Event::Resumed(e) => e.write_to_bytes(),
+        };
+        // Encoding a message held in memory fails only past protobuf's 2 GiB limit, which no task event nears.
+        (self.kind(), encoded.unwrap_or_default())
+    }
+
+    fn kind(&self) -> u8 {
+        match self {
+            Event::Create(_) => 1,
+            Event::Start(_) => 2,
+            Event::Exit(_) => 3,
+            Event::Oom(_) => 4,
+            Event::Delete(_) => 5,
+            Event::Paused(_) => 6,
+            Event::Resumed(_) => 7,
+        }
+    }
+
+    /// The inverse of [`Event::encode`]: what the server sent is checked to be the task event it claims.
+    pub fn decode(kind: u8, bytes: &[u8]) -> Result<Event, String> {
+        let failed = |e: protobuf::Error| format!("event of kind {kind} does not parse: {e}");
+        Ok(match kind {
+            1 => Event::Create(TaskCreate::parse_from_bytes(bytes).map_err(failed)?),
+            2 => Event::Start(TaskStart::parse_from_bytes(bytes).map_err(failed)?),
+            3 => Event::Exit(TaskExit::parse_from_bytes(bytes).map_err(failed)?),
+            4 => Event::Oom(TaskOOM::parse_from_bytes(bytes).map_err(failed)?),
+            5 => Event::Delete(TaskDelete::parse_from_bytes(bytes).map_err(failed)?),
+            6 => Event::Paused(TaskPaused::parse_from_bytes(bytes).map_err(failed)?),
+            7 => Event::Resumed(TaskResumed::parse_from_bytes(bytes).map_err(failed)?),
+            other => return Err(format!("no task event has kind {other}")),
+        })
+    }
 }
 
-/// Queues events for one publishing task, so containerd sees them in order (start before exit, even for a
-/// command that ends at once); the publisher itself retries delivery.
+/// Queues events for one task that hands them to the broker, which publishes them to containerd in the order
+/// they happen (start before exit, even for a command that ends at once).
 #[derive(Clone)]
 pub struct Events {
     queue: mpsc::UnboundedSender<Event>,
 }
 
 impl Events {
-    /// Starts the publishing task.
-    pub fn new(publisher: RemotePublisher, namespace: String) -> Self {
+    /// Starts the task that writes events to the broker's `stream`.
+    pub fn new(mut stream: tokio::net::UnixStream) -> Self {
         let (queue, mut pending) = mpsc::unbounded_channel::<Event>();
         tokio::spawn(async move {
             while let Some(event) = pending.recv().await {
-                let (topic, message) = event.into_topic_and_message();
-                if let Err(e) = publisher
-                    .publish(Context::default(), topic, &namespace, message)
-                    .await
-                {
-                    tracing::error!("cannot publish {topic} event: {e}");
+                let (kind, bytes) = event.encode();
+                if let Err(e) = crate::broker::write_frame(&mut stream, kind, &bytes).await {
+                    tracing::error!(
+                        "cannot hand task events to the broker ({e}): containerd will see no more events \
+                         from this shim"
+                    );
+                    return;
                 }
             }
         });

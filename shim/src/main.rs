@@ -6,6 +6,7 @@
 
 mod annotations;
 mod bootstrap;
+mod broker;
 mod bundle;
 mod confine;
 mod container;
@@ -175,9 +176,11 @@ async fn start_server(opts: StartOpts, input: &StartInput) -> Result<String, Err
     let files = confine::node_file_rules(&node, config_file.as_deref())
         .map_err(|e| Error::Other(e.to_string()))?;
     let files = confine::encode(files.as_ref());
+    let images = content::ImagePolicy::of(&node).to_string();
     let vars = vec![
         (confine::SECCOMP_MODE_ENV, node.security.seccomp.name()),
         (confine::FILE_RULES_ENV, files.as_str()),
+        (broker::IMAGES_ENV, images.as_str()),
     ];
     let address = spawn(opts, &grouping, vars).await?;
     containerd_shim::util::write_str_to_file("address", &address).await?;
@@ -257,6 +260,7 @@ async fn shim_main() {
         _ if flags.info => info_action(),
         "start" => start_for_every_containerd(flags).await,
         "delete" => delete_action(),
+        broker::ACTION => broker::serve::run(flags).await,
         _ => server::serve(flags).await,
     };
     if let Err(e) = result {

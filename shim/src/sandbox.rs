@@ -304,10 +304,7 @@ mod tests {
         let tasks = TaskService::new(
             Events::captured().0,
             Arc::new(containerd_shim::ExitSignal::default()),
-            crate::content::ContentStore {
-                address: "/nonexistent/containerd.sock".into(),
-                namespace: "test".into(),
-            },
+            crate::broker::Content::none(),
         );
         SandboxService::new(Arc::new(tasks))
     }

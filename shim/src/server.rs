@@ -4,13 +4,13 @@
 //! and 1.7 call `containerd.task.v2.Task`, which is the same API under its older name. This serves both,
 //! and `containerd.runtime.sandbox.v1.Sandbox` for containerd 2.x's `sandboxer = "shim"`.
 
+use crate::broker::Spawned;
 use crate::sandbox::SandboxService;
 use crate::task::TaskService;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::protos::shim_async::create_task;
 use containerd_shim::protos::ttrpc::r#async::transport::Listener;
 use containerd_shim::protos::ttrpc::asynchronous::Server;
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{Error, Flags};
 use containerd_shim_protos::sandbox_async::create_sandbox;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -50,8 +50,8 @@ pub async fn serve(flags: Flags) -> Result<(), Error> {
     // the engine's thread) with the `start` action's exit. This process's stderr goes nowhere, so a failure
     // from here on is logged for containerd's log, and containerd sees the socket close.
     signal_started()?;
-    let served = match confine_server(Path::new(&path)) {
-        Ok(()) => serve_task_api(listener, &flags, &path).await,
+    let served = match spawn_broker_and_confine(&flags, Path::new(&path)) {
+        Ok(broker) => serve_task_api(listener, &flags, &path, broker).await,
         Err(e) => Err(e),
     };
     if let Err(e) = &served {
@@ -59,6 +59,19 @@ pub async fn serve(flags: Flags) -> Result<(), Error> {
         let _ = std::fs::remove_file(&path);
     }
     served
+}
+
+/// Spawns the broker ([`crate::broker`]), then confines the server: the broker must be started while the
+/// server may still execute a binary.
+fn spawn_broker_and_confine(flags: &Flags, socket: &Path) -> Result<Spawned, Error> {
+    if std::env::var_os("TTRPC_ADDRESS").is_none() {
+        return Err(Error::InvalidArgument(
+            "TTRPC_ADDRESS is not set (containerd sets it for the shims it starts)".into(),
+        ));
+    }
+    let broker = crate::broker::spawn(flags).map_err(io_error("spawning the shim broker"))?;
+    confine_server(socket)?;
+    Ok(broker)
 }
 
 /// Restricts file access, drops capabilities and installs the seccomp filter in the modes `start` passed
@@ -97,22 +110,38 @@ fn log_panics() {
     }));
 }
 
-async fn serve_task_api(listener: UnixListener, flags: &Flags, path: &str) -> Result<(), Error> {
-    let ttrpc_address = std::env::var("TTRPC_ADDRESS").map_err(|_| {
-        Error::InvalidArgument(
-            "TTRPC_ADDRESS is not set (containerd sets it for the shims it starts)".into(),
-        )
-    })?;
-    let publisher = RemotePublisher::new(&ttrpc_address).await?;
-    let exit = Arc::new(ExitSignal::default());
-    let events = crate::events::Events::new(publisher, flags.namespace.clone());
-    let tasks = Arc::new(TaskService::new(
+async fn serve_task_api(
+    listener: UnixListener,
+    flags: &Flags,
+    path: &str,
+    broker: Spawned,
+) -> Result<(), Error> {
+    let Spawned {
+        content,
         events,
+        mut child,
+    } = broker;
+    // Reaped (and an early end logged) on a detached thread: the server cannot start it again, and without it
+    // containerd gets no events. Not a blocking task of the runtime, whose shutdown would wait for it: the
+    // broker exits only after the server's ends of the pairs close.
+    let reaper = std::thread::Builder::new()
+        .name("broker-reaper".into())
+        .stack_size(64 << 10)
+        .spawn(move || match child.wait() {
+            Ok(status) if status.success() => {}
+            Ok(status) => tracing::error!("the shim broker ended: {status}"),
+            Err(e) => tracing::error!("cannot wait for the shim broker: {e}"),
+        });
+    reaper.map_err(io_error("starting the broker's reaper thread"))?;
+    let exit = Arc::new(ExitSignal::default());
+    let pair = || io_error("the shim broker's socket pair");
+    events.set_nonblocking(true).map_err(pair())?;
+    let events = tokio::net::UnixStream::from_std(events).map_err(pair())?;
+    let content = crate::broker::Content::new(content).map_err(pair())?;
+    let tasks = Arc::new(TaskService::new(
+        crate::events::Events::new(events),
         exit.clone(),
-        crate::content::ContentStore {
-            address: flags.address.clone(),
-            namespace: flags.namespace.clone(),
-        },
+        content,
     ));
     let sandboxes = Arc::new(SandboxService::new(tasks.clone()));
     let task: Arc<dyn containerd_shim::Task + Send + Sync> = tasks;

@@ -2,11 +2,10 @@
 
 use crate::bundle::{self, ImageLayer, Network, Payload, RootfsMount};
 use crate::container::{Container, CreateOptions, Status};
-use crate::content::ContentStore;
 use crate::engine::SharedRuntime;
 use crate::error::{Result, ShimError};
 use crate::events::{Event, Events};
-use crate::node_config::{self, NodeConfig};
+use crate::node_config;
 use async_trait::async_trait;
 use containerd_shim::api::*;
 use containerd_shim::protos::events::task::{
@@ -28,15 +27,15 @@ pub struct TaskService {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     events: Events,
     exit: Arc<ExitSignal>,
-    content: ContentStore,
+    content: crate::broker::Content,
     metrics: crate::scrape::Endpoints,
     tracer: crate::traces::SharedTracer,
 }
 
 impl TaskService {
     /// A service publishing to `events`; `exit` is signalled on Shutdown once no container is left; wasm layers
-    /// of images are read from `content`.
-    pub fn new(events: Events, exit: Arc<ExitSignal>, content: ContentStore) -> Self {
+    /// of images are read through `content`.
+    pub fn new(events: Events, exit: Arc<ExitSignal>, content: crate::broker::Content) -> Self {
         TaskService {
             runtime: SharedRuntime::build_early(),
             containers: Mutex::default(),

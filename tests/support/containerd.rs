@@ -239,17 +239,41 @@ state = "{d}/state"
         }
     }
 
-    /// Waits (up to 10 s) until no shim of this containerd runs; panics if one still does.
+    /// Waits (up to 10 s) until no shim of this containerd runs, nor its broker; panics if one still does, or
+    /// if a broker refused an event of its own shim's containers.
     pub fn assert_shims_exit(&self) {
         let started = Instant::now();
-        while !self.shim_pids().is_empty() && started.elapsed() < Duration::from_secs(10) {
+        let running = || [self.shim_pids(), self.broker_pids()].concat();
+        while !running().is_empty() && started.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(100));
         }
         assert!(self.shim_pids().is_empty(), "the pod's shim exited");
+        assert!(self.broker_pids().is_empty(), "the shim's broker exited");
+        let refused: Vec<String> = self
+            .log()
+            .lines()
+            .filter(|l| l.contains("broker refused an event"))
+            .map(str::to_string)
+            .collect();
+        assert!(
+            refused.is_empty(),
+            "a broker refused events of its own shim: {refused:#?}"
+        );
     }
 
     /// PIDs of shim processes serving this containerd.
     pub fn shim_pids(&self) -> Vec<i32> {
+        self.pids_named("containerd-shim-wasmhttp-v1")
+    }
+
+    /// The shim brokers (one per shim server, spawned by it) of this containerd.
+    pub fn broker_pids(&self) -> Vec<i32> {
+        self.pids_named("wasmhttp-broker")
+    }
+
+    /// PIDs of processes whose program (`argv[0]`'s file name) is `name` and whose command line names this
+    /// containerd's socket.
+    fn pids_named(&self, name: &str) -> Vec<i32> {
         let socket = self.socket().display().to_string();
         std::fs::read_dir("/proc")
             .unwrap()
@@ -257,7 +281,8 @@ state = "{d}/state"
             .filter(|pid| {
                 let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
                 let cmdline = String::from_utf8_lossy(&cmdline);
-                cmdline.contains("containerd-shim-wasmhttp-v1") && cmdline.contains(&socket)
+                let program = cmdline.split('\0').next().unwrap_or_default();
+                program.rsplit('/').next() == Some(name) && cmdline.contains(&socket)
             })
             .collect()
     }

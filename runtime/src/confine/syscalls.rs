@@ -8,7 +8,7 @@
 //!
 //! A call outside the list fails with `EPERM` and does nothing. Calls that would let code running in the
 //! shim reach beyond it are narrowed by their arguments: threads only (no `fork`), the network namespace
-//! only, signals only to this process, `prlimit` read-only, and three socket families.
+//! only, signals only to this process, `prlimit` read-only, and the two IP socket families.
 
 use seccompiler::{
     SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond, SeccompRule,
@@ -142,7 +142,7 @@ const ANY_ARGUMENTS: &[(&str, &[libc::c_long])] = &[
         ],
     ),
     (
-        "sockets: ttrpc, containerd's content store, services' listeners and connections",
+        "sockets: ttrpc, the broker's pairs, services' listeners and connections",
         &[
             libc::SYS_socketpair,
             libc::SYS_bind,
@@ -234,8 +234,10 @@ const IOCTL_REQUESTS: &[libc::c_ulong] = &[
     libc::TCGETS,
 ];
 
-/// Socket families: local (ttrpc, containerd) and IP (services, outbound requests, name lookups).
-const SOCKET_FAMILIES: &[libc::c_int] = &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6];
+/// Socket families: IP only (services, outbound requests, name lookups). No new unix socket: a confined
+/// process reaches nothing local by path (containerd's sockets above all); the sockets it serves on and the
+/// pairs it talks through are made before it is confined.
+const SOCKET_FAMILIES: &[libc::c_int] = &[libc::AF_INET, libc::AF_INET6];
 
 /// The allowlist as seccompiler rules: a call with no rules is allowed whatever its arguments; one with
 /// rules, when any rule matches.

@@ -3,36 +3,10 @@
 use super::*;
 
 impl TaskService {
-    /// Reads the wasm of a container whose code is an image layer rather than a file in its rootfs.
-    async fn read_image_layer(
-        &self,
-        id: &str,
-        layer: ImageLayer,
-        node: &NodeConfig,
-    ) -> Result<Payload> {
-        let max_bytes = node.engine.max_component_size;
-        let found = async {
-            let image = match &layer.image {
-                Some(image) if node.security.any_image_annotation => image.clone(),
-                Some(image) => {
-                    let own = self.content.image_of_container(id).await?;
-                    if *image != own {
-                        return Err(ShimError::InvalidArgument(format!(
-                            "annotation wasmhttp.io/image={image} names an image other than the \
-                             container's own ({}); this node lets it name only the container's own image \
-                             (its [security] image-annotation = \"any\" allows any)",
-                            if own.is_empty() { "none" } else { &own }
-                        )));
-                    }
-                    own
-                }
-                None => self.content.image_of_container(id).await?,
-            };
-            if image.is_empty() {
-                return Ok(None);
-            }
-            self.content.wasm_layer(&image, max_bytes).await
-        };
+    /// Reads the wasm of a container whose code is an image layer rather than a file in its rootfs, through
+    /// the broker (which decides which image the container may name, and how large its layer may be).
+    async fn read_image_layer(&self, id: &str, layer: ImageLayer) -> Result<Payload> {
+        let found = self.content.wasm_layer(id, layer.image.as_deref());
         let no_layer = |why: String| {
             ShimError::InvalidArgument(match &layer.not_in_rootfs {
                 Some(not_in_rootfs) => format!("{not_in_rootfs}, and {why}"),
@@ -117,7 +91,7 @@ impl TaskService {
         let bundle_read = bundle_started.elapsed();
         check_reachable(&workload, &stdout, &stderr)?;
         if let Payload::ImageLayer(layer) = workload.payload {
-            workload.payload = self.read_image_layer(&id, layer, &node).await?;
+            workload.payload = self.read_image_layer(&id, layer).await?;
         }
         let metrics = workload.metrics.clone();
         let metrics_port = metrics
