@@ -12,7 +12,7 @@ cleanup() {
     kill "$containerd_pid" 2>/dev/null || true
     wait "$containerd_pid" 2>/dev/null || true
   fi
-  for pid in $(pgrep -f "containerd-shim.*$work" || true); do kill -9 "$pid" 2>/dev/null || true; done
+  for pid in $(pgrep -f "(containerd-shim|wasmhttp-broker).*$work" || true); do kill -9 "$pid" 2>/dev/null || true; done
   umount -R "$work/root" 2>/dev/null || true
   rm -rf "$work"
 }

@@ -3,6 +3,7 @@
 //!
 //! The path is the one containerd itself follows: container → image → manifest (an index is resolved to its
 //! wasm entry) → the wasm layer, read through containerd's gRPC Content API and checked against its digest.
+//! Only the broker process calls it ([`crate::broker`]): the shim server cannot reach containerd.
 
 use crate::containerd_api::Client;
 use crate::error::{Result, ShimError};

@@ -304,7 +304,7 @@ impl Drop for Containerd {
             }
         }
         self.stop_daemon();
-        for pid in self.shim_pids() {
+        for pid in [self.shim_pids(), self.broker_pids()].concat() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
