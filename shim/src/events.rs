@@ -28,17 +28,32 @@ pub enum Event {
 }
 
 impl Event {
-    /// The topic containerd files it under, and the message.
-    pub fn into_topic_and_message(self) -> (&'static str, Box<dyn MessageDyn>) {
+    /// The topic containerd files it under (`/tasks/exit`).
+    pub fn topic(&self) -> &'static str {
         match self {
-            Event::Create(e) => (TASK_CREATE_EVENT_TOPIC, Box::new(e)),
-            Event::Start(e) => (TASK_START_EVENT_TOPIC, Box::new(e)),
-            Event::Exit(e) => (TASK_EXIT_EVENT_TOPIC, Box::new(e)),
-            Event::Oom(e) => (TASK_OOM_EVENT_TOPIC, Box::new(e)),
-            Event::Delete(e) => (TASK_DELETE_EVENT_TOPIC, Box::new(e)),
-            Event::Paused(e) => (TASK_PAUSED_EVENT_TOPIC, Box::new(e)),
-            Event::Resumed(e) => (TASK_RESUMED_EVENT_TOPIC, Box::new(e)),
+            Event::Create(_) => TASK_CREATE_EVENT_TOPIC,
+            Event::Start(_) => TASK_START_EVENT_TOPIC,
+            Event::Exit(_) => TASK_EXIT_EVENT_TOPIC,
+            Event::Oom(_) => TASK_OOM_EVENT_TOPIC,
+            Event::Delete(_) => TASK_DELETE_EVENT_TOPIC,
+            Event::Paused(_) => TASK_PAUSED_EVENT_TOPIC,
+            Event::Resumed(_) => TASK_RESUMED_EVENT_TOPIC,
         }
+    }
+
+    /// The topic and the message.
+    pub fn into_topic_and_message(self) -> (&'static str, Box<dyn MessageDyn>) {
+        let topic = self.topic();
+        let message: Box<dyn MessageDyn> = match self {
+            Event::Create(e) => Box::new(e),
+            Event::Start(e) => Box::new(e),
+            Event::Exit(e) => Box::new(e),
+            Event::Oom(e) => Box::new(e),
+            Event::Delete(e) => Box::new(e),
+            Event::Paused(e) => Box::new(e),
+            Event::Resumed(e) => Box::new(e),
+        };
+        (topic, message)
     }
 
     /// The container the event is about.

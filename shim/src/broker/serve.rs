@@ -195,7 +195,7 @@ impl Owner {
             _ if !self.owned.contains(&id) => {
                 return Err(format!(
                     "container {id} is not one this shim created ({})",
-                    event_topic(&event)
+                    event.topic()
                 ));
             }
             Event::Delete(_) => {
@@ -204,18 +204,6 @@ impl Owner {
             _ => {}
         }
         Ok(event)
-    }
-}
-
-fn event_topic(event: &Event) -> &'static str {
-    match event {
-        Event::Create(_) => "create",
-        Event::Start(_) => "start",
-        Event::Exit(_) => "exit",
-        Event::Oom(_) => "oom",
-        Event::Delete(_) => "delete",
-        Event::Paused(_) => "paused",
-        Event::Resumed(_) => "resumed",
     }
 }
 
