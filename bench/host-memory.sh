@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The cost of charging host memory to services (runtime/src/host_memory.rs), same run: `wasmhttp run` with
-# its charging allocator and a build without it (`--no-default-features`), on hello (WASI 0.2, a fresh
+# The cost of charging host memory to services (runtime/src/host_memory.rs, and the check as each host call
+# returns that only a charging build installs), same run: `wasmhttp run` with its charging allocator and a
+# build without it (`--no-default-features`), on hello (WASI 0.2, a fresh
 # instance per request), hello-p3 (WASI 0.3, reused instances) and the Python guest (large instances).
 # Each round runs the two builds and a control (the build without, a second time) in a rotating order; the
 # ratios are medians of each round's own ratios, and the control's ratio is this machine's noise floor: a

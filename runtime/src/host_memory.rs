@@ -40,6 +40,9 @@ static SLOTS: [Slot; ACCOUNTS] = [const {
     }
 }; ACCOUNTS];
 
+/// Set once an allocation went through [`ChargingAllocator`]: whether this process charges at all.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
 /// How far a thread's unpublished sum for the account it charges may grow before it is published.
 const PUBLISH_AT: u64 = 256 << 10;
 
@@ -65,6 +68,10 @@ impl ChargingAllocator {
     /// # Safety
     /// As [`GlobalAlloc::alloc`].
     unsafe fn alloc_for(&self, layout: Layout, account: u32, zeroed: bool) -> *mut u8 {
+        // A load first: the flag's cache line stays shared between the cores once it is set.
+        if !INSTALLED.load(Relaxed) {
+            INSTALLED.store(true, Relaxed);
+        }
         let Some((offset, outer)) = Self::outer(layout) else {
             return std::ptr::null_mut();
         };
@@ -214,12 +221,22 @@ impl Account {
         }
     }
 
-    /// Bytes allocated for this account and not yet freed.
+    /// Whether this process's allocations are charged (its global allocator is [`ChargingAllocator`]);
+    /// when not, every account reads zero and checking one is wasted work.
+    pub(crate) fn charged_here() -> bool {
+        INSTALLED.load(Relaxed)
+    }
+
+    /// Bytes allocated for this account and not yet freed, with what this thread has not yet published.
     pub(crate) fn bytes(&self) -> u64 {
         match self.0 {
             0 => 0,
-            // Frees can be seen before the allocations they undo, on another thread, for a moment.
-            i => (SLOTS[i as usize].bytes.load(Relaxed) as i64).max(0) as u64,
+            i => {
+                let shared = SLOTS[i as usize].bytes.load(Relaxed) as i64;
+                let pending = if CHARGED.get() == i { PENDING.get() } else { 0 };
+                // Frees can be seen before the allocations they undo, on another thread, for a moment.
+                (shared + pending).max(0) as u64
+            }
         }
     }
 

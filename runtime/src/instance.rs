@@ -2,6 +2,7 @@
 
 use crate::capabilities::Capabilities;
 use crate::cpu::CpuMeter;
+use crate::host_memory::Account;
 use crate::knobs::Limits;
 use crate::outbound::OutboundPolicy;
 use crate::output::GuestOutput;
@@ -9,7 +10,7 @@ use crate::stats::FailureCause;
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::ResourceTable;
-use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime::{CallHook, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::cli::StdinStream;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -38,6 +39,9 @@ pub(crate) struct InstanceGuard {
     deadlines: Vec<Instant>,
     /// Why a memory growth was refused, if one was.
     memory_denied: Option<FailureCause>,
+    /// Whether a host call already ended the instance for its host memory (wasmtime calls the hook again
+    /// as the trap unwinds through nested calls; it is one refusal).
+    host_memory_refused: bool,
     timed_out: bool,
 }
 
@@ -58,6 +62,7 @@ impl InstanceGuard {
             fuel_granted: limits.fuel_per_request.unwrap_or(u64::MAX),
             deadlines: Vec::new(),
             memory_denied: None,
+            host_memory_refused: false,
             timed_out: false,
             meter,
         }
@@ -119,6 +124,34 @@ impl InstanceGuard {
         ))
     }
 
+    /// Called by wasmtime as each host call returns to the guest: host memory is allocated by host calls,
+    /// and the shim cannot refuse one of its own allocations, so the call that took the service past its
+    /// memory limit ends the instance instead (its resources and linear memory are freed with it). Like a
+    /// growth, it is the guest's own fault when the host memory does not fit beside this instance alone,
+    /// and an overload (503) when it is the other live instances that do not fit.
+    fn on_host_return(&mut self) -> wasmtime::Result<()> {
+        let Some(total) = self.memory_total else {
+            return Ok(());
+        };
+        let stats = self.meter.stats();
+        if stats.memory_with_host() <= total {
+            return Ok(());
+        }
+        let host = stats.host_account().bytes();
+        if !std::mem::replace(&mut self.host_memory_refused, true) {
+            let cause = if self.held.saturating_add(host) > total {
+                FailureCause::Memory
+            } else {
+                FailureCause::Overload
+            };
+            self.refuse_memory(cause, self.held);
+        }
+        Err(wasmtime::Error::msg(format!(
+            "the service's host memory ({host} bytes) does not fit its memory limit ({total} bytes) \
+             beside its instances' linear memory"
+        )))
+    }
+
     /// Why the instance failed with `error`, judged from the error and what the guard saw.
     pub(crate) fn failure_cause(&self, error: &wasmtime::Error) -> FailureCause {
         if let Some(cause) = self.memory_denied {
@@ -145,8 +178,9 @@ impl InstanceGuard {
         }
     }
 
-    /// Counts a refused growth and says so once per instance: a guest may catch the failure and answer
-    /// the request itself (JavaScript engines answer 500), so the refusal must be visible on its own.
+    /// Counts a refused growth (or host memory over the limit) and says so once per instance: a guest may
+    /// catch a refused growth and answer the request itself (JavaScript engines answer 500), so the
+    /// refusal must be visible on its own.
     fn refuse_memory(&mut self, cause: FailureCause, wanted: u64) {
         self.meter.stats().memory_refused();
         if self.memory_denied.replace(cause).is_none() {
@@ -155,7 +189,7 @@ impl InstanceGuard {
                 wanted,
                 host_memory = self.meter.stats().host_account().bytes(),
                 limit = self.memory_per_instance.or(self.memory_total),
-                "memory growth refused: {}",
+                "memory refused: {}",
                 cause.reason()
             );
         }
@@ -255,6 +289,12 @@ pub(crate) fn new_store<T: Guarded>(engine: &wasmtime::Engine, data: T) -> Store
         .expect("the engine is configured to consume fuel");
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut ctx| ctx.data_mut().guard().on_epoch());
+    if Account::charged_here() {
+        store.call_hook(|mut ctx, hook| match hook {
+            CallHook::ReturningFromHost => ctx.data_mut().guard().on_host_return(),
+            _ => Ok(()),
+        });
+    }
     store
 }
 

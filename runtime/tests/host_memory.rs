@@ -1,6 +1,6 @@
 //! Host memory a guest makes the shim hold for it (`wasi:http` resources) is bounded by its memory limit
 //! and charged against it. Alone in its own test binary so the RSS it samples is this test's, and with
-//! the charging allocator the shim installs.
+//! the charging allocator the shim installs; its tests take turns, since they share the process's RSS.
 
 mod common;
 
@@ -8,6 +8,9 @@ use common::*;
 use wasmhttp_runtime::*;
 
 const MIB: u64 = 1 << 20;
+
+/// Held by each test for its whole run: another test's services would grow the RSS one of them samples.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[global_allocator]
 static ALLOCATOR: ChargingAllocator = ChargingAllocator;
@@ -26,6 +29,7 @@ async fn host_memory_reaches(served: &Served, done: impl Fn(u64) -> bool) -> u64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_memory_held_for_a_guest_counts_against_its_memory_limit() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let served = serve(
         &runtime(),
         "mem-hog",
@@ -56,6 +60,20 @@ async fn host_memory_held_for_a_guest_counts_against_its_memory_limit() {
         "{stats:?}"
     );
 
+    // Linear memory first, then host memory: the host call that takes the service past its limit ends
+    // the instance, where only a later growth would have noticed.
+    let reply = get_async(addr, "/?mib=48&late-fields=400").await;
+    assert_eq!(reply.status, 500, "{reply:?}");
+    assert!(reply.body.contains("memory limit"), "{reply:?}");
+    let stats = served.handle.stats();
+    assert_eq!(
+        (stats.failed_memory, stats.failed_overload),
+        (2, 0),
+        "{stats:?}"
+    );
+    let left = host_memory_reaches(&served, |bytes| bytes <= 2 * MIB).await;
+    assert!(left <= 2 * MIB, "{left} bytes still charged after the trap");
+
     // While a request holds 100 fields, the service's figure shows them; they are given back after.
     let holding = tokio::spawn(get_async(addr, "/?fields=100&mib=1&hold=1000"));
     let fields = 100 * (48 << 10);
@@ -71,6 +89,7 @@ async fn host_memory_held_for_a_guest_counts_against_its_memory_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resources_a_guest_makes_the_host_hold_are_bounded_by_its_memory_limit() {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let runtime = runtime();
     let limit = 64 * MIB;
     let limited = serve(
@@ -119,5 +138,47 @@ async fn resources_a_guest_makes_the_host_hold_are_bounded_by_its_memory_limit()
         growth > 200 * MIB,
         "6,000 fields of 48 KiB grew the host by only {} MiB",
         growth / MIB
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_instances_share_one_memory_limit_for_the_host_memory_they_make_the_shim_hold() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let limit = 64 * MIB;
+    let served = serve(
+        &runtime(),
+        "mem-hog",
+        Limits {
+            memory: Some(limit),
+            ..Limits::default()
+        },
+        Capabilities::default(),
+    );
+    let addr = served.addr;
+    // Each holds 400 fields (19 MiB) for a second with no linear growth: within its own resource bound,
+    // but 8 of them at once would make the host hold 150 MiB for a service limited to 64 MiB. Each would
+    // fit alone, so the ones that do not fit beside the others get a retryable 503.
+    let requests = (0..8).map(|_| get_async(addr, "/?fields=400&mib=0&hold=1000"));
+    let (replies, growth) = peak_growth(futures::future::join_all(requests)).await;
+    let statuses: Vec<u16> = replies.iter().map(|r| r.status).collect();
+    assert!(
+        statuses.contains(&200) && statuses.contains(&503),
+        "some fit, the rest are refused: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 503),
+        "{statuses:?}"
+    );
+    assert!(
+        growth < limit + 16 * MIB,
+        "the host grew {} MiB for a guest limited to 64 MiB",
+        growth / MIB
+    );
+    let left = host_memory_reaches(&served, |bytes| bytes <= 2 * MIB).await;
+    assert!(left <= 2 * MIB, "{left} bytes still charged");
+    assert_eq!(
+        get_async(addr, "/?fields=100").await.status,
+        200,
+        "still serving"
     );
 }

@@ -121,7 +121,7 @@ macro_rules! knobs {
 
 knobs! {
     /// Linear memory of all live instances plus the host memory held for them; also caps one instance.
-    memory: u64, size, "memory", hit "the growing instance traps: 500", oci "memory.limit";
+    memory: u64, size, "memory", hit "the instance taking more traps: 500", oci "memory.limit";
     /// Linear memory of one instance, when lower than `memory`.
     memory_per_instance: u64, size, "memory-per-instance", hit "the growing instance traps: 500";
     /// Sustained CPU rate in cores.

@@ -457,6 +457,13 @@ impl Stats {
         &self.host
     }
 
+    /// Linear memory of the service's live instances and the host memory held for it, together.
+    pub(crate) fn memory_with_host(&self) -> u64 {
+        self.memory_current
+            .load(Relaxed)
+            .saturating_add(self.host.bytes())
+    }
+
     pub(crate) fn memory_refused(&self) {
         self.memory_refusals.fetch_add(1, Relaxed);
     }
