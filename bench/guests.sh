@@ -31,7 +31,7 @@ for guest in python-http python-http-p3 js-http; do
     --cache-dir "$cache"
 done
 
-rm -f "$out/results"
+rm -f "$out/results" "$out/cpu"
 for guest in python-http python-http-p3 js-http; do
   wasm="examples/wasm/$guest.wasm"
   run_wrk "wasmtime-serve/$guest" 18282 16 "$tools/bin/wasmtime" serve -Scli -C cache=y \

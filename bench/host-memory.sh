@@ -5,8 +5,8 @@
 # instance per request), hello-p3 (WASI 0.3, reused instances) and the Python guest (large instances).
 # Each round runs the two builds and a control (the build without, a second time) in a rotating order; the
 # ratios are medians of each round's own ratios, and the control's ratio is this machine's noise floor: a
-# ratio of the charged build no further from 1 than the control's is not a measured cost. Then what a
-# charged hello service shows in `wasmhttp_host_memory_bytes`: idle, and under 50 connections.
+# ratio of the charged build no further from 1 than the control's is not a measured cost. The same for the
+# server's CPU per request over the same runs. Then what a charged hello service shows in `wasmhttp_host_memory_bytes`: idle, and under 50 connections.
 # Usage: bench/host-memory.sh [ROUNDS]   (default 9; DURATION=3s per wrk run; results in bench-out/host-memory/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,6 +50,17 @@ done
     printf '%-12s %12.0f %12.0f %12.0f %17.3fx %17.3fx\n' "$guest" "$(round_median uncharged "$guest")" \
       "$(round_median charged "$guest")" "$(round_median control "$guest")" \
       "$(paired_ratio charged uncharged "$guest")" "$(paired_ratio control uncharged "$guest")"
+  done
+  echo
+  echo "the server's CPU per request over the same runs (µs; user + system), medians and paired ratios"
+  printf '%-12s %12s %12s %12s %18s %18s\n' guest uncharged charged control charged/uncharged \
+    control/uncharged
+  for guest in hello hello-p3 python-http; do
+    printf '%-12s %12.1f %12.1f %12.1f %17.3fx %17.3fx\n' "$guest" \
+      "$(round_median uncharged "$guest" "$out/cpu")" "$(round_median charged "$guest" "$out/cpu")" \
+      "$(round_median control "$guest" "$out/cpu")" \
+      "$(paired_ratio charged uncharged "$guest" "$out/cpu")" \
+      "$(paired_ratio control uncharged "$guest" "$out/cpu")"
   done
   refused=$(cat "$out"/*/*.wrk | awk '/Non-2xx/ {n += $NF} END {print n + 0}')
   if [ "$refused" != 0 ]; then

@@ -19,7 +19,7 @@ cache="$out/cache"; rm -rf "$cache"
 limits=(--memory 128Mi --cpus 2 --max-concurrency 256 --queue-depth 1024 --request-timeout 5s
   --fuel-per-request 100000000)
 
-rm -f "$out/results"
+rm -f "$out/results" "$out/cpu"
 for guest in hello hello-p3; do
   wasm="examples/wasm/$guest.wasm"
   run_wrk "wasmhttp/$guest" 18181 50 ./target/release/wasmhttp run "$wasm" --listen 127.0.0.1:18181 \

@@ -25,10 +25,14 @@ wait_for() {
   return 1
 }
 
+# cpu_ticks PID: the user and system CPU the process has used, in clock ticks.
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+
 # run_wrk NAME PORT CONNECTIONS COMMAND...: starts the server, warms it up, measures with wrk while sampling
 # the server's PSS, reads its peak RSS, stops it; appends "NAME rps p50 p99 peak_rss_mib peak_pss_mib" to
-# $out/results. The readiness wait allows $ready_tries × 50 ms (compiles of big guests take seconds); wrk asks
-# for $target_path (default /).
+# $out/results, and "NAME cpu_us_per_request" (the server's CPU over the measured run) to $out/cpu. The
+# readiness wait allows $ready_tries × 50 ms (compiles of big guests take seconds); wrk asks for
+# $target_path (default /).
 run_wrk() {
   local name=$1 port=$2 conns=$3 url="http://127.0.0.1:$2${target_path:-/}"; shift 3
   mkdir -p "$(dirname "$out/$name")"
@@ -44,8 +48,12 @@ run_wrk() {
       sleep 0.2
     done
   ) &
-  local sampler=$!
+  local sampler=$! ticks
+  ticks=$(cpu_ticks "$pid")
   wrk -t2 -c"$conns" -d"$duration" --latency "$url" >"$out/$name.wrk"
+  ticks=$(($(cpu_ticks "$pid") - ticks))
+  awk -v n="$name" -v t="$ticks" -v hz="$(getconf CLK_TCK)" '/requests in/ && $1 > 0 {
+    printf "%s %.2f\n", n, t * 1e6 / hz / $1 }' "$out/$name.wrk" >>"$out/cpu"
   local rss pss
   rss=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status")
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
@@ -61,17 +69,18 @@ run_wrk() {
 # median: the median of the numbers on stdin, one per line.
 median() { sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
 
-# round_median KIND GUEST: the median req/s of the rounds recorded as "KIND/GUEST.N" (N = 1, 2, …).
-round_median() { awk -v p="$1/$2." 'index($1, p) == 1 {print $2}' "$out/results" | median; }
+# round_median KIND GUEST [FILE]: the median req/s (or FILE's figure, default $out/results) of the rounds
+# recorded as "KIND/GUEST.N" (N = 1, 2, …).
+round_median() { awk -v p="$1/$2." 'index($1, p) == 1 {print $2}' "${3:-$out/results}" | median; }
 
-# paired_ratio KIND BASE GUEST: the median, over rounds, of KIND's req/s divided by BASE's in the same round.
-# Two runs next to each other share this VM's drift over minutes, which the medians of each side taken
-# apart do not cancel.
+# paired_ratio KIND BASE GUEST [FILE]: the median, over rounds, of KIND's req/s (or FILE's figure) divided
+# by BASE's in the same round. Two runs next to each other share this VM's drift over minutes, which the
+# medians of each side taken apart do not cancel.
 paired_ratio() {
   awk -v a="$1/$3." -v b="$2/$3." '
     index($1, a) == 1 { x[substr($1, length(a) + 1)] = $2 }
     index($1, b) == 1 { y[substr($1, length(b) + 1)] = $2 }
-    END { for (r in x) if ((r in y) && y[r] > 0) print x[r] / y[r] }' "$out/results" | median
+    END { for (r in x) if ((r in y) && y[r] > 0) print x[r] / y[r] }' "${4:-$out/results}" | median
 }
 
 # rps_of NAME: the req/s recorded for NAME.

@@ -41,7 +41,7 @@ variant() {
   esac
 }
 
-rm -f "$out/results" "$out/spans.jsonl"
+rm -f "$out/results" "$out/cpu" "$out/spans.jsonl"
 variants=(off metrics trace-100 trace-1)
 for round in $(seq 1 "$rounds"); do
   for i in 0 1 2 3; do

@@ -52,7 +52,7 @@ per_request() {
     "$out/pagemap-perf.csv"
 }
 
-rm -f "$out/results"
+rm -f "$out/results" "$out/cpu"
 for round in $(seq "$rounds"); do
   run_wrk "stock/$round" 18181 50 ./target/release/wasmhttp run "$hello" --listen 127.0.0.1:18181 \
     --cache-dir "$cache" "${limits[@]}"
