@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The cost of charging host memory to services (runtime/src/host_memory.rs, and the check as each host call
 # returns that only a charging build installs), same run: `wasmhttp run` with its charging allocator and a
-# build without it (`--no-default-features`), on hello (WASI 0.2, a fresh
-# instance per request), hello-p3 (WASI 0.3, reused instances) and the Python guest (large instances).
+# build without it (`--no-default-features`), on hello (WASI 0.2, a fresh instance per request), hello-p3
+# (WASI 0.3, reused instances) and the Python guest (large instances).
 # Each round runs the two builds and a control (the build without, a second time) in a rotating order; the
 # ratios are medians of each round's own ratios, and the control's ratio is this machine's noise floor: a
 # ratio of the charged build no further from 1 than the control's is not a measured cost. The same for the
-# server's CPU per request over the same runs. Then what a charged hello service shows in `wasmhttp_host_memory_bytes`: idle, and under 50 connections.
+# server's CPU per request over the same runs. Then what a charged hello service shows in
+# `wasmhttp_host_memory_bytes`: idle, and under 50 connections.
 # Usage: bench/host-memory.sh [ROUNDS]   (default 9; DURATION=3s per wrk run; results in bench-out/host-memory/)
 set -euo pipefail
 cd "$(dirname "$0")/.."

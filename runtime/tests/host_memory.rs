@@ -30,15 +30,7 @@ async fn host_memory_reaches(served: &Served, done: impl Fn(u64) -> bool) -> u64
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_memory_held_for_a_guest_counts_against_its_memory_limit() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let served = serve(
-        &runtime(),
-        "mem-hog",
-        Limits {
-            memory: Some(64 * MIB),
-            ..Limits::default()
-        },
-        Capabilities::default(),
-    );
+    let served = serve_mem_hog(&runtime(), Some(64 * MIB));
     let addr = served.addr;
     // 48 MiB of linear memory fits the limit, and so do 400 fields of 48 KiB (19 MiB) held in the host.
     assert_eq!(get_async(addr, "/?mib=48").await.status, 200);
@@ -92,15 +84,7 @@ async fn resources_a_guest_makes_the_host_hold_are_bounded_by_its_memory_limit()
     let _turn = ONE_AT_A_TIME.lock().await;
     let runtime = runtime();
     let limit = 64 * MIB;
-    let limited = serve(
-        &runtime,
-        "mem-hog",
-        Limits {
-            memory: Some(limit),
-            ..Limits::default()
-        },
-        Capabilities::default(),
-    );
+    let limited = serve_mem_hog(&runtime, Some(limit));
     let addr = limited.addr;
     let reply = get_async(addr, "/?fields=100").await;
     assert_eq!(
@@ -123,15 +107,7 @@ async fn resources_a_guest_makes_the_host_hold_are_bounded_by_its_memory_limit()
     );
 
     // With a larger limit the same guest does make the host hold more: the measurement above can fail.
-    let roomy = serve(
-        &runtime,
-        "mem-hog",
-        Limits {
-            memory: Some(1024 * MIB),
-            ..Limits::default()
-        },
-        Capabilities::default(),
-    );
+    let roomy = serve_mem_hog(&runtime, Some(1024 * MIB));
     let (reply, growth) = peak_growth(get_async(roomy.addr, "/?fields=6000")).await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(
@@ -145,15 +121,7 @@ async fn resources_a_guest_makes_the_host_hold_are_bounded_by_its_memory_limit()
 async fn concurrent_instances_share_one_memory_limit_for_the_host_memory_they_make_the_shim_hold() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let limit = 64 * MIB;
-    let served = serve(
-        &runtime(),
-        "mem-hog",
-        Limits {
-            memory: Some(limit),
-            ..Limits::default()
-        },
-        Capabilities::default(),
-    );
+    let served = serve_mem_hog(&runtime(), Some(limit));
     let addr = served.addr;
     // Each holds 400 fields (19 MiB) for a second with no linear growth: within its own resource bound,
     // but 8 of them at once would make the host hold 150 MiB for a service limited to 64 MiB. Each would

@@ -12,15 +12,7 @@ const MIB: u64 = 1 << 20;
 async fn memory_limit_gives_500_and_bounds_the_process() {
     let runtime = runtime();
     let limit = 64 * MIB;
-    let limited = serve(
-        &runtime,
-        "mem-hog",
-        Limits {
-            memory: Some(limit),
-            ..Limits::default()
-        },
-        Capabilities::default(),
-    );
+    let limited = serve_mem_hog(&runtime, Some(limit));
     let addr = limited.addr;
     assert_eq!(
         get_async(addr, "/?mib=16").await.status,
@@ -83,12 +75,7 @@ async fn memory_limit_gives_500_and_bounds_the_process() {
     );
 
     // The same request without a limit really does grow the process: the measurement above can fail.
-    let unlimited = serve(
-        &runtime,
-        "mem-hog",
-        Limits::default(),
-        Capabilities::default(),
-    );
+    let unlimited = serve_mem_hog(&runtime, None);
     let (reply, growth) = peak_growth(get_async(unlimited.addr, "/?mib=100")).await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(

@@ -20,12 +20,7 @@ async fn left_resident(keep: u64) -> u64 {
         ..EngineConfig::default()
     })
     .unwrap();
-    let served = serve(
-        &runtime,
-        "mem-hog",
-        Limits::default(),
-        Capabilities::default(),
-    );
+    let served = serve_mem_hog(&runtime, None);
     // Warm up: code, the worker thread and its buffers become resident before the baseline is taken.
     for _ in 0..3 {
         assert_eq!(get_async(served.addr, "/?mib=1").await.status, 200);

@@ -137,6 +137,15 @@ pub fn serve(runtime: &Runtime, name: &str, limits: Limits, caps: Capabilities) 
     }
 }
 
+/// Serves the `mem-hog` example under a memory limit of `memory` bytes, and no other limit.
+pub fn serve_mem_hog(runtime: &Runtime, memory: Option<u64>) -> Served {
+    let limits = Limits {
+        memory,
+        ..Limits::default()
+    };
+    serve(runtime, "mem-hog", limits, Capabilities::default())
+}
+
 /// Same as [`get`], from async code.
 pub async fn get_async(addr: SocketAddr, target: &str) -> Reply {
     let target = target.to_string();
