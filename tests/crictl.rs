@@ -195,16 +195,11 @@ fn an_operator_runs_a_wasm_pod_with_crictl() {
     let loaded = std::thread::spawn(move || load(burn_addr, "/?ms=50", 4, Duration::from_secs(6)));
     // The first second spends the bucket's initial burst; the rate is measured after it.
     std::thread::sleep(Duration::from_secs(1));
-    let ((), rate) = shim_cpu_rate(shim, || std::thread::sleep(Duration::from_secs(4)));
+    let ((), used) = shim_cpu_rate(shim, || std::thread::sleep(Duration::from_secs(4)));
     let statuses = loaded.join().unwrap();
-    println!(
-        "FIGURE crictl update to 500m: the pod's shim used {rate:.3} CPU under continuous load"
-    );
+    println!("FIGURE crictl update to 500m: the pod's shim used {used} under continuous load");
     assert!(statuses.iter().all(|s| *s == 200), "throttled, not failed");
-    assert!(
-        (0.45..=0.55).contains(&rate),
-        "resized from 0.25 to 0.5 CPU, measured {rate:.3}"
-    );
+    used.assert_near(0.5, "resized from 0.25 to 0.5 CPU");
 
     // A command over its memory limit ends as Kubernetes expects of one: exit 137, reason OOMKilled.
     let mut oom = container_json(

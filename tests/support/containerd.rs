@@ -145,6 +145,13 @@ state = "{d}/state"
         std::fs::read_to_string(self.dir.path().join("containerd.log")).unwrap_or_default()
     }
 
+    /// The last `lines` lines of containerd's log (the shim's lines included), for a failure message.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// Runs `ctr` against this containerd in the test namespace.
     pub fn ctr(&self, args: &[&str]) -> Output {
         self.ctr_in(NAMESPACE, args)
@@ -365,18 +372,27 @@ pub fn wait_for_200(addr: SocketAddr) -> String {
 /// Polls `addr` until `target` answers 200; returns the body. Connects with a timeout, since a pod IP
 /// that is not up yet drops packets rather than refusing them.
 pub fn wait_for_200_at(addr: SocketAddr, target: &str) -> String {
+    try_wait_for_200_at(addr, target).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As [`wait_for_200_at`], but says what it last got instead of panicking, so that a caller can add what
+/// it knows (containerd's log, say).
+pub fn try_wait_for_200_at(addr: SocketAddr, target: &str) -> Result<String, String> {
     let started = Instant::now();
     loop {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            let reply = get(addr, target);
-            if reply.status == 200 {
-                return reply.body;
+        let last = match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(_) => {
+                let reply = get(addr, target);
+                if reply.status == 200 {
+                    return Ok(reply.body);
+                }
+                format!("{} {:?}", reply.status, reply.body)
             }
+            Err(e) => format!("connect: {e}"),
+        };
+        if started.elapsed() > Duration::from_secs(30) {
+            return Err(format!("{addr}{target} never answered 200 (last: {last})"));
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{addr}{target} never answered 200"
-        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

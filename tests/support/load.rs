@@ -96,10 +96,69 @@ pub fn sampling<T>(
     (output, peak.load(Ordering::Relaxed))
 }
 
-/// CPU-seconds per second the process `shim` used while `work` ran.
-pub fn shim_cpu_rate<T>(shim: i32, work: impl FnOnce() -> T) -> (T, f64) {
-    let (cpu, started) = (process_cpu(shim), Instant::now());
+/// What the process `shim` used of the CPU while some work ran, in CPU-seconds per second.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuUse {
+    /// What its threads ran.
+    pub rate: f64,
+    /// What they waited, runnable, for a CPU the kernel gave to others (their `run_delay`), plus the
+    /// machine's steal time: CPU the shim may have wanted and the machine did not give it. A quota that
+    /// holds shows as its rate on a quiet machine; on a busy one the rate may fall short by this much.
+    pub denied: f64,
+}
+
+impl std::fmt::Display for CpuUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.3} CPU (denied {:.3})", self.rate, self.denied)
+    }
+}
+
+impl CpuUse {
+    /// Asserts the shim held to `limit` CPU within ±10%: never above it, and below only by what the
+    /// machine denied it, so a quota enforced too tightly still fails on a quiet machine.
+    pub fn assert_near(&self, limit: f64, what: &str) {
+        assert!(
+            self.rate <= limit * 1.1 && self.rate + self.denied >= limit * 0.9,
+            "{what}: limit {limit} CPU, used {self}"
+        );
+    }
+}
+
+/// What the process `shim` used of the CPU while `work` ran.
+pub fn shim_cpu_rate<T>(shim: i32, work: impl FnOnce() -> T) -> (T, CpuUse) {
+    let (cpu, delay, stolen, started) =
+        (process_cpu(shim), run_delay(shim), steal(), Instant::now());
     let output = work();
+    let seconds = started.elapsed().as_secs_f64();
     let used = process_cpu(shim).saturating_sub(cpu);
-    (output, used.as_secs_f64() / started.elapsed().as_secs_f64())
+    let denied = run_delay(shim).saturating_sub(delay) + steal().saturating_sub(stolen);
+    let usage = CpuUse {
+        rate: used.as_secs_f64() / seconds,
+        denied: denied.as_secs_f64() / seconds,
+    };
+    (output, usage)
+}
+
+/// Time the threads of `pid` alive now have spent runnable and waiting for a CPU (`/proc/…/schedstat`).
+fn run_delay(pid: i32) -> Duration {
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten();
+    let nanos = threads
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    Duration::from_nanos(nanos)
+}
+
+/// Time the hypervisor has taken the machine's CPUs from it since boot (`/proc/stat`, all CPUs).
+fn steal() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks = stat
+        .lines()
+        .next()
+        .and_then(|cpu| cpu.split_whitespace().nth(8)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // /proc counts in USER_HZ, which Linux fixes at 100 for user space.
+    Duration::from_millis(ticks * 10)
 }
