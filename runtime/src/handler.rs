@@ -181,17 +181,19 @@ async fn serve(
         )
         .await
     else {
-        let cause = FailureCause::Overload;
-        shared.meter.stats().failed(cause);
-        shared.meter.stats().request_took(arrived.elapsed());
-        tracing::warn!(service = %shared.name, "request refused: {}", cause.reason());
-        let verdict = Verdict {
-            refusal: Some(cause.label()),
-            reused: None,
-        };
-        return (failure_response(cause), verdict);
+        return overloaded(shared, arrived, "every slot and queue place is taken");
     };
     shared.meter.stats().waited_in_queue(queued.elapsed());
+    // Host memory the service's clients cause (connections, pre-read bodies) is charged to it too. Past the
+    // limit, an instance would be ended at its first host call and blamed for it: refuse before one runs,
+    // which also frees this request's own pre-read body.
+    if limits
+        .memory
+        .is_some_and(|total| shared.meter.stats().memory_with_host() > total)
+    {
+        drop(permit);
+        return overloaded(shared, arrived, "its memory limit is full");
+    }
     // Set when a body without a usable Content-Length runs past the cap while the guest reads it.
     let body_cut = Arc::new(AtomicBool::new(false));
     let request = with_body_limit(
@@ -439,6 +441,20 @@ pub(crate) fn failure_response(cause: FailureCause) -> Response<WasiBody> {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
+}
+
+/// Refuses a request before it reaches an instance because the service is full (503), counted and logged
+/// with `why`.
+fn overloaded(shared: &Shared, arrived: Instant, why: &str) -> (Response<WasiBody>, Verdict) {
+    let cause = FailureCause::Overload;
+    shared.meter.stats().failed(cause);
+    shared.meter.stats().request_took(arrived.elapsed());
+    tracing::warn!(service = %shared.name, "request refused: {}: {why}", cause.reason());
+    let verdict = Verdict {
+        refusal: Some(cause.label()),
+        reused: None,
+    };
+    (failure_response(cause), verdict)
 }
 
 /// The host's answer to a request it will not hand (further) to the guest, counted.

@@ -150,3 +150,63 @@ async fn concurrent_instances_share_one_memory_limit_for_the_host_memory_they_ma
         "still serving"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_memory_its_clients_cause_refuses_requests_before_an_instance_runs() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let limit = 8 * MIB;
+    let served = serve_mem_hog(&runtime(), Some(limit));
+    let addr = served.addr;
+    assert_eq!(get_async(addr, "/?fields=1").await.status, 200);
+
+    // 200 clients each send 60 KiB of a 100,000-byte body and wait: the shim holds their pre-read starts,
+    // charged to the service, which together fill its limit while no guest code runs.
+    let head = "POST /?fields=1 HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n";
+    let start = vec![b'x'; 60 << 10];
+    let mut clients = Vec::new();
+    for _ in 0..200 {
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        client.write_all(head.as_bytes()).await.unwrap();
+        client.write_all(&start).await.unwrap();
+        clients.push(client);
+    }
+    let held = host_memory_reaches(&served, |bytes| bytes > limit).await;
+    assert!(
+        held > limit,
+        "the clients made the shim hold only {held} bytes"
+    );
+
+    // A request now would have its instance ended at its first host call, and blamed (500): it is
+    // refused before one runs, as an overload.
+    let before = served.handle.stats();
+    let reply = get_async(addr, "/?fields=1").await;
+    assert_eq!(reply.status, 503, "{reply:?}");
+    // So is a client whose own body adds to it, once its start is read.
+    let mut last = clients.pop().unwrap();
+    last.write_all(&vec![b'x'; 100_000 - start.len()])
+        .await
+        .unwrap();
+    let mut answer = vec![0; 12];
+    last.read_exact(&mut answer).await.unwrap();
+    assert_eq!(answer, b"HTTP/1.1 503");
+    let after = served.handle.stats();
+    assert_eq!(
+        (
+            after.instantiations - before.instantiations,
+            after.failed_memory - before.failed_memory,
+            after.failed_overload - before.failed_overload,
+        ),
+        (0, 0, 2),
+        "no instance ran and nothing was blamed on the guest: {after:?}"
+    );
+
+    drop((clients, last));
+    let left = host_memory_reaches(&served, |bytes| bytes <= 2 * MIB).await;
+    assert!(left <= 2 * MIB, "{left} bytes still charged");
+    assert_eq!(
+        get_async(addr, "/?fields=1").await.status,
+        200,
+        "serving again"
+    );
+}
