@@ -1,7 +1,7 @@
 //! The wasmtime engine shared by every guest of a process, its linkers, its compile cache and the epoch clock.
 
 use crate::classify::{self, Encoding, WasiVersion, WasmKind};
-use crate::cpu::{ClockId, CpuMeter, CpuShares, cpu_clock};
+use crate::cpu::{CpuMeter, CpuShares};
 use crate::instance::{InstanceState, P1State};
 use crate::precompiled::TrustedKey;
 use crate::source::Source;
@@ -15,6 +15,7 @@ use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig,
 };
 
+mod compile_cpu;
 mod flavour;
 mod on_thread;
 
@@ -242,9 +243,9 @@ impl Loaded {
     pub fn origin(&self) -> &Origin {
         &self.origin
     }
-    /// The CPU time loading took: compiling (on all the compiler's threads) or reading the cache. Taken
-    /// from the process's CPU clock, so work other services did meanwhile is counted too. A service or
-    /// command run from this guest starts owing it (see [`crate::cpu`]).
+    /// The CPU time loading took: compiling (on all the compiler's threads) or reading the cache; loads that
+    /// overlap are charged each other's compiling too. A service or command run from this guest starts
+    /// owing it (see [`crate::cpu`]).
     pub fn load_cpu(&self) -> Duration {
         self.load_cpu
     }
@@ -292,6 +293,7 @@ impl Loaded {
 impl Runtime {
     /// Builds the engine, the linkers and the cache, and starts the epoch clock thread.
     pub fn new(config: EngineConfig) -> Result<Self, crate::Error> {
+        compile_cpu::count_pool_threads();
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let plain = Flavour::new(&config, false, ticker_stop.clone())?;
         let cpu_shares = Arc::new(CpuShares::new(
@@ -427,7 +429,27 @@ impl Runtime {
     /// Compiles (or fetches from the cache) and classifies a binary.
     pub fn load(&self, source: &Source) -> Result<Loaded, crate::Error> {
         let started = Instant::now();
-        let cpu_before = cpu_clock(ClockId::ProcessCPUTime);
+        let (loaded, load_cpu) = compile_cpu::measure(|| self.load_here(source));
+        let (code, origin, kind, wasi) = loaded?;
+        let load_time = started.elapsed();
+        let name = source.name();
+        tracing::debug!(name, %kind, %wasi, %origin, ?load_time, ?load_cpu, "loaded guest");
+        Ok(Loaded {
+            kind,
+            wasi,
+            name: name.to_string(),
+            digest: source.digest().to_string(),
+            code,
+            origin,
+            load_cpu,
+        })
+    }
+
+    /// Compiles (or fetches) and classifies a binary.
+    fn load_here(
+        &self,
+        source: &Source,
+    ) -> Result<(Code, Origin, WasmKind, WasiVersion), crate::Error> {
         let name = source.name();
         let invalid = invalid(source);
         let (code, origin) = match classify::encoding(name, source.bytes())? {
@@ -444,18 +466,7 @@ impl Runtime {
             Code::Component(c) => classify::component_kind(name, c.engine(), c)?,
             Code::Module(m) => classify::module_kind(name, m)?,
         };
-        let load_time = started.elapsed();
-        let load_cpu = cpu_clock(ClockId::ProcessCPUTime).saturating_sub(cpu_before);
-        tracing::debug!(name, %kind, %wasi, %origin, ?load_time, ?load_cpu, "loaded guest");
-        Ok(Loaded {
-            kind,
-            wasi,
-            name: name.to_string(),
-            digest: source.digest().to_string(),
-            code,
-            origin,
-            load_cpu,
-        })
+        Ok((code, origin, kind, wasi))
     }
 }
 
