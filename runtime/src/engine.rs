@@ -293,7 +293,6 @@ impl Loaded {
 impl Runtime {
     /// Builds the engine, the linkers and the cache, and starts the epoch clock thread.
     pub fn new(config: EngineConfig) -> Result<Self, crate::Error> {
-        compile_cpu::count_pool_threads();
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let plain = Flavour::new(&config, false, ticker_stop.clone())?;
         let cpu_shares = Arc::new(CpuShares::new(

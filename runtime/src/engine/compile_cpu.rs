@@ -5,8 +5,9 @@
 //! and the process's clock also counts whatever other services ran meanwhile. The global pool's threads do
 //! nothing but compile, so a load's CPU is the loading thread's own plus what the pool's threads used
 //! over it (while loads overlap, each is charged the pool's work for both). That needs the pool's threads'
-//! clocks, which only a pool built here records; when something else built it first, the process's clock
-//! is used, as before.
+//! clocks, which only a pool built here records: it is built before the process's first compile (a process
+//! that only ever loads from the compile cache starts no compiler threads). Should rayon's global pool
+//! exist before that, the process's clock is used, as before.
 
 use crate::cpu::{ClockId, cpu_clock};
 use std::sync::{Mutex, OnceLock};
@@ -19,7 +20,7 @@ static POOL_CLOCKS: Mutex<Vec<libc::clockid_t>> = Mutex::new(Vec::new());
 static POOL_COUNTED: OnceLock<bool> = OnceLock::new();
 
 /// Builds rayon's global pool so that its threads' CPU can be read, unless it exists already; once per
-/// process.
+/// process, before its first compile.
 pub(super) fn count_pool_threads() {
     POOL_COUNTED.get_or_init(|| {
         let built = rayon::ThreadPoolBuilder::new()
@@ -38,8 +39,10 @@ pub(super) fn count_pool_threads() {
 
 /// Runs `load` on this thread; returns its result and the CPU time it took (see the module's docs).
 pub(super) fn measure<R>(load: impl FnOnce() -> R) -> (R, Duration) {
+    // Decided once: the pool may be built during this load, for its compile, and its threads start at zero.
+    let counted = POOL_COUNTED.get() != Some(&false);
     let clock = || {
-        if POOL_COUNTED.get() == Some(&true) {
+        if counted {
             let pool: Duration = lock(&POOL_CLOCKS).iter().map(|&clock| read(clock)).sum();
             pool + cpu_clock(ClockId::ThreadCPUTime)
         } else {

@@ -200,6 +200,7 @@ pub(super) fn compiling<T>(
         bytes,
         "compiling (not in the compile cache)"
     );
+    super::compile_cpu::count_pool_threads();
     let compiled = compile()?;
     tracing::info!(name = source.name(), took = ?started.elapsed(), "compiled");
     Ok(compiled)
