@@ -159,8 +159,11 @@ async fn serve(
     }
     // The body's start first, so a client that trickles it holds no slot (see `preread`).
     let timeout = limits.request_timeout.unwrap_or(MAX_DURATION);
-    let body = match preread(body, timeout).await {
+    let body = match preread(body, timeout, || memory_full(shared, &limits)).await {
         Ok(body) => body,
+        Err(PrereadError::MemoryFull) => {
+            return overloaded(shared, arrived, "its memory limit is full");
+        }
         // Not the guest's doing, and a flood of them must not flood the log either: debug only.
         Err(PrereadError::TimedOut) => {
             tracing::debug!(service = %shared.name, "request body not received within {timeout:?}");
@@ -184,16 +187,6 @@ async fn serve(
         return overloaded(shared, arrived, "every slot and queue place is taken");
     };
     shared.meter.stats().waited_in_queue(queued.elapsed());
-    // Host memory the service's clients cause (connections, pre-read bodies) is charged to it too. Past the
-    // limit, an instance would be ended at its first host call and blamed for it: refuse before one runs,
-    // which also frees this request's own pre-read body.
-    if limits
-        .memory
-        .is_some_and(|total| shared.meter.stats().memory_with_host() > total)
-    {
-        drop(permit);
-        return overloaded(shared, arrived, "its memory limit is full");
-    }
     // Set when a body without a usable Content-Length runs past the cap while the guest reads it.
     let body_cut = Arc::new(AtomicBool::new(false));
     let request = with_body_limit(
@@ -441,6 +434,13 @@ pub(crate) fn failure_response(cause: FailureCause) -> Response<WasiBody> {
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
+}
+
+/// Whether the service's instances and clients together hold more than its memory limit.
+fn memory_full(shared: &Shared, limits: &Limits) -> bool {
+    limits
+        .memory
+        .is_some_and(|total| shared.meter.stats().memory_with_clients() > total)
 }
 
 /// Refuses a request before it reaches an instance because the service is full (503), counted and logged

@@ -31,6 +31,9 @@ pub(crate) struct Metered<F> {
     meter: Arc<CpuMeter>,
     /// Whether the task waits out the meter's debt between polls (see [`Metered::throttled`]).
     throttled: bool,
+    /// Whether what it allocates is the service's clients' rather than its instances' (see
+    /// [`Metered::for_clients`]).
+    for_clients: bool,
     pause: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -54,7 +57,17 @@ impl<F: Future> Metered<F> {
             inner: Some(Box::pin(inner)),
             meter,
             throttled: false,
+            for_clients: false,
             pause: None,
+        }
+    }
+
+    /// Charges what the task allocates to the service's clients, not its instances: for the accept loop
+    /// and connections, whose memory counts against the limit but is no instance's doing.
+    pub(crate) fn for_clients(self) -> Self {
+        Metered {
+            for_clients: true,
+            ..self
         }
     }
 
@@ -93,7 +106,13 @@ impl<F: Future> Future for Metered<F> {
         }
         METERING.set(true);
         let guard = MeteringGuard;
-        let _charging = this.meter.stats().host_account().charging();
+        let stats = this.meter.stats();
+        let account = if this.for_clients {
+            stats.client_account()
+        } else {
+            stats.host_account()
+        };
+        let _charging = account.charging();
         let start = Instant::now();
         let result = inner.as_mut().poll(cx);
         if result.is_ready() {

@@ -25,6 +25,8 @@ pub(crate) enum PrereadError {
     TimedOut,
     /// The connection failed or the body was malformed.
     Broken(hyper::Error),
+    /// The service's memory limit filled up while the body was read.
+    MemoryFull,
 }
 
 /// A request body whose start was read ahead: that start, then the rest as it arrives.
@@ -34,10 +36,12 @@ pub(crate) struct Preread {
     trailers: Option<HeaderMap>,
 }
 
-/// Reads up to [`PREREAD_MAX`] bytes of `body` (all of it, when smaller) within `timeout`.
+/// Reads up to [`PREREAD_MAX`] bytes of `body` (all of it, when smaller) within `timeout`, as long as
+/// `memory_full` says the service has room for them (what is read is charged to it).
 pub(crate) async fn preread(
     mut body: Incoming,
     timeout: Duration,
+    memory_full: impl Fn() -> bool,
 ) -> Result<Preread, PrereadError> {
     if body.is_end_stream() {
         return Ok(Preread {
@@ -54,7 +58,12 @@ pub(crate) async fn preread(
                 None => return Ok(true),
                 Some(Err(e)) => return Err(PrereadError::Broken(e)),
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => head.extend_from_slice(&data),
+                    Ok(data) => {
+                        head.extend_from_slice(&data);
+                        if memory_full() {
+                            return Err(PrereadError::MemoryFull);
+                        }
+                    }
                     Err(frame) => trailers = frame.into_trailers().ok(),
                 },
             }

@@ -152,10 +152,13 @@ impl Service {
         let (done_tx, done_rx) = watch::channel(false);
         let shared = self.shared.clone();
         let meter = shared.meter.clone();
-        tokio::spawn(Metered::new(
-            accept_loop(listener, shared, workers, self.http, drain_rx, done_tx),
-            meter,
-        ));
+        tokio::spawn(
+            Metered::new(
+                accept_loop(listener, shared, workers, self.http, drain_rx, done_tx),
+                meter,
+            )
+            .for_clients(),
+        );
         Ok(ServiceHandle {
             shared: self.shared,
             local_addr,
@@ -360,7 +363,7 @@ async fn accept_loop(
                         // Cancelled requests still get their 503 written before the connection goes.
                         () = async { cancel.cancelled().await; tokio::time::sleep(Duration::from_millis(500)).await } => {}
                     }
-                }, shared.meter.clone())));
+                }, shared.meter.clone()).for_clients()));
             }
         }
     };

@@ -61,8 +61,9 @@ async fn a_load_is_charged_its_own_cpu_not_what_other_services_used_meanwhile() 
         "the neighbour used only {neighbour:?} during a load of {quiet:?}: the test shows nothing"
     );
     // The process's clock gave about quiet + neighbour; subtracting what the meters charged, about zero.
+    // A busy sibling CPU may make the compile itself take more CPU time: the upper bound has room for it.
     assert!(
-        busy > quiet / 2 && busy < quiet * 3 / 2,
+        busy > quiet / 2 && busy < quiet * 7 / 4,
         "a load charged {busy:?} beside a busy neighbour ({neighbour:?} meanwhile), {quiet:?} alone"
     );
 }

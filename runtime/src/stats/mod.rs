@@ -131,8 +131,12 @@ pub struct Stats {
     instances_live: AtomicU64,
     instances_peak: AtomicU64,
     connections_open: AtomicU64,
-    /// Host memory allocated for the service and not yet freed.
+    /// Host memory allocated for the service's instances (their stores, resources, bodies and outbound
+    /// requests) and not yet freed.
     host: Account,
+    /// Host memory allocated for the service's clients (their connections and pre-read bodies) and not yet
+    /// freed: counted against the limit, never blamed on an instance.
+    clients: Account,
 }
 
 impl Default for Stats {
@@ -156,6 +160,7 @@ impl Default for Stats {
             instances_peak: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
             host: Account::open(),
+            clients: Account::open(),
         }
     }
 }
@@ -208,9 +213,9 @@ pub struct StatsSnapshot {
     pub memory_current: u64,
     /// The most `memory_current` has been.
     pub memory_peak: u64,
-    /// Host memory the shim holds for the service (its connections, stores, `wasi:http` resources and
-    /// bodies, outbound requests), in bytes; counted against its memory limit with `memory_current`. Zero
-    /// unless the process's global allocator is [`crate::ChargingAllocator`].
+    /// Host memory the shim holds for the service (its connections and pre-read bodies, stores,
+    /// `wasi:http` resources and bodies, outbound requests), in bytes; counted against its memory limit with
+    /// `memory_current`. Zero unless the process's global allocator is [`crate::ChargingAllocator`].
     pub host_memory: u64,
     /// Memory growths refused by a memory limit (of one instance or of the whole service). A guest may catch
     /// the failure and answer the request itself, so this can exceed `failed_memory + failed_overload`.
@@ -352,7 +357,7 @@ impl Stats {
             throttled_time: Duration::from_nanos(self.throttled_ns.load(Relaxed)),
             memory_current: self.memory_current.load(Relaxed),
             memory_peak: self.memory_peak.load(Relaxed),
-            host_memory: self.host.bytes(),
+            host_memory: self.host.bytes().saturating_add(self.clients.bytes()),
             memory_refusals: self.memory_refusals.load(Relaxed),
             in_flight: self.instances_live.load(Relaxed),
             instances_live: self.instances_live.load(Relaxed),
@@ -432,7 +437,7 @@ impl Stats {
     /// Charges `bytes` of linear memory against `total` (if any), which the service's host memory counts
     /// against too; returns false, charging nothing, when it would not fit.
     pub(crate) fn try_grow_memory(&self, bytes: u64, total: Option<u64>) -> bool {
-        let host = self.host.bytes();
+        let host = self.host.bytes().saturating_add(self.clients.bytes());
         let mut current = self.memory_current.load(Relaxed);
         loop {
             let next = current.saturating_add(bytes);
@@ -452,16 +457,28 @@ impl Stats {
         }
     }
 
-    /// The account the service's host memory is charged to.
+    /// The account the host memory of the service's instances is charged to.
     pub(crate) fn host_account(&self) -> &Account {
         &self.host
     }
 
-    /// Linear memory of the service's live instances and the host memory held for it, together.
+    /// The account the host memory of the service's clients is charged to.
+    pub(crate) fn client_account(&self) -> &Account {
+        &self.clients
+    }
+
+    /// Linear memory of the service's live instances and the host memory held for them: what an instance
+    /// is ended for when it does not fit the memory limit.
     pub(crate) fn memory_with_host(&self) -> u64 {
         self.memory_current
             .load(Relaxed)
             .saturating_add(self.host.bytes())
+    }
+
+    /// Everything counted against the memory limit: [`Self::memory_with_host`] and what the service's
+    /// clients make the shim hold. New requests and body reads are refused while it is over the limit.
+    pub(crate) fn memory_with_clients(&self) -> u64 {
+        self.memory_with_host().saturating_add(self.clients.bytes())
     }
 
     pub(crate) fn memory_refused(&self) {
