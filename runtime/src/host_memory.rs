@@ -51,6 +51,9 @@ thread_local! {
     static CHARGED: Cell<u32> = const { Cell::new(0) };
     /// Bytes this thread has charged to (or freed from) [`CHARGED`] and not yet published.
     static PENDING: Cell<i64> = const { Cell::new(0) };
+    /// The same for one other account, inside a charging poll: a service's connections free what its
+    /// instances allocated and the reverse, many times a request.
+    static OTHER: Cell<(u32, i64)> = const { Cell::new((0, 0)) };
 }
 
 /// A global allocator that charges every allocation to the account its thread is charging at the time,
@@ -103,25 +106,45 @@ unsafe fn account_of(ptr: *mut u8) -> u32 {
 }
 
 /// Moves `account` from `old` bytes to `new` bytes. Inside a charging poll, changes to the account being
-/// charged are summed on the thread and published when the poll ends (or the sum grows large): most of a
-/// request's allocations are freed within the same poll, and one shared counter updated for each of them
-/// would bounce its cache line between the cores.
+/// charged, and to one other, are summed on the thread and published when the poll ends (or the sum grows
+/// large): most of a request's allocations are freed within the same poll or the next, and one shared
+/// counter updated for each of them would bounce its cache line between the cores.
 fn charge(account: u32, new: usize, old: usize) {
     if account == 0 {
         return;
     }
     let delta = new as i64 - old as i64;
-    if CHARGED.get() == account {
-        let pending = PENDING.get() + delta;
-        if pending.unsigned_abs() < PUBLISH_AT {
-            PENDING.set(pending);
-            return;
+    let charged = CHARGED.get();
+    if charged == account {
+        PENDING.set(batched(account, PENDING.get() + delta));
+    } else if charged != 0 {
+        let (other, pending) = OTHER.get();
+        if other == account {
+            OTHER.set((account, batched(account, pending + delta)));
+        } else {
+            publish(other, pending);
+            OTHER.set((account, batched(account, delta)));
         }
-        PENDING.set(0);
-        publish(account, pending);
     } else {
+        // Outside a poll nothing would publish it later.
         publish(account, delta);
     }
+}
+
+/// What stays of an unpublished sum for `account`: all of it, or nothing once it is large enough to publish.
+fn batched(account: u32, pending: i64) -> i64 {
+    if pending.unsigned_abs() < PUBLISH_AT {
+        return pending;
+    }
+    publish(account, pending);
+    0
+}
+
+/// Publishes what this thread has not yet published, for every account.
+fn publish_pending() {
+    publish(CHARGED.get(), PENDING.replace(0));
+    let (other, pending) = OTHER.replace((0, 0));
+    publish(other, pending);
 }
 
 /// Adds `delta` to `account`'s shared figure.
@@ -233,7 +256,11 @@ impl Account {
             0 => 0,
             i => {
                 let shared = SLOTS[i as usize].bytes.load(Relaxed) as i64;
-                let pending = if CHARGED.get() == i { PENDING.get() } else { 0 };
+                let mut pending = if CHARGED.get() == i { PENDING.get() } else { 0 };
+                let (other, unpublished) = OTHER.get();
+                if other == i {
+                    pending += unpublished;
+                }
                 // Frees can be seen before the allocations they undo, on another thread, for a moment.
                 (shared + pending).max(0) as u64
             }
@@ -242,10 +269,8 @@ impl Account {
 
     /// Charges this thread's allocations to this account until the returned guard drops.
     pub(crate) fn charging(&self) -> Charging {
-        let previous = CHARGED.get();
-        publish(previous, PENDING.replace(0));
-        CHARGED.set(self.0);
-        Charging(previous)
+        publish_pending();
+        Charging(CHARGED.replace(self.0))
     }
 }
 
@@ -262,7 +287,8 @@ pub(crate) struct Charging(u32);
 
 impl Drop for Charging {
     fn drop(&mut self) {
-        publish(CHARGED.replace(self.0), PENDING.replace(0));
+        publish_pending();
+        CHARGED.set(self.0);
     }
 }
 
@@ -291,6 +317,27 @@ mod tests {
             .join()
             .unwrap();
         assert_eq!(account.bytes(), 0);
+    }
+
+    #[test]
+    fn frees_for_another_account_are_published_when_the_poll_ends() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let (instances, clients) = (Account::open(), Account::open());
+        let shared = |account: &Account| SLOTS[account.0 as usize].bytes.load(Relaxed);
+        let held = {
+            let _charging = instances.charging();
+            vec![0u8; 1000]
+        };
+        assert_eq!(shared(&instances), 1000);
+        {
+            let _charging = clients.charging();
+            drop(held);
+            // Not yet in the shared figure, which other cores read, but this thread counts it already.
+            assert_eq!(shared(&instances), 1000);
+            assert_eq!(instances.bytes(), 0);
+        }
+        assert_eq!(shared(&instances), 0);
+        assert_eq!((instances.bytes(), clients.bytes()), (0, 0));
     }
 
     #[test]
