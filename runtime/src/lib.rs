@@ -20,6 +20,7 @@ mod admission;
 mod cache;
 mod capabilities;
 mod classify;
+mod client_gate;
 mod command;
 pub mod confine;
 mod cpu;

@@ -2,6 +2,7 @@
 
 use crate::capabilities::Capabilities;
 use crate::classify::WasiVersion;
+use crate::client_gate::{FIRST_WAIT, GatedReads};
 use crate::cpu::CpuMeter;
 use crate::engine::{Code, Loaded, Runtime};
 use crate::handler::{Shared, Tracing, handle};
@@ -318,13 +319,16 @@ async fn accept_loop(
         // While the service owes CPU (a flood of requests refused before any guest runs costs it too),
         // new clients wait in the backlog as well: accepting and refusing them is its CPU.
         let debt = shared.meter.throttle_for();
+        // So do they while the clients hold all the memory the service's limit leaves them.
+        let clients_full = clients_hold_too_much(&shared);
         tokio::select! {
             changed = drain.changed() => {
                 break changed.ok().and_then(|()| *drain.borrow()).unwrap_or(Duration::ZERO);
             }
             () = closed, if at_cap => continue,
             () = tokio::time::sleep(debt.unwrap_or_default()), if debt.is_some() => continue,
-            accepted = listener.accept(), if !at_cap && debt.is_none() => {
+            () = tokio::time::sleep(FIRST_WAIT), if clients_full => continue,
+            accepted = listener.accept(), if !at_cap && debt.is_none() && !clients_full => {
                 let stream = match accepted.and_then(|(stream, _peer)| stream.into_std()) {
                     Ok(stream) => stream,
                     Err(e) => {
@@ -350,6 +354,8 @@ async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let request_shared = shared.clone();
                 let service = hyper::service::service_fn(move |request| handle(request_shared.clone(), request));
+                let gate_shared = shared.clone();
+                let stream = GatedReads::new(stream, move || clients_hold_too_much(&gate_shared));
                 let stream = StalledWriteTimeout::new(stream, options.write_timeout);
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 let cancel = shared.cancel.clone();
@@ -380,4 +386,13 @@ async fn accept_loop(
     shared.stdout.drain_at_end().await;
     shared.stderr.drain_at_end().await;
     let _ = done.send(true);
+}
+
+/// Whether the service's clients hold more than its memory limit leaves them: their connections then read
+/// nothing and new ones wait in the backlog (see [`crate::client_gate`]).
+fn clients_hold_too_much(shared: &Shared) -> bool {
+    shared
+        .limits()
+        .memory
+        .is_some_and(|total| shared.meter.stats().clients_over(total))
 }

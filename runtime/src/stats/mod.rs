@@ -481,6 +481,14 @@ impl Stats {
         self.memory_with_host().saturating_add(self.clients.bytes())
     }
 
+    /// Whether the service's clients hold more than its memory limit `total` leaves them: what its
+    /// instances do not use, and never less than a quarter of it, so a service whose instances fill its
+    /// limit still reads its clients' requests.
+    pub(crate) fn clients_over(&self, total: u64) -> bool {
+        let room = total.saturating_sub(self.memory_with_host()).max(total / 4);
+        self.clients.bytes() > room
+    }
+
     pub(crate) fn memory_refused(&self) {
         self.memory_refusals.fetch_add(1, Relaxed);
     }
