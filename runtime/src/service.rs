@@ -145,6 +145,10 @@ impl Service {
     /// Starts serving on `listener` (which may have been created in another network namespace).
     /// Must be called from within a tokio runtime.
     pub fn serve(self, listener: std::net::TcpListener) -> std::io::Result<ServiceHandle> {
+        // Clients past `max-connections`, or kept out while the service's clients fill its memory, wait
+        // in the listen backlog: std's 128 would make the rest retry their handshake a second later.
+        // Listening again raises it to the namespace's `net.core.somaxconn`, as Go and runc's services get.
+        rustix::net::listen(&listener, i32::MAX)?;
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let listener = tokio::net::TcpListener::from_std(listener)?;

@@ -414,6 +414,28 @@ async fn a_client_that_reads_nothing_of_its_response_is_disconnected_and_frees_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_past_max_connections_wait_in_a_backlog_as_deep_as_the_kernel_allows() {
+    let limits = Limits {
+        max_connections: Some(1),
+        ..Limits::default()
+    };
+    let served = serve(&runtime(), "hello", limits, Capabilities::default());
+    let _holder = tokio::net::TcpStream::connect(served.addr).await.unwrap();
+    // 300 more wait for the one slot. Each completes its handshake at once only if the backlog holds it:
+    // with std's 128 the kernel drops the rest's first SYN and they retry a second later.
+    let started = std::time::Instant::now();
+    let waiting =
+        futures::future::join_all((0..300).map(|_| tokio::net::TcpStream::connect(served.addr)))
+            .await;
+    assert!(waiting.iter().all(Result::is_ok), "a connect failed");
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "300 connects took {:?}: the listen backlog is shallower than net.core.somaxconn",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_finishes_its_head_is_disconnected() {
     use std::io::{Read, Write};
     let runtime = runtime();
