@@ -78,6 +78,12 @@ impl Shared {
             .clone()
     }
 
+    /// The memory limit in force, read without taking a reference to the limits: connections ask on
+    /// every read.
+    pub(crate) fn memory_limit(&self) -> Option<u64> {
+        self.limits.read().unwrap_or_else(|e| e.into_inner()).memory
+    }
+
     /// A store for a new instance of this service under `limits`: its WASI context and its guard.
     pub(crate) fn new_store(
         &self,

@@ -396,7 +396,6 @@ async fn accept_loop(
 /// nothing and new ones wait in the backlog (see [`crate::client_gate`]).
 fn clients_hold_too_much(shared: &Shared) -> bool {
     shared
-        .limits()
-        .memory
+        .memory_limit()
         .is_some_and(|total| shared.meter.stats().clients_over(total))
 }

@@ -17,9 +17,18 @@ static ALLOCATOR: ChargingAllocator = ChargingAllocator;
 
 /// The service's host memory once `done` holds of it, or after 5 s.
 async fn host_memory_reaches(served: &Served, done: impl Fn(u64) -> bool) -> u64 {
+    stat_reaches(served, |stats| stats.host_memory, done).await
+}
+
+/// The service's figure `stat` once `done` holds of it, or after 5 s.
+async fn stat_reaches(
+    served: &Served,
+    stat: impl Fn(&StatsSnapshot) -> u64,
+    done: impl Fn(u64) -> bool,
+) -> u64 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
-        let bytes = served.handle.stats().host_memory;
+        let bytes = stat(&served.handle.stats());
         if done(bytes) || std::time::Instant::now() > deadline {
             return bytes;
         }
@@ -321,10 +330,12 @@ async fn a_body_that_arrives_while_instances_and_clients_fill_the_limit_is_refus
     // An instance holds 6 MiB for 5 s. Its clients are still read up to a quarter of the limit, more
     // than the instance leaves: a body that arrives while both exceed the limit gets 503 and is freed.
     let holding = tokio::spawn(get_async(addr, "/?mib=6&hold=5000"));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while served.handle.stats().memory_current < 6 * MIB && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    stat_reaches(
+        &served,
+        |stats| stats.memory_current,
+        |bytes| bytes >= 6 * MIB,
+    )
+    .await;
     let clients = clients_holding_bodies(addr, 40).await;
     let held = settled_host_memory(&served).await;
     let stats = served.handle.stats();
