@@ -2,6 +2,7 @@
 //! proper response whatever happens to it.
 
 use crate::admission::{Admission, Permit};
+use crate::body_pace::{Pace, TooSlow};
 use crate::capabilities::Capabilities;
 use crate::classify::WasiVersion;
 use crate::cpu::CpuMeter;
@@ -22,8 +23,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -82,6 +82,13 @@ impl Shared {
     /// every read.
     pub(crate) fn memory_limit(&self) -> Option<u64> {
         self.limits.read().unwrap_or_else(|e| e.into_inner()).memory
+    }
+
+    /// Whether this service's clients hold all its memory limit leaves them: their connections then read
+    /// nothing and new ones wait in the backlog (see [`crate::client_gate`]).
+    pub(crate) fn clients_hold_too_much(&self) -> bool {
+        self.memory_limit()
+            .is_some_and(|total| self.meter.stats().clients_over(total))
     }
 
     /// A store for a new instance of this service under `limits`: its WASI context and its guard.
@@ -165,7 +172,15 @@ async fn serve(
     }
     // The body's start first, so a client that trickles it holds no slot (see `preread`).
     let timeout = limits.request_timeout.unwrap_or(MAX_DURATION);
-    let body = match preread(body, timeout, || memory_full(shared, &limits)).await {
+    // Built only for a body that outlasts the pre-read.
+    let pace = || {
+        let shared = shared.clone();
+        Pace {
+            rate: limits.effective_min_request_body_rate(),
+            paused: Box::new(move || shared.clients_hold_too_much()),
+        }
+    };
+    let body = match preread(body, timeout, pace, || memory_full(shared, &limits)).await {
         Ok(body) => body,
         Err(PrereadError::MemoryFull) => {
             return overloaded(shared, arrived, "its memory limit is full");
@@ -193,12 +208,13 @@ async fn serve(
         return overloaded(shared, arrived, "every slot and queue place is taken");
     };
     shared.meter.stats().waited_in_queue(queued.elapsed());
-    // Set when a body without a usable Content-Length runs past the cap while the guest reads it.
-    let body_cut = Arc::new(AtomicBool::new(false));
+    // Set when a body without a usable Content-Length runs past the cap, or falls behind the minimum rate,
+    // while the guest reads it: the client's fault, which the client hears of whatever the guest made of it.
+    let body_fault = Arc::new(OnceLock::new());
     let request = with_body_limit(
         with_host(request),
         limits.effective_max_request_body(),
-        body_cut.clone(),
+        body_fault.clone(),
     );
     let (ending, reused) = if shared.reuses(&limits) {
         let request = request.map(BodyExt::boxed_unsync);
@@ -207,7 +223,7 @@ async fn serve(
         let ending = fresh(shared, limits, request, permit, traceparent).await;
         (ending, false)
     };
-    let (response, refusal) = respond(shared, ending, &body_cut);
+    let (response, refusal) = respond(shared, ending, &body_fault);
     shared.meter.stats().request_took(arrived.elapsed());
     let verdict = Verdict {
         refusal,
@@ -289,15 +305,16 @@ async fn reused(
 fn respond(
     shared: &Shared,
     ending: Ending,
-    body_cut: &AtomicBool,
+    body_fault: &OnceLock<Rejection>,
 ) -> (Response<WasiBody>, Option<&'static str>) {
     let cause = match ending {
         Ending::Answer(Answer::Response(response)) => {
             shared.meter.stats().served(response.status().as_u16());
             return (response, None);
         }
-        _ if body_cut.load(Ordering::Relaxed) => {
-            let (response, verdict) = rejected(shared, Rejection::BodyTooLarge);
+        _ if body_fault.get().is_some() => {
+            let why = *body_fault.get().expect("checked by the guard");
+            let (response, verdict) = rejected(shared, why);
             return (response, verdict.refusal);
         }
         Ending::Answer(Answer::GuestError(name)) => {
@@ -408,18 +425,22 @@ fn with_host<B>(mut request: Request<B>) -> Request<B> {
     request
 }
 
-/// Caps the body the guest can read, for bodies without (or lying about) a Content-Length.
+/// Caps the body the guest can read, for bodies without (or lying about) a Content-Length; records in
+/// `fault` why the body failed when that was its client's doing.
 fn with_body_limit(
     request: Request<Preread>,
     max: u64,
-    cut: Arc<AtomicBool>,
+    fault: Arc<OnceLock<Rejection>>,
 ) -> Request<impl hyper::body::Body<Data = Bytes, Error = wasmtime_wasi_http::Error> + Send + 'static>
 {
     request.map(|body| {
         Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).map_err(move |e| {
             if e.is::<LengthLimitError>() {
-                cut.store(true, Ordering::Relaxed);
+                let _ = fault.set(Rejection::BodyTooLarge);
                 wasmtime_wasi_http::Error::HttpRequestBodySize(Some(max))
+            } else if e.is::<TooSlow>() {
+                let _ = fault.set(Rejection::BodyTimeout);
+                wasmtime_wasi_http::Error::ConnectionReadTimeout
             } else {
                 match e.downcast::<hyper::Error>() {
                     Ok(hyper_error) => wasmtime_wasi_http::Error::Hyper(*hyper_error),

@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 mod admission;
+mod body_pace;
 mod cache;
 mod capabilities;
 mod classify;

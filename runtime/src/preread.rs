@@ -4,8 +4,10 @@
 //! trickles the body would otherwise hold one for as long as the request timeout allows, so a few hundred
 //! slow connections would lock everybody else out. The body's first [`PREREAD_MAX`] bytes (all of a small
 //! body) are read first, within the request timeout, on the connection's own task; only then is the request
-//! admitted. A request without a body goes straight on.
+//! admitted. A request without a body goes straight on. The rest streams to the guest at a minimum rate
+//! ([`crate::body_pace`]).
 
+use crate::body_pace::{BoxError, Pace, Paced};
 use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body_util::BodyExt;
@@ -32,15 +34,17 @@ pub(crate) enum PrereadError {
 /// A request body whose start was read ahead: that start, then the rest as it arrives.
 pub(crate) struct Preread {
     head: Option<Bytes>,
-    rest: Option<Incoming>,
+    rest: Option<Paced<Incoming>>,
     trailers: Option<HeaderMap>,
 }
 
 /// Reads up to [`PREREAD_MAX`] bytes of `body` (all of it, when smaller) within `timeout`, as long as
-/// `memory_full` says the service has room for them (what is read is charged to it).
+/// `memory_full` says the service has room for them (what is read is charged to it). The rest is to arrive
+/// at the pace `pace` makes, once the guest reads it.
 pub(crate) async fn preread(
     mut body: Incoming,
     timeout: Duration,
+    pace: impl FnOnce() -> Pace,
     memory_full: impl Fn() -> bool,
 ) -> Result<Preread, PrereadError> {
     if body.is_end_stream() {
@@ -75,19 +79,19 @@ pub(crate) async fn preread(
         .map_err(|_| PrereadError::TimedOut)??;
     Ok(Preread {
         head: Some(head.freeze()),
-        rest: (!complete).then_some(body),
+        rest: (!complete).then(|| Paced::new(body, pace())),
         trailers,
     })
 }
 
 impl Body for Preread {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(head) = self.head.take().filter(|h| !h.is_empty()) {
             return Poll::Ready(Some(Ok(Frame::data(head))));
         }

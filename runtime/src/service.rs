@@ -324,7 +324,7 @@ async fn accept_loop(
         // new clients wait in the backlog as well: accepting and refusing them is its CPU.
         let debt = shared.meter.throttle_for();
         // So do they while the clients hold all the memory the service's limit leaves them.
-        let clients_full = clients_hold_too_much(&shared);
+        let clients_full = shared.clients_hold_too_much();
         tokio::select! {
             changed = drain.changed() => {
                 break changed.ok().and_then(|()| *drain.borrow()).unwrap_or(Duration::ZERO);
@@ -359,7 +359,7 @@ async fn accept_loop(
                 let request_shared = shared.clone();
                 let service = hyper::service::service_fn(move |request| handle(request_shared.clone(), request));
                 let gate_shared = shared.clone();
-                let stream = GatedReads::new(stream, move || clients_hold_too_much(&gate_shared));
+                let stream = GatedReads::new(stream, move || gate_shared.clients_hold_too_much());
                 let stream = StalledWriteTimeout::new(stream, options.write_timeout);
                 let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 let cancel = shared.cancel.clone();
@@ -390,12 +390,4 @@ async fn accept_loop(
     shared.stdout.drain_at_end().await;
     shared.stderr.drain_at_end().await;
     let _ = done.send(true);
-}
-
-/// Whether the service's clients hold more than its memory limit leaves them: their connections then read
-/// nothing and new ones wait in the backlog (see [`crate::client_gate`]).
-fn clients_hold_too_much(shared: &Shared) -> bool {
-    shared
-        .memory_limit()
-        .is_some_and(|total| shared.meter.stats().clients_over(total))
 }

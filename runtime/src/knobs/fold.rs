@@ -60,10 +60,12 @@ pub fn fold(layers: &Layers) -> Result<Limits, Refused> {
         };
         if (knob.exceeds)(&layers.overrides, &layers.node_ceilings) {
             let ceiling = knob.get(&layers.node_ceilings).unwrap_or_default();
-            return Err(refused(format!(
-                "above the node's ceiling {} = {ceiling}",
-                knob.name
-            )));
+            let side = if knob.lower_is_looser {
+                "below the node's ceiling (for this minimum, the lowest value allowed)"
+            } else {
+                "above the node's ceiling"
+            };
+            return Err(refused(format!("{side} {} = {ceiling}", knob.name)));
         }
         // `limits` holds this knob's value before any override: the OCI value, else the node's or the built-in
         // default, which stands in for an OCI limit the spec did not set (a pod without `memory.limit` must not
@@ -204,6 +206,32 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!((err.knob, err.value.as_str()), ("queue-depth", "11"));
+    }
+
+    #[test]
+    fn a_minimums_ceiling_is_the_lowest_an_override_may_ask_for() {
+        let ceilings = limits(&[("min-request-body-rate", "1Ki")]);
+        let err = fold(&create(
+            Limits::default(),
+            ceilings.clone(),
+            Limits::default(),
+            limits(&[("min-request-body-rate", "512")]),
+        ))
+        .unwrap_err();
+        assert_eq!(err.knob, "min-request-body-rate");
+        assert!(
+            err.reason
+                .contains("below the node's ceiling (for this minimum, the lowest value allowed) min-request-body-rate = 1Ki"),
+            "{err:?}"
+        );
+        let stricter = fold(&create(
+            Limits::default(),
+            ceilings,
+            Limits::default(),
+            limits(&[("min-request-body-rate", "64Ki")]),
+        ))
+        .unwrap();
+        assert_eq!(stricter.min_request_body_rate, Some(64 << 10));
     }
 
     #[test]

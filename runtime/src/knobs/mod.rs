@@ -34,6 +34,9 @@ pub struct Knob {
     /// The default in words, for knobs whose built-in default depends on the guest (else it is read from
     /// [`builtin_defaults`]).
     pub default_note: Option<&'static str>,
+    /// A minimum rather than a maximum: a lower value is looser, so the node's ceiling is the lowest an
+    /// override may ask for.
+    pub lower_is_looser: bool,
     set: fn(&mut Limits, &str) -> Result<(), String>,
     get: fn(&Limits) -> Option<String>,
     take: fn(&mut Limits, &Limits),
@@ -77,7 +80,7 @@ macro_rules! knobs {
     ($(
         $(#[doc = $doc:literal])+
         $field:ident: $ty:ty, $kind:ident, $name:literal, hit $hit:literal
-            $(, oci $oci:literal)? $(, old $old:literal)? $(, default $default:literal)?;
+            $(, oci $oci:literal)? $(, old $old:literal)? $(, default $default:literal)? $(, lower_is_looser $lower:literal)?;
     )*) => {
         /// Every limit of one service (all of its instances together) or one command run. `None` means
         /// "not set here": in a folded value, no limit of that kind (or the built-in default where the
@@ -97,6 +100,7 @@ macro_rules! knobs {
                 old_flag: knobs!(@opt $($old)?),
                 when_hit: $hit,
                 default_note: knobs!(@opt $($default)?),
+                lower_is_looser: knobs!(@flag $($lower)?),
                 set: |limits, text| {
                     limits.$field = Some(value::$kind::parse(text)?);
                     Ok(())
@@ -108,6 +112,7 @@ macro_rules! knobs {
                     }
                 },
                 exceeds: |limits, ceiling| match (limits.$field, ceiling.$field) {
+                    (Some(value), Some(ceiling)) if knobs!(@flag $($lower)?) => value < ceiling,
                     (Some(value), Some(ceiling)) => value > ceiling,
                     _ => false,
                 },
@@ -117,6 +122,8 @@ macro_rules! knobs {
     };
     (@opt) => { None };
     (@opt $value:literal) => { Some($value) };
+    (@flag) => { false };
+    (@flag $value:literal) => { $value };
 }
 
 knobs! {
@@ -149,6 +156,8 @@ knobs! {
     idle_instance_timeout: Duration, duration, "idle-instance-timeout", hit "the instance is dropped";
     /// Client connections a service holds open at once.
     max_connections: u64, positive, "max-connections", hit "more wait in the listen backlog";
+    /// Bytes per second a request body must keep past its first 64 KiB, after a 5 s grace; 0: none.
+    min_request_body_rate: u64, size, "min-request-body-rate", hit "408", lower_is_looser true;
 }
 
 /// Requests a WASI 0.3 instance serves, when `max-instance-reuse` is unset.
@@ -165,12 +174,16 @@ pub fn builtin_defaults() -> Limits {
         max_instance_concurrency: Some(16),
         idle_instance_timeout: Some(Duration::from_secs(10)),
         max_connections: Some(DEFAULT_MAX_CONNECTIONS),
+        min_request_body_rate: Some(DEFAULT_MIN_REQUEST_BODY_RATE),
         ..Limits::default()
     }
 }
 
 /// Connections a service holds when nothing else is configured.
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 1024;
+/// The pace a streamed request body must keep when none is set: 4 KiB/s, slower than any link an upload
+/// would sensibly come over, yet a client must keep sending to keep its slot.
+pub const DEFAULT_MIN_REQUEST_BODY_RATE: u64 = 4 << 10;
 /// The request body cap when none is set: 16 MiB.
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 16 << 20;
 /// CPU weight of a service whose `cpu-shares` is unset (cgroup v1's default).
@@ -218,6 +231,12 @@ impl Limits {
     pub fn effective_max_concurrency(&self) -> Option<usize> {
         self.max_concurrency
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    /// Bytes per second a streamed body must keep; [`DEFAULT_MIN_REQUEST_BODY_RATE`] when unset, 0 for none.
+    pub fn effective_min_request_body_rate(&self) -> u64 {
+        self.min_request_body_rate
+            .unwrap_or(DEFAULT_MIN_REQUEST_BODY_RATE)
     }
 
     /// Largest body accepted; [`DEFAULT_MAX_REQUEST_BODY`] when unset.
@@ -303,12 +322,13 @@ mod tests {
             ("max-instance-concurrency", "4"),
             ("idle-instance-timeout", "30s"),
             ("max-connections", "64"),
+            ("min-request-body-rate", "16Ki"),
         ] {
             limits.set(name, text).unwrap();
             let (knob, _) = Knob::named(name).unwrap();
             assert_eq!(knob.get(&limits).as_deref(), Some(text), "{name}");
         }
-        assert_eq!(KNOBS.len(), 14, "a new knob needs a line in this test");
+        assert_eq!(KNOBS.len(), 15, "a new knob needs a line in this test");
         assert_eq!(limits.memory, Some(64 << 20));
         assert_eq!(limits.request_timeout, Some(Duration::from_millis(250)));
         let err = limits.set("queue-depth", "-1").unwrap_err();

@@ -78,7 +78,8 @@ impl FailureCause {
 pub enum Rejection {
     /// The body was larger than `max-request-body` → 413.
     BodyTooLarge,
-    /// The body's start did not arrive within the request timeout → 408.
+    /// The body's start did not arrive within the request timeout, or its rest fell behind
+    /// `min-request-body-rate` → 408.
     BodyTimeout,
     /// The body could not be read → 400.
     BodyUnreadable,
