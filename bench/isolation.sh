@@ -9,6 +9,9 @@
 #             dropped)
 #   off2    — the same as off, a second time: off2/off is this machine's noise in the same run, the yardstick
 #             for enforce/off
+#   bare    — as off, and built without the charging allocator (`--no-default-features`, which also installs
+#             no host-call check): every per-request defence that can be switched off is off, so enforce/bare
+#             is the cost of them all together (the client pause, body pace and connection cap stay on)
 #   before  — with BASELINE=<commit> (aebc203 is the last commit before the isolation work): the shim built
 #             from that commit (in a worktree sharing this target directory; adds two release builds)
 # and, the filter alone:
@@ -30,8 +33,12 @@ bash scripts/setup.sh containerd wrk bc git strace
 bash examples/build.sh >/dev/null
 bin=$PWD/target/release
 
-kinds=(enforce off off2)
+kinds=(enforce bare off off2)
 before_dir=$(mktemp -d /tmp/wasmhttp-before-XXXXXX)
+# Built first, so that target/release ends up holding the shipped binaries. containerd finds it as runtime
+# io.containerd.wasmhttpbare.v1.
+cargo build --release --locked -q -p containerd-shim-wasmhttp --no-default-features
+cp "$bin/containerd-shim-wasmhttp-v1" "$before_dir/containerd-shim-wasmhttpbare-v1"
 if [ -n "$baseline" ]; then
   # Built first, so that target/release ends up holding this tree's binaries. containerd finds it as
   # runtime io.containerd.wasmhttpbefore.v1.
@@ -39,7 +46,7 @@ if [ -n "$baseline" ]; then
   (cd "$before_dir/src" && CARGO_TARGET_DIR="$bin/.." cargo build --release --locked -q -p containerd-shim-wasmhttp)
   cp "$bin/containerd-shim-wasmhttp-v1" "$before_dir/containerd-shim-wasmhttpbefore-v1"
   git worktree remove --force "$before_dir/src"
-  kinds=(before enforce off off2)
+  kinds=(before enforce bare off off2)
 fi
 cargo build --release --locked -q -p containerd-shim-wasmhttp -p wasmhttp-cli -p wasmhttp-bench
 
@@ -50,7 +57,7 @@ trap 'cleanup; rm -rf "$before_dir"' EXIT
 "$bin/wasmhttp" image build examples/wasm/hello.wasm -t docker.io/bench/hello:1 -o "$work/hello.tar" 2>/dev/null
 ctr_ image import "$work/hello.tar" >/dev/null
 declare -A runtime=([before]=io.containerd.wasmhttpbefore.v1 [enforce]=io.containerd.wasmhttp.v1
-  [off]=io.containerd.wasmhttp.v1 [off2]=io.containerd.wasmhttp.v1)
+  [bare]=io.containerd.wasmhttpbare.v1 [off]=io.containerd.wasmhttp.v1 [off2]=io.containerd.wasmhttp.v1)
 # Each shim its own compile cache: the baseline's entries are in an older format.
 printf '[engine]\ncache-dir = "%s"\n' "$work/cache-before" >"$work/before.toml"
 for mode in enforce off; do
@@ -58,6 +65,7 @@ for mode in enforce off; do
     "$mode" >"$work/$mode.toml"
 done
 cp "$work/off.toml" "$work/off2.toml"
+cp "$work/off.toml" "$work/bare.toml"
 service() { # KIND ID PORT: sets $args to the `ctr run -d` arguments of hello under that shim
   args=(--runtime "${runtime[$1]}" --runtime-config-path "$work/$1.toml" --net-host --env "PORT=$3"
     docker.io/bench/hello:1 "$2")
@@ -82,7 +90,7 @@ for i in $(seq 1 "$runs"); do
 done
 
 # 2: req/s and CPU per request, the services running side by side and measured in turns.
-declare -A service_port=([before]=19301 [enforce]=19302 [off]=19303 [off2]=19304) shim_pid
+declare -A service_port=([before]=19301 [enforce]=19302 [off]=19303 [off2]=19304 [bare]=19305) shim_pid
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for kind in "${kinds[@]}"; do
   service "$kind" "rps-$kind" "${service_port[$kind]}"
@@ -128,7 +136,7 @@ done
   echo "containerd $(containerd --version | awk '{print $3}'), $(nproc) cores (wrk shares them);" \
     "${baseline:+before = $baseline; }medians of $runs starts and $runs wrk runs of $duration"
   printf '%-40s' measure; for kind in "${kinds[@]}"; do printf ' %10s' "$kind"; done
-  printf ' %12s %10s\n' "enforce/off" "off2/off"
+  printf ' %12s %12s %10s\n' "enforce/off" "enforce/bare" "off2/off"
   for measure in start rps cpu; do
     case $measure in
       start) label="ctr run -d to first 200, warm (ms)"; declare -n values=start_ms ;;
@@ -136,9 +144,26 @@ done
       cpu) label="shim CPU per request (us)"; declare -n values=cpu_us ;;
     esac
     printf '%-40s' "$label"; for kind in "${kinds[@]}"; do printf ' %10.1f' "${values[$kind]}"; done
-    printf ' %11.3fx %9.3fx\n' "$(echo "${values[enforce]} / ${values[off]}" | bc -l)" \
-      "$(echo "${values[off2]} / ${values[off]}" | bc -l)"
+    printf ' %11.3fx %11.3fx %9.3fx\n' "$(echo "${values[enforce]} / ${values[off]}" | bc -l)" \
+      "$(echo "${values[enforce]} / ${values[bare]}" | bc -l)" "$(echo "${values[off2]} / ${values[off]}" | bc -l)"
     unset -n values
+  done
+  echo
+  # A round's kinds ran within seconds of each other, sharing the machine's drift, which the medians of each
+  # side taken apart do not cancel.
+  paired() {
+    paste "$work/$1-$2" "$work/$1-$3" | awk '{print $1 / $2}' | sort -g |
+      awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+  }
+  echo "the median of each round's own ratio:"
+  printf '%-40s %12s %12s %12s %12s\n' measure enforce/off enforce/bare off/bare off2/off
+  for measure in start rps cpu; do
+    printf '%-40s' "$measure"
+    for pair in "enforce off" "enforce bare" "off bare" "off2 off"; do
+      # shellcheck disable=SC2086 # the pair is two words on purpose
+      printf ' %11.3fx' "$(paired "$measure" $pair)"
+    done
+    echo
   done
   echo
   echo "the filter alone: medians of $runs runs of bench/src/bin/seccomp-cost (ns per call)"

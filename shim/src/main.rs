@@ -36,6 +36,7 @@ use containerd_shim::{DeleteResponse, Error, Flags, StartOpts};
 use std::io::Write;
 
 /// Host memory the shim allocates for a service is charged to it (see `wasmhttp_runtime::ChargingAllocator`).
+#[cfg(feature = "host-memory-charging")]
 #[global_allocator]
 static ALLOCATOR: wasmhttp_runtime::ChargingAllocator = wasmhttp_runtime::ChargingAllocator;
 
