@@ -10,7 +10,8 @@
 
 use hyper::body::{Body, Frame, SizeHint};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
@@ -58,6 +59,29 @@ pub(crate) struct Paced<B> {
     waited: Duration,
     /// The current wait's start and the alarm that ends it, while the guest waits.
     wait: Option<(Instant, Pin<Box<Sleep>>)>,
+    /// When the body last woke its reader: a wait ends when the data came, not when a busy guest next
+    /// looked.
+    woke: Option<Arc<WakeClock>>,
+}
+
+/// A waker that notes when it was first woken, then wakes the task it stands for.
+struct WakeClock {
+    woken_at: Mutex<Option<Instant>>,
+    task: Waker,
+}
+
+impl Wake for WakeClock {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(Instant::now);
+        self.task.wake_by_ref();
+    }
 }
 
 impl<B> Paced<B> {
@@ -69,6 +93,7 @@ impl<B> Paced<B> {
             received: 0,
             waited: Duration::ZERO,
             wait: None,
+            woke: None,
         }
     }
 
@@ -79,10 +104,17 @@ impl<B> Paced<B> {
         ))
     }
 
-    /// Ends the current wait, if any, as data arrives.
-    fn arrived(&mut self, bytes: usize) {
+    /// When the body woke its reader since the last poll, if it did.
+    fn woken_at(&mut self) -> Option<Instant> {
+        let clock = self.woke.take()?;
+        *clock.woken_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends the current wait, if any, as data arrives: when the body woke its reader (`woken_at`), or now.
+    fn arrived(&mut self, bytes: usize, woken_at: Option<Instant>) {
         if let Some((since, _)) = self.wait.take() {
-            self.waited += since.elapsed();
+            let ended = woken_at.unwrap_or_else(Instant::now).max(since);
+            self.waited += ended - since;
         }
         self.received = self.received.saturating_add(bytes as u64);
     }
@@ -127,13 +159,26 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        // A wake that brings no data does not end the wait: only one followed by a frame counts.
+        let woken_at = this.woken_at();
+        let polled = if this.pace.rate == 0 {
+            Pin::new(&mut this.inner).poll_frame(cx)
+        } else {
+            let clock = Arc::new(WakeClock {
+                woken_at: Mutex::new(None),
+                task: cx.waker().clone(),
+            });
+            let waker = Waker::from(clock.clone());
+            this.woke = Some(clock);
+            Pin::new(&mut this.inner).poll_frame(&mut Context::from_waker(&waker))
+        };
+        match polled {
             Poll::Ready(frame) => {
                 let bytes = match &frame {
                     Some(Ok(frame)) => frame.data_ref().map_or(0, hyper::body::Buf::remaining),
                     _ => 0,
                 };
-                this.arrived(bytes);
+                this.arrived(bytes, woken_at);
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending if this.pace.rate == 0 => Poll::Pending,
@@ -284,6 +329,36 @@ mod tests {
                 && after <= Duration::from_secs(30) + GRACE + PAUSED_LOOK,
             "{after:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_ends_when_the_data_came_not_when_a_busy_guest_looked() {
+        let (tx, mut body) = paced(1024);
+        // Waits 4 s; the chunk comes then, but the guest looks only a minute later.
+        assert!(futures_poll_once(&mut body).await.is_none());
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        tx.send(Bytes::from_static(b"x")).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(body.frame().await.unwrap().is_ok());
+        // 4 s of the 5 s grace (and a byte's worth) are spent: the next wait ends about 1 s on.
+        let (error, after) = read_out(body).await;
+        drop(tx);
+        assert!(error.is_some());
+        assert!(
+            after >= Duration::from_secs(1) && after < Duration::from_millis(1010),
+            "{after:?}"
+        );
+    }
+
+    /// Polls `body` once, as a guest that starts waiting and then does something else.
+    async fn futures_poll_once(body: &mut Paced<Chunks>) -> Option<()> {
+        std::future::poll_fn(|cx| {
+            Poll::Ready(match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(_) => Some(()),
+                Poll::Pending => None,
+            })
+        })
+        .await
     }
 
     #[tokio::test(start_paused = true)]
