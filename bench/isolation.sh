@@ -151,10 +151,7 @@ done
   echo
   # A round's kinds ran within seconds of each other, sharing the machine's drift, which the medians of each
   # side taken apart do not cancel.
-  paired() {
-    paste "$work/$1-$2" "$work/$1-$3" | awk '{print $1 / $2}' | sort -g |
-      awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'
-  }
+  paired() { paste "$work/$1-$2" "$work/$1-$3" | awk '{print $1 / $2}' | median_of; }
   echo "the median of each round's own ratio:"
   printf '%-40s %12s %12s %12s %12s\n' measure enforce/off enforce/bare off/bare off2/off
   for measure in start rps cpu; do

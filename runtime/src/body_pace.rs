@@ -97,7 +97,7 @@ impl<B> Paced<B> {
         }
     }
 
-    /// All the waiting the bytes received so far allow.
+    /// All the waiting the bytes received so far allow (never asked of a rate of 0, which sets no minimum).
     fn allowance(&self) -> Duration {
         GRACE.saturating_add(Duration::from_secs_f64(
             self.received as f64 / self.pace.rate as f64,
@@ -159,20 +159,20 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
         let this = &mut *self;
+        if this.pace.rate == 0 {
+            return Pin::new(&mut this.inner)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(Into::into)));
+        }
         // A wake that brings no data does not end the wait: only one followed by a frame counts.
         let woken_at = this.woken_at();
-        let polled = if this.pace.rate == 0 {
-            Pin::new(&mut this.inner).poll_frame(cx)
-        } else {
-            let clock = Arc::new(WakeClock {
-                woken_at: Mutex::new(None),
-                task: cx.waker().clone(),
-            });
-            let waker = Waker::from(clock.clone());
-            this.woke = Some(clock);
-            Pin::new(&mut this.inner).poll_frame(&mut Context::from_waker(&waker))
-        };
-        match polled {
+        let clock = Arc::new(WakeClock {
+            woken_at: Mutex::new(None),
+            task: cx.waker().clone(),
+        });
+        let waker = Waker::from(clock.clone());
+        this.woke = Some(clock);
+        match Pin::new(&mut this.inner).poll_frame(&mut Context::from_waker(&waker)) {
             Poll::Ready(frame) => {
                 let bytes = match &frame {
                     Some(Ok(frame)) => frame.data_ref().map_or(0, hyper::body::Buf::remaining),
@@ -181,17 +181,13 @@ where
                 this.arrived(bytes, woken_at);
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending if this.pace.rate == 0 => Poll::Pending,
-            Poll::Pending => {
-                if this.out_of_time(cx) {
-                    this.wait = None;
-                    // Never polled again after an error, so the inner body is not woken in vain.
-                    let rate = this.pace.rate;
-                    Poll::Ready(Some(Err(Box::new(TooSlow { rate }))))
-                } else {
-                    Poll::Pending
-                }
+            Poll::Pending if this.out_of_time(cx) => {
+                this.wait = None;
+                // Never polled again after an error, so the inner body is not woken in vain.
+                let rate = this.pace.rate;
+                Poll::Ready(Some(Err(Box::new(TooSlow { rate }))))
             }
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -335,7 +331,7 @@ mod tests {
     async fn a_wait_ends_when_the_data_came_not_when_a_busy_guest_looked() {
         let (tx, mut body) = paced(1024);
         // Waits 4 s; the chunk comes then, but the guest looks only a minute later.
-        assert!(futures_poll_once(&mut body).await.is_none());
+        assert!(!poll_once(&mut body).await, "nothing has come yet");
         tokio::time::sleep(Duration::from_secs(4)).await;
         tx.send(Bytes::from_static(b"x")).await.unwrap();
         tokio::time::sleep(Duration::from_secs(60)).await;
@@ -350,15 +346,9 @@ mod tests {
         );
     }
 
-    /// Polls `body` once, as a guest that starts waiting and then does something else.
-    async fn futures_poll_once(body: &mut Paced<Chunks>) -> Option<()> {
-        std::future::poll_fn(|cx| {
-            Poll::Ready(match Pin::new(&mut *body).poll_frame(cx) {
-                Poll::Ready(_) => Some(()),
-                Poll::Pending => None,
-            })
-        })
-        .await
+    /// Polls `body` once, as a guest that starts waiting and then does something else; whether it had a frame.
+    async fn poll_once(body: &mut Paced<Chunks>) -> bool {
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx).is_ready())).await
     }
 
     #[tokio::test(start_paused = true)]

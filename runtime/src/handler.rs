@@ -312,8 +312,7 @@ fn respond(
             shared.meter.stats().served(response.status().as_u16());
             return (response, None);
         }
-        _ if body_fault.get().is_some() => {
-            let why = *body_fault.get().expect("checked by the guard");
+        _ if let Some(&why) = body_fault.get() => {
             let (response, verdict) = rejected(shared, why);
             return (response, verdict.refusal);
         }
