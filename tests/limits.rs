@@ -226,12 +226,17 @@ fn update_changes_limits_under_load() {
     let containerd = Containerd::start();
     let image = import_example(&containerd, "cpu-burn");
     let port = free_port();
+    // A queue is looser than the default (none), so the node must allow one.
+    let node = containerd.dir.path().join("node.toml");
+    std::fs::write(&node, "[ceilings]\nqueue-depth = 2\n").unwrap();
     run_service(
         &containerd,
         &image,
         "live",
         port,
         &[
+            "--runtime-config-path",
+            node.to_str().unwrap(),
             "--cpus",
             "1",
             "--annotation",
@@ -441,4 +446,30 @@ fn annotations_and_node_configuration_apply_and_bad_values_fail_create() {
         "{said}"
     );
     containerd.ctr_ok(&["container", "rm", "greedy"]);
+
+    // Without a ceiling, the node's default is the most an annotation may ask for, OCI field or not.
+    let output = ctr_run(
+        &containerd,
+        "-d",
+        &[
+            "--net-host",
+            "--runtime-config-path",
+            node.to_str().unwrap(),
+            "--annotation",
+            "wasmhttp.io/request-timeout=1h",
+            &image,
+            "patient",
+        ],
+    );
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a timeout past the default was accepted"
+    );
+    assert!(
+        said.contains("wasmhttp.io/request-timeout=1h")
+            && said.contains("looser than the node's default (150ms)"),
+        "{said}"
+    );
+    containerd.ctr_ok(&["container", "rm", "patient"]);
 }

@@ -3,7 +3,7 @@
 //!
 //! | key | accepted form | sets |
 //! |---|---|---|
-//! | `wasmhttp.io/<knob>` | the knob's form | the knob, ranked by [`wasmhttp_runtime::fold`] (tighten OCI freely, loosen only within node ceilings) |
+//! | `wasmhttp.io/<knob>` | the knob's form | the knob, ranked by [`wasmhttp_runtime::fold`] (tighten freely, loosen only within node ceilings) |
 //! | `wasmhttp.io/allowed-outbound-hosts` | comma-separated `host` or `host:port` | outbound HTTP the guest may make |
 //! | `wasmhttp.io/port` | 1–65535 | the listen port (overrides env `PORT`) |
 //! | `wasmhttp.io/metrics-port` | 1–65535 | serve Prometheus `/metrics` on this port in the pod's network namespace (where the node's `[metrics] allow-annotation` is not false) |

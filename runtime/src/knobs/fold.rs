@@ -4,10 +4,11 @@
 //! 1. built-in defaults ([`super::builtin_defaults`]);
 //! 2. the node's `[defaults]`;
 //! 3. OCI `linux.resources` (what Kubernetes or `ctr` set);
-//! 4. overrides: `wasmhttp.io/` annotations (or `wasmhttp run` flags). An override of a knob that has an OCI
-//!    field may tighten the value in force (the OCI value, else the default standing in for it) freely; it
-//!    may loosen it only up to the node's `[ceilings]` value for that knob. Any override above a ceiling is
-//!    refused, naming both.
+//! 4. overrides: `wasmhttp.io/` annotations. An override may tighten the value in force (the OCI value,
+//!    else the node's or the built-in default, which stands in for a limit the spec did not set) freely; it
+//!    may loosen it only up to the node's `[ceilings]` value for that knob. Any override past a ceiling, or
+//!    looser than the value in force where the node sets no ceiling, is refused, naming both. (`wasmhttp run`
+//!    passes its flags as the OCI layer: whoever runs it is the operator.)
 //!
 //! Update re-folds with the new OCI values: an override stays in force unless the Update changed the very
 //! OCI field it overrides, in which case the operator's new value wins.
@@ -68,18 +69,19 @@ pub fn fold(layers: &Layers) -> Result<Limits, Refused> {
             return Err(refused(format!("{side} {} = {ceiling}", knob.name)));
         }
         // `limits` holds this knob's value before any override: the OCI value, else the node's or the built-in
-        // default, which stands in for an OCI limit the spec did not set (a pod without `memory.limit` must not
-        // annotate itself past the node's default).
-        let ceiling_set = knob.get(&layers.node_ceilings).is_some();
-        if let Some(oci_field) = knob.oci
-            && !ceiling_set
-            && (knob.exceeds)(&layers.overrides, &limits)
-        {
+        // default, which stands in for a limit the spec cannot set (a pod without `memory.limit` must not
+        // annotate itself past the node's default, nor any pod its request-timeout or max-connections).
+        if knob.get(&layers.node_ceilings).is_none() && (knob.exceeds)(&layers.overrides, &limits) {
             let in_force = knob.get(&limits).unwrap_or_default();
-            let source = if knob.get(&layers.oci).is_some() {
-                format!("linux.resources.{oci_field}")
-            } else {
-                "the default that stands in for it".to_string()
+            let source = match knob.oci {
+                Some(field) if knob.get(&layers.oci).is_some() => {
+                    format!("linux.resources.{field}")
+                }
+                Some(_) => "the default that stands in for it".to_string(),
+                None if knob.get(&layers.node_defaults).is_some() => {
+                    "the node's default".to_string()
+                }
+                None => "the built-in default".to_string(),
             };
             return Err(refused(format!(
                 "looser than {source} ({in_force}); the node sets no ceiling for {} that would allow it",
@@ -206,6 +208,62 @@ mod tests {
         ))
         .unwrap_err();
         assert_eq!((err.knob, err.value.as_str()), ("queue-depth", "11"));
+    }
+
+    #[test]
+    fn a_knob_without_an_oci_field_is_bounded_by_the_default_in_force() {
+        let refusal = |node: Limits, overrides: &[(&str, &str)]| {
+            fold(&create(
+                node,
+                Limits::default(),
+                Limits::default(),
+                limits(overrides),
+            ))
+            .unwrap_err()
+            .reason
+        };
+        let reason = refusal(Limits::default(), &[("request-timeout", "60s")]);
+        assert!(
+            reason.contains("looser than the built-in default (30s)")
+                && reason.contains("no ceiling for request-timeout"),
+            "{reason}"
+        );
+        let node = limits(&[("queue-depth", "2"), ("max-connections", "64")]);
+        for (knob, value, in_force) in [("queue-depth", "3", "2"), ("max-connections", "65", "64")]
+        {
+            let reason = refusal(node.clone(), &[(knob, value)]);
+            assert!(
+                reason.contains(&format!("the node's default ({in_force})")),
+                "{knob}: {reason}"
+            );
+        }
+        // A minimum is loosened downwards: no minimum at all is the loosest.
+        let reason = refusal(Limits::default(), &[("min-request-body-rate", "0")]);
+        assert!(reason.contains("the built-in default (4Ki)"), "{reason}");
+
+        // Tighter values pass; a knob with no limit in force (fuel) takes any value; a ceiling allows more.
+        let tighter = [
+            ("request-timeout", "5s"),
+            ("queue-depth", "1"),
+            ("fuel-per-request", "1000000000000"),
+            ("min-request-body-rate", "8Ki"),
+        ];
+        let folded = fold(&create(
+            node.clone(),
+            Limits::default(),
+            Limits::default(),
+            limits(&tighter),
+        ))
+        .unwrap();
+        assert_eq!(folded.queue_depth, Some(1));
+        assert_eq!(folded.fuel_per_request, Some(1_000_000_000_000));
+        let ceilings = limits(&[("request-timeout", "2m"), ("min-request-body-rate", "0")]);
+        let looser = [("request-timeout", "90s"), ("min-request-body-rate", "0")];
+        let folded = fold(&create(node, ceilings, Limits::default(), limits(&looser))).unwrap();
+        assert_eq!(
+            (folded.request_timeout, folded.min_request_body_rate),
+            (Some(Duration::from_secs(90)), Some(0))
+        );
     }
 
     #[test]

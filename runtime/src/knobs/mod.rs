@@ -24,8 +24,7 @@ pub struct Knob {
     pub doc: &'static str,
     /// The kind of value it takes.
     pub form: &'static value::Form,
-    /// The OCI field that also sets it, if any; annotations may only tighten it, or loosen it within the
-    /// node's ceiling.
+    /// The OCI field that also sets it, if any (an annotation then overrides that field, as [`fold`] ranks it).
     pub oci: Option<&'static str>,
     /// A CLI flag name it had before this model, accepted for one release with a deprecation line.
     pub old_flag: Option<&'static str>,
