@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The cost of tenant isolation (SECURITY.md) on the shim, through a private containerd, same run:
 #   1. `ctr run -d` of hello to its first 200 (warm compile cache)
-#   2. hello req/s through the shim (`wrk -t2 -c50`, the service on the host network), and the shim's CPU
-#      per request (its utime + stime over the requests wrk counted), which wrk sharing the cores disturbs less
+#   2. hello req/s through the shim (`wrk -t1 -c50`, the service on the host network), and the shim's CPU
+#      per request (its utime + stime over the requests wrk counted). The shim's threads are pinned to the
+#      last core and wrk to the first: unpinned, the two sharing both cores made one binary's runs differ by
+#      up to a third, more than any effect measured here
 # for the shims:
 #   enforce — this tree's shim as shipped: capabilities dropped, seccomp filter and Landlock file rules on
 #   off     — this tree's shim with `[security] seccomp = "off"` and `landlock = "off"` (capabilities are still
@@ -90,6 +92,8 @@ for i in $(seq 1 "$runs"); do
 done
 
 # 2: req/s and CPU per request, the services running side by side and measured in turns.
+shim_core=$(($(nproc) - 1))
+wrk=(taskset -c 0 wrk -t1 -c50)
 declare -A service_port=([before]=19301 [enforce]=19302 [off]=19303 [off2]=19304 [bare]=19305) shim_pid
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 for kind in "${kinds[@]}"; do
@@ -97,13 +101,14 @@ for kind in "${kinds[@]}"; do
   ctr_ run -d "${args[@]}" >/dev/null
   for _ in $(seq 1 400); do http_200 "${service_port[$kind]}" && break; sleep 0.05; done
   shim_pid[$kind]=$(pgrep -f "containerd-shim-wasmhttp.*-id rps-$kind " | head -1)
-  wrk -t2 -c50 -d1s "http://127.0.0.1:${service_port[$kind]}/" >/dev/null
+  taskset -a -cp "$shim_core" "${shim_pid[$kind]}" >/dev/null
+  "${wrk[@]}" -d1s "http://127.0.0.1:${service_port[$kind]}/" >/dev/null
 done
 ticks_per_s=$(getconf CLK_TCK)
 for i in $(seq 1 "$runs"); do
   for kind in $(rotated "$i"); do
     t0=$(cpu_ticks "${shim_pid[$kind]}")
-    report=$(wrk -t2 -c50 -d"$duration" "http://127.0.0.1:${service_port[$kind]}/")
+    report=$("${wrk[@]}" -d"$duration" "http://127.0.0.1:${service_port[$kind]}/")
     t1=$(cpu_ticks "${shim_pid[$kind]}")
     echo "$report" | awk '/Requests\/sec/ {print $2}' >>"$work/rps-$kind"
     requests=$(echo "$report" | awk '/requests in/ {print $1}')
@@ -114,7 +119,7 @@ done
 timeout 30 strace -f -c -p "${shim_pid[enforce]}" -o "$work/strace" 2>/dev/null &
 strace_pid=$!
 sleep 1
-syscall_requests=$(wrk -t2 -c50 -d2s "http://127.0.0.1:${service_port[enforce]}/" | awk '/requests in/ {print $1}')
+syscall_requests=$("${wrk[@]}" -d2s "http://127.0.0.1:${service_port[enforce]}/" | awk '/requests in/ {print $1}')
 sleep 0.5
 kill -INT "$strace_pid" 2>/dev/null || true
 wait "$strace_pid" 2>/dev/null || true
@@ -133,7 +138,7 @@ for kind in "${kinds[@]}"; do
   cpu_us[$kind]=$(median <"$work/cpu-$kind")
 done
 {
-  echo "containerd $(containerd --version | awk '{print $3}'), $(nproc) cores (wrk shares them);" \
+  echo "containerd $(containerd --version | awk '{print $3}'), $(nproc) cores (the shim pinned to core $shim_core, wrk to core 0);" \
     "${baseline:+before = $baseline; }medians of $runs starts and $runs wrk runs of $duration"
   printf '%-40s' measure; for kind in "${kinds[@]}"; do printf ' %10s' "$kind"; done
   printf ' %12s %12s %10s\n' "enforce/off" "enforce/bare" "off2/off"
