@@ -32,14 +32,21 @@ cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 # the server's PSS, reads its peak RSS, stops it; appends "NAME rps p50 p99 peak_rss_mib peak_pss_mib" to
 # $out/results, and "NAME cpu_us_per_request" (the server's CPU over the measured run) to $out/cpu. The
 # readiness wait allows $ready_tries × 50 ms (compiles of big guests take seconds); wrk asks for
-# $target_path (default /).
+# $target_path (default /). With $pinned set, the server runs on the last core and `wrk -t1` on the first:
+# sharing both, their threads trade cores and one binary's runs spread too far to compare a few percent.
 run_wrk() {
   local name=$1 port=$2 conns=$3 url="http://127.0.0.1:$2${target_path:-/}"; shift 3
+  local wrk=(wrk -t2)
   mkdir -p "$(dirname "$out/$name")"
   "$@" >"$out/$name.log" 2>&1 &
   local pid=$!
   wait_for "$port" "${ready_tries:-200}"
-  wrk -t2 -c"$conns" -d2s "$url" >/dev/null
+  if [ -n "${pinned:-}" ]; then
+    # Every thread the server has; those it starts later inherit it.
+    taskset -a -cp "$(($(nproc) - 1))" "$pid" >/dev/null
+    wrk=(taskset -c 0 wrk -t1)
+  fi
+  "${wrk[@]}" -c"$conns" -d2s "$url" >/dev/null
   (
     peak=0
     while kill -0 "$pid" 2>/dev/null; do
@@ -50,7 +57,7 @@ run_wrk() {
   ) &
   local sampler=$! ticks
   ticks=$(cpu_ticks "$pid")
-  wrk -t2 -c"$conns" -d"$duration" --latency "$url" >"$out/$name.wrk"
+  "${wrk[@]}" -c"$conns" -d"$duration" --latency "$url" >"$out/$name.wrk"
   ticks=$(($(cpu_ticks "$pid") - ticks))
   awk -v n="$name" -v t="$ticks" -v hz="$(getconf CLK_TCK)" '/requests in/ && $1 > 0 {
     printf "%s %.2f\n", n, t * 1e6 / hz / $1 }' "$out/$name.wrk" >>"$out/cpu"
