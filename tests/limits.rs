@@ -318,45 +318,32 @@ fn annotations_and_node_configuration_apply_and_bad_values_fail_create() {
     .into_iter()
     .enumerate()
     {
-        let id = format!("bad{index}");
         let annotation = format!("wasmhttp.io/{key}={value}");
-        let output = ctr_run(
+        let said = refused_run(
             &containerd,
-            "-d",
-            &["--net-host", "--annotation", &annotation, &image, &id],
+            &["--annotation", &annotation, &image],
+            &format!("bad{index}"),
         );
-        let said = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{annotation} was accepted");
         assert!(
             said.contains(&format!("wasmhttp.io/{key}")) && said.contains(form),
             "{annotation}: {said}"
         );
-        containerd.ctr_ok(&["container", "rm", &id]);
     }
 
     // A node configuration that does not parse names its file and line.
     let bad = containerd.dir.path().join("bad-node.toml");
     std::fs::write(&bad, "[defaults]\nrequest_timeout = \"soon\"\n").unwrap();
-    let output = ctr_run(
+    let said = refused_run(
         &containerd,
-        "-d",
-        &[
-            "--net-host",
-            "--runtime-config-path",
-            bad.to_str().unwrap(),
-            &image,
-            "badnode",
-        ],
+        &["--runtime-config-path", bad.to_str().unwrap(), &image],
+        "badnode",
     );
-    let said = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success());
     assert!(
         said.contains(&format!("{}:2", bad.display()))
             && said.contains("request_timeout")
             && said.contains("is not a duration"),
         "{said}"
     );
-    containerd.ctr_ok(&["container", "rm", "badnode"]);
 
     // Valid annotations take effect: the port, a request timeout, a per-request fuel cap; unknown keys warn.
     let port = free_port();
@@ -423,53 +410,45 @@ fn annotations_and_node_configuration_apply_and_bad_values_fail_create() {
     );
 
     // The node's ceilings bound what an annotation may ask for; the error names the key and the ceiling.
-    let output = ctr_run(
+    let node_args = ["--runtime-config-path", node.to_str().unwrap()];
+    let said = refused_run(
         &containerd,
-        "-d",
         &[
-            "--net-host",
-            "--runtime-config-path",
-            node.to_str().unwrap(),
-            "--annotation",
-            "wasmhttp.io/queue-depth=10",
-            &image,
-            "greedy",
-        ],
-    );
-    let said = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success(),
-        "an annotation above a ceiling was accepted"
+            &node_args[..],
+            &["--annotation", "wasmhttp.io/queue-depth=10", &image],
+        ]
+        .concat(),
+        "greedy",
     );
     assert!(
         said.contains("wasmhttp.io/queue-depth=10") && said.contains("ceiling queue-depth = 4"),
         "{said}"
     );
-    containerd.ctr_ok(&["container", "rm", "greedy"]);
 
     // Without a ceiling, the node's default is the most an annotation may ask for, OCI field or not.
-    let output = ctr_run(
+    let said = refused_run(
         &containerd,
-        "-d",
         &[
-            "--net-host",
-            "--runtime-config-path",
-            node.to_str().unwrap(),
-            "--annotation",
-            "wasmhttp.io/request-timeout=1h",
-            &image,
-            "patient",
-        ],
-    );
-    let said = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success(),
-        "a timeout past the default was accepted"
+            &node_args[..],
+            &["--annotation", "wasmhttp.io/request-timeout=1h", &image],
+        ]
+        .concat(),
+        "patient",
     );
     assert!(
         said.contains("wasmhttp.io/request-timeout=1h")
             && said.contains("looser than the node's default (150ms)"),
         "{said}"
     );
-    containerd.ctr_ok(&["container", "rm", "patient"]);
+}
+
+/// `ctr run -d --net-host ARGS ID`, which Create must refuse: asserts that it failed, removes the container
+/// it left, and returns what ctr said.
+fn refused_run(containerd: &Containerd, args: &[&str], id: &str) -> String {
+    let args = [&["--net-host"], args, &[id]].concat();
+    let output = ctr_run(containerd, "-d", &args);
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{args:?} was accepted: {said}");
+    containerd.ctr_ok(&["container", "rm", id]);
+    said
 }
