@@ -4,7 +4,8 @@
 # reuse), and a native hyper server; `wrk -t2 -c50 -d10s --latency` each. Prints req/s, p50, p99, the
 # server's peak RSS and PSS, with ratios against `wasmtime serve` on the same guest and against native; then
 # wasmhttp's mean instantiation, the cost of the limits, and start to first 200 with a warm compile cache.
-# Usage: bench/http.sh [DURATION]   (results also land in bench-out/http.txt)
+# Usage: bench/http.sh [DURATION]   (results also land in bench-out/http.txt; with pinned=1 in the
+# environment each server runs on the last core and `wrk -t1` on the first, as bench/lib.sh says)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration="${1:-10s}"
@@ -37,7 +38,11 @@ serve_start_ms=$(./target/release/first-response 18185 10 -- "$tools/bin/wasmtim
   --addr 127.0.0.1:18185 examples/wasm/hello.wasm | awk '/median/ {print $2}')
 
 {
-  echo "wrk -t2 -c50 -d$duration --latency, $(nproc) cores (wrk shares them), wasmtime $wasmtime_version"
+  if [ -n "${pinned:-}" ]; then
+    echo "wrk -t1 -c50 -d$duration --latency on core 0, each server on core $(($(nproc) - 1)), wasmtime $wasmtime_version"
+  else
+    echo "wrk -t2 -c50 -d$duration --latency, $(nproc) cores (wrk shares them), wasmtime $wasmtime_version"
+  fi
   printf '%-24s %10s %9s %9s %9s %9s %14s %10s\n' server "req/s" p50 p99 "peak RSS" "peak PSS" "vs wt serve" \
     "vs native"
   native=$(rps_of native-hyper)
