@@ -6,6 +6,7 @@
 //! yields — ends the instance, so every request still on it gets 504 too. A trap, fuel running out or a
 //! refused memory growth ends the instance likewise, each request on it getting the failure's status.
 
+use super::ready_body::with_body_read_ahead;
 use super::{Answer, Instance, Job, error_code_name, reply};
 use crate::instance::{Guarded, InstanceState, grant_fuel};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -135,7 +136,10 @@ async fn one(
     drop(permit);
     ran?;
     match receiver.await {
-        Ok(Ok(response)) => reply(answer, Answer::Response(response)),
+        Ok(Ok(response)) => {
+            let response = with_body_read_ahead(response).await;
+            reply(answer, Answer::Response(response));
+        }
         Ok(Err(e)) if e.is::<ExpirationError>() => {
             reply(answer, Answer::Expired);
             return Ok(Left::Expired);
