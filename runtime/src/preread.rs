@@ -111,15 +111,17 @@ impl Body for Preread {
         let head = self.head.as_ref().map_or(0, |h| h.len() as u64);
         match &self.rest {
             None => SizeHint::with_exact(head),
-            Some(rest) => {
-                let rest = rest.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(head + rest.lower());
-                if let Some(upper) = rest.upper() {
-                    hint.set_upper(head + upper);
-                }
-                hint
-            }
+            Some(rest) => hint_with_prefix(head, rest.size_hint()),
         }
     }
+}
+
+/// The size of a body that gives `prefix` bytes read ahead of it, then what `rest` hints.
+pub(crate) fn hint_with_prefix(prefix: u64, rest: SizeHint) -> SizeHint {
+    let mut hint = SizeHint::new();
+    hint.set_lower(rest.lower().saturating_add(prefix));
+    if let Some(upper) = rest.upper() {
+        hint.set_upper(upper.saturating_add(prefix));
+    }
+    hint
 }

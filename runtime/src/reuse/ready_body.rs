@@ -9,6 +9,7 @@
 //! hyper a body that is often complete: it then sends head and body in one write, with a
 //! `content-length`. A body still streaming after those turns goes on as it came, after what was read.
 
+use crate::preread::hint_with_prefix;
 use bytes::Bytes;
 use http::Response;
 use http_body_util::BodyExt;
@@ -120,13 +121,7 @@ impl Body for ReadAheadBody {
             // hyper sends a body of exactly known size with a `content-length`, in the head's write.
             return SizeHint::with_exact(ahead);
         }
-        let rest = self.rest.size_hint();
-        let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower().saturating_add(ahead));
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper.saturating_add(ahead));
-        }
-        hint
+        hint_with_prefix(ahead, self.rest.size_hint())
     }
 }
 
