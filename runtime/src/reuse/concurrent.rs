@@ -6,16 +6,21 @@
 //! yields — ends the instance, so every request still on it gets 504 too. A trap, fuel running out or a
 //! refused memory growth ends the instance likewise, each request on it getting the failure's status.
 
+use super::deadlines::{Deadlines, Expiration};
 use super::ready_body::with_body_read_ahead;
 use super::{Answer, Instance, Job, error_code_name, reply};
+use crate::admission::Permit;
 use crate::instance::{Guarded, InstanceState, grant_fuel};
 use futures::stream::{FuturesUnordered, StreamExt};
+use http::Response;
+use std::future::Future;
 use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
 use wasmtime::component::Accessor;
 use wasmtime::{AsContextMut, Store};
-use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::handler::{ExpirationError, Prepared, Proxy};
 use wasmtime_wasi_http::p3::bindings::http::types::ErrorCode;
+use wasmtime_wasi_http::{WasiBody, WasiHttpView};
 
 /// How a request left its instance.
 enum Left {
@@ -41,6 +46,7 @@ async fn event_loop(
     proxy: &Proxy,
 ) -> wasmtime::Result<()> {
     let mut running = FuturesUnordered::new();
+    let mut deadlines = Deadlines::default();
     let mut idle_since = Some(Instant::now());
     loop {
         let limits = instance.shared.limits();
@@ -49,7 +55,7 @@ async fn event_loop(
             match instance.jobs.try_recv() {
                 Ok(job) => {
                     idle_since = None;
-                    running.push(one(accessor, proxy, job, true));
+                    running.push(one(accessor, proxy, job, true, &mut deadlines));
                     continue;
                 }
                 Err(_) => break,
@@ -76,8 +82,9 @@ async fn event_loop(
             Some(job) = instance.jobs.recv() => {
                 let alone = running.is_empty();
                 idle_since = None;
-                running.push(one(accessor, proxy, job, alone));
+                running.push(one(accessor, proxy, job, alone, &mut deadlines));
             }
+            () = deadlines.fired() => {}
             () = idle_timer => {}
         }
     }
@@ -95,13 +102,15 @@ async fn event_loop(
     Ok(())
 }
 
-/// Runs one request on the instance. An error is the instance's failure, not only this request's.
-async fn one(
-    accessor: &Accessor<InstanceState>,
-    proxy: &Proxy,
+/// Starts one request on the instance: sets it up at once (its deadline among the instance's), and returns
+/// what runs it. An error is the instance's failure, not only this request's.
+fn one<'a>(
+    accessor: &'a Accessor<InstanceState>,
+    proxy: &'a Proxy,
     job: Job,
     alone: bool,
-) -> wasmtime::Result<Left> {
+    deadlines: &mut Deadlines,
+) -> impl Future<Output = wasmtime::Result<Left>> + 'a {
     let Job {
         request,
         answer,
@@ -110,7 +119,7 @@ async fn one(
         traceparent,
     } = job;
     let (sender, receiver) = futures::channel::oneshot::channel();
-    let (prepared, deadline) = accessor.with(|mut store| -> wasmtime::Result<_> {
+    let started = accessor.with(|mut store| -> wasmtime::Result<_> {
         grant_fuel(store.as_context_mut(), &limits, alone)?;
         // Outgoing requests of an instance serving several at once cannot be told apart: they carry a
         // request's trace context only while that request has the instance to itself.
@@ -124,13 +133,27 @@ async fn one(
             sender,
         )?;
         Ok((prepared, deadline))
-    })?;
-    let expiration = async move {
-        match deadline {
-            Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-            None => std::future::pending().await,
-        }
-    };
+    });
+    let expiration = deadlines.start(started.as_ref().ok().and_then(|(_, at)| *at));
+    async move {
+        let (prepared, deadline) = started?;
+        run(
+            accessor, prepared, deadline, expiration, answer, permit, receiver,
+        )
+        .await
+    }
+}
+
+/// Runs a request set up by [`one`] and hands its answer over.
+async fn run(
+    accessor: &Accessor<InstanceState>,
+    prepared: Prepared<'_, InstanceState>,
+    deadline: Option<Instant>,
+    expiration: Expiration,
+    answer: oneshot::Sender<Answer>,
+    permit: Permit,
+    receiver: futures::channel::oneshot::Receiver<wasmtime::Result<Response<WasiBody>>>,
+) -> wasmtime::Result<Left> {
     let ran = prepared.run(accessor, expiration).await;
     accessor.with(|mut store| store.get().guard().end_request(deadline));
     drop(permit);

@@ -9,6 +9,7 @@
 //! first ([`crate::admission`]) and stay on their worker.
 
 mod concurrent;
+mod deadlines;
 mod ready_body;
 mod serial;
 

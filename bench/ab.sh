@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# A change's effect on hello 0.2 and 0.3, same run: the working tree's release build against a baseline,
+# each server pinned to the last core and `wrk -t1 -c50` to the first (bench/lib.sh), the two builds taking
+# turns for ROUNDS rounds. Prints, per guest, the median over rounds of the paired ratios (this build over
+# the baseline, same round) of req/s and of the server's CPU time per request. The baseline is a wasmhttp
+# binary, or a git revision, built once into target/ab/<commit> (a clean release build the first time).
+# Usage: bench/ab.sh [ROUNDS] [BASELINE] [DURATION]   (default 7, HEAD, 3s; results in bench-out/ab.txt)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds="${1:-7}"
+baseline="${2:-HEAD}"
+duration="${3:-3s}"
+out=bench-out/ab; mkdir -p "$out"
+source bench/lib.sh
+pinned=1
+
+bash scripts/setup.sh wrk curl bc
+bash examples/build.sh >/dev/null
+cargo build --release --locked -q -p wasmhttp-cli
+
+if [ -x "$baseline" ]; then
+  base_bin=$baseline
+else
+  commit=$(git rev-parse --verify "$baseline^{commit}")
+  tree="target/ab/$commit"
+  if [ ! -x "$tree/bin/wasmhttp" ]; then
+    rm -rf "$tree/src" && mkdir -p "$tree/src"
+    git archive "$commit" | tar -x -C "$tree/src"
+    (cd "$tree/src" && CARGO_TARGET_DIR=../../target cargo build --release --locked -q -p wasmhttp-cli)
+    mkdir -p "$tree/bin" && cp target/ab/target/release/wasmhttp "$tree/bin/wasmhttp"
+  fi
+  base_bin="$tree/bin/wasmhttp"
+fi
+
+limits=(--memory 128Mi --cpus 2 --max-concurrency 256 --queue-depth 1024 --request-timeout 5s
+  --fuel-per-request 100000000)
+rm -f "$out/results" "$out/cpu"
+for round in $(seq 1 "$rounds"); do
+  for guest in hello hello-p3; do
+    for side in base this; do
+      bin=./target/release/wasmhttp; [ "$side" = base ] && bin=$base_bin
+      rm -rf "$out/cache-$side"
+      run_wrk "$side/$guest.$round" 18195 50 "$bin" run "examples/wasm/$guest.wasm" \
+        --listen 127.0.0.1:18195 --cache-dir "$out/cache-$side" "${limits[@]}"
+    done
+  done
+done
+
+{
+  echo "bench/ab.sh $rounds $baseline $duration: $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo +changes) vs $base_bin"
+  echo "wrk -t1 -c50 -d$duration on core 0, each server on core $(($(nproc) - 1)); paired ratios, this / baseline"
+  printf '%-10s %12s %12s %16s %16s %14s\n' guest "req/s base" "req/s this" "req/s ratio" "CPU/req ratio" "CPU/req this"
+  for guest in hello hello-p3; do
+    printf '%-10s %12.0f %12.0f %15.3fx %15.3fx %12.2fµs\n' "$guest" \
+      "$(round_median base "$guest")" "$(round_median this "$guest")" \
+      "$(paired_ratio this base "$guest")" "$(paired_ratio this base "$guest" "$out/cpu")" \
+      "$(round_median this "$guest" "$out/cpu")"
+  done
+} | tee bench-out/ab.txt
