@@ -10,7 +10,6 @@
 //! not per request.
 
 use futures::task::AtomicWaker;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,7 +29,7 @@ pub(super) struct Deadlines {
     /// When the timer is set to fire, if it is set.
     armed: Option<Instant>,
     /// One entry per request with a deadline, roughly in the order they came.
-    waiting: VecDeque<Arc<Expiry>>,
+    waiting: Vec<Arc<Expiry>>,
     /// The length at which `waiting` is next swept of finished requests.
     sweep_at: usize,
     /// How often the timer was set earlier than it was: what tokio pays a driver wake-up for.
@@ -54,7 +53,7 @@ impl Default for Deadlines {
         Self {
             timer: Box::pin(tokio::time::sleep_until(far.into())),
             armed: None,
-            waiting: VecDeque::new(),
+            waiting: Vec::new(),
             sweep_at: FIRST_SWEEP,
             armed_earlier: 0,
         }
@@ -76,7 +75,7 @@ impl Deadlines {
             passed: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         });
-        self.waiting.push_back(expiry.clone());
+        self.waiting.push(expiry.clone());
         if self.armed.is_none_or(|armed| at < armed) {
             self.arm(at);
             self.armed_earlier += 1;
@@ -142,6 +141,7 @@ impl Future for Expiration {
 mod tests {
     use super::*;
     use futures::FutureExt;
+    use std::collections::VecDeque;
 
     fn secs(s: u64) -> Duration {
         Duration::from_secs(s)
