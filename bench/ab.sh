@@ -2,8 +2,9 @@
 # A change's effect on hello 0.2 and 0.3, same run: the working tree's release build against a baseline,
 # each server pinned to the last core and `wrk -t1 -c50` to the first (bench/lib.sh), the two builds taking
 # turns for ROUNDS rounds. Prints, per guest, the median over rounds of the paired ratios (this build over
-# the baseline, same round) of req/s and of the server's CPU time per request. The baseline is a wasmhttp
-# binary, or a git revision, built once into target/ab/<commit> (a clean release build the first time).
+# the baseline, same round) of req/s and of the server's CPU time per request, with the quartiles of those
+# ratios. The baseline is a wasmhttp binary, or a git revision, built once into target/ab/<commit> (a clean
+# release build the first time).
 # Usage: bench/ab.sh [ROUNDS] [BASELINE] [DURATION]   (default 7, HEAD, 3s; results in bench-out/ab.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,11 +52,14 @@ done
 {
   echo "bench/ab.sh $rounds $baseline $duration: $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo +changes) vs $base_bin"
   echo "wrk -t1 -c50 -d$duration on core 0, each server on core $(($(nproc) - 1)); paired ratios, this / baseline"
-  printf '%-10s %12s %12s %16s %16s %14s\n' guest "req/s base" "req/s this" "req/s ratio" "CPU/req ratio" "CPU/req this"
+  printf '%-10s %12s %12s %12s %14s %14s %14s %14s\n' guest "req/s base" "req/s this" "req/s ratio" "(Q1-Q3)" \
+    "CPU/req ratio" "(Q1-Q3)" "CPU/req this"
   for guest in hello hello-p3; do
-    printf '%-10s %12.0f %12.0f %15.3fx %15.3fx %12.2fµs\n' "$guest" \
+    printf '%-10s %12.0f %12.0f %11.3fx %14s %13.3fx %14s %12.2fµs\n' "$guest" \
       "$(round_median base "$guest")" "$(round_median this "$guest")" \
-      "$(paired_ratio this base "$guest")" "$(paired_ratio this base "$guest" "$out/cpu")" \
+      "$(paired_ratio this base "$guest")" "$(paired_spread this base "$guest")" \
+      "$(paired_ratio this base "$guest" "$out/cpu")" "$(paired_spread this base "$guest" "$out/cpu")" \
       "$(round_median this "$guest" "$out/cpu")"
   done
+  echo "(Q1-Q3): the middle half of the single rounds' ratios, the spread a median's distance from 1 is read against"
 } | tee bench-out/ab.txt

@@ -80,14 +80,26 @@ median() { sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2
 # recorded as "KIND/GUEST.N" (N = 1, 2, …).
 round_median() { awk -v p="$1/$2." 'index($1, p) == 1 {print $2}' "${3:-$out/results}" | median; }
 
-# paired_ratio KIND BASE GUEST [FILE]: the median, over rounds, of KIND's req/s (or FILE's figure) divided
-# by BASE's in the same round. Two runs next to each other share this VM's drift over minutes, which the
+# paired_ratios KIND BASE GUEST [FILE]: each round's KIND req/s (or FILE's figure) divided by BASE's in the
+# same round, one per line. Two runs next to each other share this VM's drift over minutes, which the
 # medians of each side taken apart do not cancel.
-paired_ratio() {
+paired_ratios() {
   awk -v a="$1/$3." -v b="$2/$3." '
     index($1, a) == 1 { x[substr($1, length(a) + 1)] = $2 }
     index($1, b) == 1 { y[substr($1, length(b) + 1)] = $2 }
-    END { for (r in x) if ((r in y) && y[r] > 0) print x[r] / y[r] }' "${4:-$out/results}" | median
+    END { for (r in x) if ((r in y) && y[r] > 0) print x[r] / y[r] }' "${4:-$out/results}"
+}
+
+# paired_ratio KIND BASE GUEST [FILE]: the median of paired_ratios.
+paired_ratio() { paired_ratios "$@" | median; }
+
+# paired_spread KIND BASE GUEST [FILE]: the quartiles of paired_ratios ("Q1-Q3"): how far single rounds
+# differ, against which a median's distance from 1 is read.
+paired_spread() {
+  paired_ratios "$@" | sort -n | awk '{v[NR]=$1} END {
+    if (NR == 0) { print "-"; exit }
+    q1 = v[int((NR - 1) / 4) + 1]; q3 = v[NR - int((NR - 1) / 4)]
+    printf "%.3f-%.3f\n", q1, q3 }'
 }
 
 # rps_of NAME: the req/s recorded for NAME.

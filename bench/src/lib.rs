@@ -1,3 +1,0 @@
-//! Pieces the benchmark binaries share.
-
-pub mod pagemap;
