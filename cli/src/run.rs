@@ -51,6 +51,11 @@ pub struct RunArgs {
     /// Compile every time instead of using the cache.
     #[arg(long)]
     no_cache: bool,
+    /// Bytes of written pages a free instance slot keeps for the next instance, as the node's
+    /// `[engine] slot-keep-resident` [default: 64Ki, or none on a kernel whose page scan reports
+    /// never-touched pages as written].
+    #[arg(long, value_name = "SIZE", value_parser = wasmhttp_runtime::knobs::value::size::parse)]
+    slot_keep_resident: Option<u64>,
     /// Arguments passed to the guest after its name.
     #[arg(last = true)]
     args: Vec<String>,
@@ -137,6 +142,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .or_else(EngineConfig::default_cache_dir)
         },
         charge_whole_process: true,
+        slot_keep_resident: args.slot_keep_resident,
         ..EngineConfig::default()
     };
     // Reading and hashing the binary overlaps building the engine.
@@ -337,10 +343,34 @@ mod tests {
         ])
         .unwrap();
         let limits = cli.run.limits();
+        assert_eq!(
+            cli.run.slot_keep_resident, None,
+            "unset: the engine decides"
+        );
         assert_eq!(limits.memory, Some(2 << 30));
         assert_eq!(
             limits.request_timeout,
             Some(std::time::Duration::from_secs(600))
+        );
+        let kept = <Cli as clap::Parser>::try_parse_from([
+            "run",
+            "app.wasm",
+            "--slot-keep-resident",
+            "1Mi",
+        ])
+        .unwrap();
+        assert_eq!(kept.run.slot_keep_resident, Some(1 << 20));
+        let bad = <Cli as clap::Parser>::try_parse_from([
+            "run",
+            "app.wasm",
+            "--slot-keep-resident",
+            "lots",
+        ]);
+        assert!(
+            bad.err()
+                .unwrap()
+                .to_string()
+                .contains("--slot-keep-resident")
         );
     }
 }

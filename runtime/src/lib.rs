@@ -36,6 +36,7 @@ pub mod knobs;
 mod metered;
 pub mod outbound;
 mod output;
+pub mod pagemap;
 pub mod precompiled;
 mod preread;
 pub mod prometheus;

@@ -11,7 +11,7 @@
 //! `cargo run --release -p wasmhttp-bench --bin pagemap-holes`
 
 use std::fs::File;
-use wasmhttp_bench::pagemap::{
+use wasmhttp_runtime::pagemap::{
     FILE, PAGE, PFNZERO, PRESENT, Query, Region, SWAPPED, WRITTEN, anonymous_pages, scan,
 };
 

@@ -10,8 +10,8 @@
 
 use std::net::UdpSocket;
 use std::time::Instant;
-use wasmhttp_bench::pagemap::{PAGE, PRESENT, Query, Region, anonymous_pages, scan};
 use wasmhttp_runtime::confine::{CapabilitySet, SeccompMode, confine};
+use wasmhttp_runtime::pagemap::{PAGE, PRESENT, Query, Region, anonymous_pages, scan};
 
 const SAMPLES: usize = 5;
 const PAGES: usize = 16;
