@@ -44,8 +44,8 @@ pub struct EngineConfig {
     pub http_workers: usize,
     /// Bytes of the pages a finished instance wrote that its pool slot keeps resident (reset by copying)
     /// for the next instance; the rest are returned to the kernel. Higher saves page faults on guests that
-    /// write a lot per request, at this much memory per idle slot. `None`: [`DEFAULT_SLOT_KEEP_RESIDENT`],
-    /// or nothing on a kernel that reports never-touched pages as written
+    /// write a lot per request, at this much memory per idle slot. `None`: 64 KiB, or
+    /// nothing on a kernel that reports never-touched pages as written
     /// ([`crate::pagemap::reports_untouched_as_written`]), where wasmtime would spend the budget copying
     /// zeros into pages the guest never touched and still drop the rest.
     pub slot_keep_resident: Option<u64>,
@@ -87,7 +87,7 @@ fn host_cpus() -> usize {
 }
 
 /// What a free pool slot keeps resident unless configured, where the kernel's page scan is exact.
-pub const DEFAULT_SLOT_KEEP_RESIDENT: u64 = 64 << 10;
+const DEFAULT_SLOT_KEEP_RESIDENT: u64 = 64 << 10;
 
 impl EngineConfig {
     /// The bytes a free pool slot keeps resident: [`Self::slot_keep_resident`] as configured or defaulted.

@@ -51,3 +51,20 @@ async fn a_free_slot_keeps_at_most_its_configured_share_of_the_pages_an_instance
         generous >> 20
     );
 }
+
+#[test]
+fn unset_residency_follows_the_kernels_page_scan_and_a_set_one_is_used_as_given() {
+    let unset = EngineConfig::default();
+    assert_eq!(unset.slot_keep_resident, None);
+    let expected = if pagemap::reports_untouched_as_written() {
+        0
+    } else {
+        64 << 10
+    };
+    assert_eq!(unset.slot_keep_resident_bytes(), expected);
+    let set = EngineConfig {
+        slot_keep_resident: Some(1 << 20),
+        ..EngineConfig::default()
+    };
+    assert_eq!(set.slot_keep_resident_bytes(), 1 << 20);
+}
