@@ -73,6 +73,19 @@ pub struct Query {
     pub returned: u64,
 }
 
+impl Query {
+    /// The pages wasmtime 50.0.1 resets a pooled memory by: written, neither the zero page nor a file's;
+    /// and, when `anyof` is not empty, having one of those categories too (50.0.3 asks `PRESENT | SWAPPED`).
+    pub const fn wasmtime_reset(anyof: u64) -> Self {
+        Query {
+            inverted: PFNZERO | FILE,
+            mask: WRITTEN | PFNZERO | FILE,
+            anyof,
+            returned: 0,
+        }
+    }
+}
+
 /// Scans `len` bytes from `start` into `regions`; returns how many it filled.
 pub fn scan(
     pagemap: &File,
@@ -147,15 +160,9 @@ fn untouched_between_written() -> std::io::Result<*mut u8> {
     Ok(base)
 }
 
-/// Scans the one page at `page` as wasmtime 50.0.1 resets memory (written, neither the zero page nor a
-/// file's), and, when `anyof` is not empty, having one of those categories too; returns the regions found.
+/// Scans the one page at `page` with [`Query::wasmtime_reset`]; returns the regions found.
 fn scan_as_wasmtime(pagemap: &File, page: *mut u8, anyof: u64) -> std::io::Result<usize> {
-    let query = Query {
-        inverted: PFNZERO | FILE,
-        mask: WRITTEN | PFNZERO | FILE,
-        anyof,
-        returned: 0,
-    };
+    let query = Query::wasmtime_reset(anyof);
     scan(pagemap, page, PAGE, query, &mut [Region::default(); 1])
 }
 

@@ -11,22 +11,20 @@
 //! `cargo run --release -p wasmhttp-bench --bin pagemap-holes`
 
 use std::fs::File;
-use wasmhttp_runtime::pagemap::{
-    FILE, PAGE, PFNZERO, PRESENT, Query, Region, SWAPPED, WRITTEN, anonymous_pages, scan,
-};
+use wasmhttp_runtime::pagemap::{PAGE, PRESENT, Query, Region, SWAPPED, anonymous_pages, scan};
 
 const PAGES: usize = 256;
 
 /// The page ranges (in pages from `base`) the scan wasmtime does reports, with `anyof` as the extra mask.
 fn written(pagemap: &File, base: *mut u8, anyof: u64) -> std::io::Result<Vec<(u64, u64)>> {
     let mut regions = [Region::default(); 64];
-    let query = Query {
-        inverted: PFNZERO | FILE,
-        mask: WRITTEN | PFNZERO | FILE,
-        anyof,
-        returned: 0,
-    };
-    let found = scan(pagemap, base, PAGES * PAGE, query, &mut regions)?;
+    let found = scan(
+        pagemap,
+        base,
+        PAGES * PAGE,
+        Query::wasmtime_reset(anyof),
+        &mut regions,
+    )?;
     let page = |addr: u64| (addr - base as u64) / PAGE as u64;
     Ok(regions[..found]
         .iter()
