@@ -31,7 +31,7 @@ first_200() {
 }
 
 {
-  echo "first 200 from an empty compile cache, median of $runs, $(nproc) cores, wasmtime $wasmtime_version"
+  echo "first 200 from an empty compile cache, median of $runs, $(nproc) cores, $(engines)"
   printf '%-16s %14s %14s %14s %12s\n' guest "wasmtime serve" "wasmhttp" "precompiled" "vs serve"
 } | tee "$out/../cold-start.txt"
 for guest in python-http python-http-p3 js-http; do

@@ -53,7 +53,7 @@ for guest in python-http python-http-p3 js-http; do
 done
 
 {
-  echo "wrk -t2 -c16 -d$duration --latency, $(nproc) cores (wrk shares them), wasmtime $wasmtime_version"
+  echo "wrk -t2 -c16 -d$duration --latency, $(nproc) cores (wrk shares them), $(engines)"
   print_table wasmtime-serve
 } | tee "$out/../guests.txt"
 

@@ -39,9 +39,9 @@ serve_start_ms=$(./target/release/first-response 18185 10 -- "$tools/bin/wasmtim
 
 {
   if [ -n "${pinned:-}" ]; then
-    echo "wrk -t1 -c50 -d$duration --latency on core 0, each server on core $(($(nproc) - 1)), wasmtime $wasmtime_version"
+    echo "wrk -t1 -c50 -d$duration --latency on core 0, each server on core $(($(nproc) - 1)), $(engines)"
   else
-    echo "wrk -t2 -c50 -d$duration --latency, $(nproc) cores (wrk shares them), wasmtime $wasmtime_version"
+    echo "wrk -t2 -c50 -d$duration --latency, $(nproc) cores (wrk shares them), $(engines)"
   fi
   printf '%-24s %10s %9s %9s %9s %9s %14s %10s\n' server "req/s" p50 p99 "peak RSS" "peak PSS" "vs wt serve" \
     "vs native"

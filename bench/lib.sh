@@ -1,7 +1,14 @@
 # Shared by the HTTP benchmarks (sourced, not run): the wasmtime-cli baseline, a readiness wait, and one
 # measured wrk run with the server's peak RSS and PSS. Expects $out (output directory) to be set.
 
+# The baseline `wasmtime serve`: the newest wasmtime-cli published (wasmhttp may run a later patch release of
+# the engine, which `engines` names).
 wasmtime_version=50.0.1
+engines() {
+  local ours
+  ours=$(awk '$0 == "name = \"wasmtime\"" { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)
+  echo "wasmhttp on wasmtime $ours, wasmtime serve $wasmtime_version"
+}
 # With backtraces enabled, wasmtime captures one for an error it builds on every Store drop; production
 # shims run without them.
 unset RUST_BACKTRACE RUST_LIB_BACKTRACE

@@ -52,8 +52,7 @@ pub struct RunArgs {
     #[arg(long)]
     no_cache: bool,
     /// Bytes of written pages a free instance slot keeps for the next instance, as the node's
-    /// `[engine] slot-keep-resident` [default: 64Ki, or none on a kernel whose page scan reports
-    /// never-touched pages as written].
+    /// `[engine] slot-keep-resident` [default: 64Ki].
     #[arg(long, value_name = "SIZE", value_parser = wasmhttp_runtime::knobs::value::size::parse)]
     slot_keep_resident: Option<u64>,
     /// Arguments passed to the guest after its name.
@@ -133,6 +132,7 @@ impl RunArgs {
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let defaults = EngineConfig::default();
     let config = EngineConfig {
         cache_dir: if args.no_cache {
             None
@@ -142,8 +142,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 .or_else(EngineConfig::default_cache_dir)
         },
         charge_whole_process: true,
-        slot_keep_resident: args.slot_keep_resident,
-        ..EngineConfig::default()
+        slot_keep_resident: args
+            .slot_keep_resident
+            .unwrap_or(defaults.slot_keep_resident),
+        ..defaults
     };
     // Reading and hashing the binary overlaps building the engine.
     let (runtime, source) = std::thread::scope(|scope| {
@@ -345,7 +347,7 @@ mod tests {
         let limits = cli.run.limits();
         assert_eq!(
             cli.run.slot_keep_resident, None,
-            "unset: the engine decides"
+            "unset: the engine's default"
         );
         assert_eq!(limits.memory, Some(2 << 30));
         assert_eq!(

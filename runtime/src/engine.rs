@@ -44,11 +44,8 @@ pub struct EngineConfig {
     pub http_workers: usize,
     /// Bytes of the pages a finished instance wrote that its pool slot keeps resident (reset by copying)
     /// for the next instance; the rest are returned to the kernel. Higher saves page faults on guests that
-    /// write a lot per request, at this much memory per idle slot. `None`: 64 KiB, or
-    /// nothing on a kernel that reports never-touched pages as written
-    /// ([`crate::pagemap::reports_untouched_as_written`]), where wasmtime would spend the budget copying
-    /// zeros into pages the guest never touched and still drop the rest.
-    pub slot_keep_resident: Option<u64>,
+    /// write a lot per request, at this much memory per idle slot.
+    pub slot_keep_resident: u64,
     /// The largest wasm file or image layer a container may name, in bytes: reading and compiling it is
     /// work and memory the node spends before any limit of the container applies.
     pub max_component_size: u64,
@@ -72,7 +69,7 @@ impl Default for EngineConfig {
             cache_max_bytes: 512 << 20,
             epoch_tick: Duration::from_millis(5),
             http_workers: host_cpus(),
-            slot_keep_resident: None,
+            slot_keep_resident: 64 << 10,
             max_component_size: 256 << 20,
             charge_whole_process: false,
             precompiled_signers: Vec::new(),
@@ -86,21 +83,7 @@ fn host_cpus() -> usize {
     *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// What a free pool slot keeps resident unless configured, where the kernel's page scan is exact.
-const DEFAULT_SLOT_KEEP_RESIDENT: u64 = 64 << 10;
-
 impl EngineConfig {
-    /// The bytes a free pool slot keeps resident: [`Self::slot_keep_resident`] as configured or defaulted.
-    pub fn slot_keep_resident_bytes(&self) -> u64 {
-        self.slot_keep_resident.unwrap_or_else(|| {
-            if crate::pagemap::reports_untouched_as_written() {
-                0
-            } else {
-                DEFAULT_SLOT_KEEP_RESIDENT
-            }
-        })
-    }
-
     /// The per-user default cache directory: `$XDG_CACHE_HOME/wasmhttp` or `~/.cache/wasmhttp`.
     pub fn default_cache_dir() -> Option<PathBuf> {
         std::env::var_os("XDG_CACHE_HOME")
@@ -127,11 +110,12 @@ impl EngineConfig {
             // `slot_keep_resident` bytes of them are copied back from the image instead of being dropped with
             // madvise. madvise costs a TLB shootdown on every core plus a page fault per page on the next
             // request, so a small guest is faster with its few written pages kept; a big one (an interpreter's
-            // heap) has the rest dropped, so an idle slot never holds more than this. Where the kernel reports
-            // never-touched pages as written, wasmtime 50's scan spends the budget on those instead
-            // (docs/performance.md, `bench/pagemap-fix.sh`), so there the default keeps nothing.
+            // heap) has the rest dropped, so an idle slot never holds more than this. The scan must ask for
+            // pages present or swapped as well as written: some kernels report never-touched pages as
+            // written, and wasmtime 50.0.1, which did not ask, spent the budget on those (docs/performance.md;
+            // `pagemap::Query::wasmtime_reset` and its test).
             .pagemap_scan(Enabled::Auto)
-            .linear_memory_keep_resident(self.slot_keep_resident_bytes() as usize)
+            .linear_memory_keep_resident(self.slot_keep_resident as usize)
             .table_keep_resident(16 << 10)
             .max_unused_warm_slots(16);
         let mut config = Config::new();
@@ -310,12 +294,6 @@ impl Loaded {
 impl Runtime {
     /// Builds the engine, the linkers and the cache, and starts the epoch clock thread.
     pub fn new(config: EngineConfig) -> Result<Self, crate::Error> {
-        if config.slot_keep_resident.is_none() && crate::pagemap::reports_untouched_as_written() {
-            tracing::info!(
-                "this kernel's page scan reports never-touched pages as written: free pool slots keep \
-                 nothing resident ([engine] slot-keep-resident sets how much)"
-            );
-        }
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let plain = Flavour::new(&config, false, ticker_stop.clone())?;
         let cpu_shares = Arc::new(CpuShares::new(

@@ -11,8 +11,7 @@
 //! max-instance-memory = "1Gi"   # largest linear memory one instance may reserve
 //! cache-dir = "/var/lib/wasmhttp/cache"
 //! cache-max-size = "512Mi"
-//! slot-keep-resident = "64Ki"   # written pages a free slot keeps (unset: 64Ki, or 0 on a kernel whose
-//!                               # page scan reports never-touched pages as written)
+//! slot-keep-resident = "64Ki"   # written pages a free instance slot keeps for the next instance
 //! max-component-size = "256Mi"  # the largest wasm file or layer a container may name
 //! precompiled-signers = []      # keys whose signed precompiled code in an image runs uncompiled
 //!
@@ -233,9 +232,7 @@ fn set_engine(
         }
         "cache-max-size" => engine.cache_max_bytes = size::parse(value).map_err(expected)?,
         "cache-dir" => engine.cache_dir = Some(PathBuf::from(value)),
-        "slot-keep-resident" => {
-            engine.slot_keep_resident = Some(size::parse(value).map_err(expected)?)
-        }
+        "slot-keep-resident" => engine.slot_keep_resident = size::parse(value).map_err(expected)?,
         "max-component-size" => engine.max_component_size = size::parse(value).map_err(expected)?,
         "precompiled-signers" => {
             engine.precompiled_signers = value

@@ -71,7 +71,7 @@ fn a_file_sets_engine_defaults_and_ceilings() {
     assert_eq!(config.engine.max_instances, 8);
     assert_eq!(config.engine.cache_dir, Some(PathBuf::from("/tmp/c")));
     assert_eq!(config.engine.cache_max_bytes, 1 << 30);
-    assert_eq!(config.engine.slot_keep_resident, Some(1 << 20));
+    assert_eq!(config.engine.slot_keep_resident, 1 << 20);
     assert_eq!(config.defaults.memory, Some(64 << 20));
     assert_eq!(
         config.defaults.request_timeout,
