@@ -158,9 +158,10 @@ mod tests {
         )
     }
 
-    /// The engine's default slot residency is worth keeping only if the scan wasmtime resets by reports the
-    /// pages a guest wrote and never the untouched ones among them. Where the kernel also reports them as
-    /// written (6.18 does), the scan wasmtime 50.0.1 made is printed for comparison.
+    /// The engine's default slot residency is worth keeping only if the scan wasmtime resets by (as
+    /// [`Query::wasmtime_reset`] restates it) reports the pages a guest wrote and never the untouched ones
+    /// among them; `runtime/tests/residency.rs` checks wasmtime itself, by the page faults a request costs.
+    /// Whether the scan wasmtime 50.0.1 made reports the untouched page on this kernel is printed.
     #[test]
     fn the_scan_wasmtime_resets_by_reports_written_pages_and_never_untouched_ones() {
         let Ok(pagemap) = File::open("/proc/self/pagemap") else {
