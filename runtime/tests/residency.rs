@@ -1,5 +1,6 @@
 //! What a finished instance leaves resident in its pool slot: at most `slot_keep_resident` of the pages it
-//! wrote. Alone in its test binary, so no other test moves this process's resident memory.
+//! wrote. Alone in its test binary, and its tests take turns ([`ALONE`]): each measures the whole process's
+//! resident memory or page faults, which another test running meanwhile would move.
 
 mod common;
 
@@ -7,19 +8,27 @@ use common::*;
 use std::time::Duration;
 use wasmhttp_runtime::*;
 
+/// Held for the whole of each test, so that no two run at once.
+static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// This process's resident anonymous memory (where written linear memory lives), in bytes.
 fn rss_anon() -> u64 {
     own_status_bytes("RssAnon")
 }
 
-/// Resident growth left behind by one finished request that wrote 48 MiB, under `keep` bytes of slot residency.
-async fn left_resident(keep: u64) -> u64 {
-    let runtime = Runtime::new(EngineConfig {
+/// A runtime of a few pool slots, each keeping up to `keep` bytes of the pages its last instance wrote.
+fn keeping(keep: u64) -> Runtime {
+    Runtime::new(EngineConfig {
         max_instances: 4,
         slot_keep_resident: keep,
         ..EngineConfig::default()
     })
-    .unwrap();
+    .unwrap()
+}
+
+/// Resident growth left behind by one finished request that wrote 48 MiB, under `keep` bytes of slot residency.
+async fn left_resident(keep: u64) -> u64 {
+    let runtime = keeping(keep);
     let served = serve_mem_hog(&runtime, None);
     // Warm up: code, the worker thread and its buffers become resident before the baseline is taken.
     for _ in 0..3 {
@@ -37,6 +46,7 @@ async fn left_resident(keep: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_free_slot_keeps_at_most_its_configured_share_of_the_pages_an_instance_wrote() {
+    let _alone = ALONE.lock().await;
     let default = left_resident(EngineConfig::default().slot_keep_resident).await;
     assert!(
         default < 8 << 20,
@@ -62,12 +72,7 @@ fn minor_faults() -> i64 {
 
 /// Page faults per request of `hello` 0.2 (a fresh instance each, in a reused pool slot) under `keep`.
 async fn faults_per_request(keep: u64) -> f64 {
-    let runtime = Runtime::new(EngineConfig {
-        max_instances: 4,
-        slot_keep_resident: keep,
-        ..EngineConfig::default()
-    })
-    .unwrap();
+    let runtime = keeping(keep);
     let served = serve(
         &runtime,
         "hello",
@@ -91,6 +96,7 @@ async fn faults_per_request(keep: u64) -> f64 {
 /// faulted its written pages in again (~4 a request for hello).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_the_default_residency_a_small_guest_faults_no_pages_in_per_request() {
+    let _alone = ALONE.lock().await;
     let kept = faults_per_request(EngineConfig::default().slot_keep_resident).await;
     // Nothing kept: every reset drops the written pages, so the test can tell the two apart.
     let dropped = faults_per_request(0).await;
