@@ -9,9 +9,6 @@ use wasmhttp_runtime::*;
 
 const MIB: u64 = 1 << 20;
 
-/// Held by each test for its whole run: another test's services would grow the RSS one of them samples.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 #[global_allocator]
 static ALLOCATOR: ChargingAllocator = ChargingAllocator;
 

@@ -7,9 +7,6 @@ use common::*;
 use std::time::{Duration, Instant};
 use wasmhttp_runtime::*;
 
-/// Held by the tests that keep a core busy, so the CPU-quota test measures its service alone.
-static CPU_HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn one_worker() -> Runtime {
     Runtime::new(EngineConfig {
         max_instances: 64,
@@ -225,7 +222,7 @@ async fn a_waiting_request_past_its_deadline_gets_504_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_computing_request_past_its_deadline_ends_the_instance_with_its_neighbours() {
-    let _alone = CPU_HEAVY.lock().await;
+    let _alone = ONE_AT_A_TIME.lock().await;
     let served = counter(Limits {
         request_timeout: Some(Duration::from_millis(400)),
         ..Limits::default()
@@ -244,7 +241,7 @@ async fn a_computing_request_past_its_deadline_ends_the_instance_with_its_neighb
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fuel_is_granted_per_request_on_a_reused_instance() {
-    let _alone = CPU_HEAVY.lock().await;
+    let _alone = ONE_AT_A_TIME.lock().await;
     let served = counter(Limits {
         fuel_per_request: Some(20_000_000),
         ..Limits::default()
@@ -265,7 +262,8 @@ async fn fuel_is_granted_per_request_on_a_reused_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cpu_quota_holds_with_concurrent_requests_in_one_store() {
-    let _alone = CPU_HEAVY.lock().await;
+    // The other tests that keep a core busy wait, so the quota is measured on this service alone.
+    let _alone = ONE_AT_A_TIME.lock().await;
     let served = counter(Limits {
         cpus: Some(0.5),
         ..Limits::default()

@@ -1,5 +1,5 @@
 //! What a finished instance leaves resident in its pool slot: at most `slot_keep_resident` of the pages it
-//! wrote. Alone in its test binary, and its tests take turns ([`ALONE`]): each measures the whole process's
+//! wrote. Alone in its test binary, and its tests take turns (`ONE_AT_A_TIME`): each measures the whole process's
 //! resident memory or page faults, which another test running meanwhile would move.
 
 mod common;
@@ -7,9 +7,6 @@ mod common;
 use common::*;
 use std::time::Duration;
 use wasmhttp_runtime::*;
-
-/// Held for the whole of each test, so that no two run at once.
-static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// This process's resident anonymous memory (where written linear memory lives), in bytes.
 fn rss_anon() -> u64 {
@@ -46,7 +43,7 @@ async fn left_resident(keep: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_free_slot_keeps_at_most_its_configured_share_of_the_pages_an_instance_wrote() {
-    let _alone = ALONE.lock().await;
+    let _alone = ONE_AT_A_TIME.lock().await;
     let default = left_resident(EngineConfig::default().slot_keep_resident).await;
     assert!(
         default < 8 << 20,
@@ -96,7 +93,7 @@ async fn faults_per_request(keep: u64) -> f64 {
 /// faulted its written pages in again (~4 a request for hello).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_the_default_residency_a_small_guest_faults_no_pages_in_per_request() {
-    let _alone = ALONE.lock().await;
+    let _alone = ONE_AT_A_TIME.lock().await;
     let kept = faults_per_request(EngineConfig::default().slot_keep_resident).await;
     // Nothing kept: every reset drops the written pages, so the test can tell the two apart.
     let dropped = faults_per_request(0).await;

@@ -10,6 +10,11 @@ use std::sync::{Arc, Mutex};
 use wasmhttp_runtime::*;
 pub use wasmhttp_test_client::{Reply, get, request};
 
+/// Held for the whole of each test of a binary that must not run beside another of its tests (one that
+/// measures the whole process, or needs a core to itself). Each test binary has its own copy of this module,
+/// so tests only take turns within their binary.
+pub static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The built example guest `name` (built by `examples/build.sh`, which the test script runs first).
 pub fn example(name: &str) -> Source {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
