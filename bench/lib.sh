@@ -41,18 +41,20 @@ cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 # readiness wait allows $ready_tries × 50 ms (compiles of big guests take seconds); wrk asks for
 # $target_path (default /). With $pinned set, the server runs on the last core and `wrk -t1` on the first:
 # sharing both, their threads trade cores and one binary's runs spread too far to compare a few percent.
+# A pinned server starts on its core, so that it sizes its thread pools for the one core it gets: pinned
+# after its start, two HTTP workers (or tokio's two runtime threads) took turns on one core, and every
+# figure timed inside a request (wasmhttp's instantiation) counted the other thread's turns.
 run_wrk() {
   local name=$1 port=$2 conns=$3 url="http://127.0.0.1:$2${target_path:-/}"; shift 3
-  local wrk=(wrk -t2)
-  mkdir -p "$(dirname "$out/$name")"
-  "$@" >"$out/$name.log" 2>&1 &
-  local pid=$!
-  wait_for "$port" "${ready_tries:-200}"
+  local wrk=(wrk -t2) on_core=()
   if [ -n "${pinned:-}" ]; then
-    # Every thread the server has; those it starts later inherit it.
-    taskset -a -cp "$(($(nproc) - 1))" "$pid" >/dev/null
+    on_core=(taskset -c "$(($(nproc) - 1))")
     wrk=(taskset -c 0 wrk -t1)
   fi
+  mkdir -p "$(dirname "$out/$name")"
+  "${on_core[@]}" "$@" >"$out/$name.log" 2>&1 &
+  local pid=$!
+  wait_for "$port" "${ready_tries:-200}"
   "${wrk[@]}" -c"$conns" -d2s "$url" >/dev/null
   (
     peak=0
