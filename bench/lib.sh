@@ -46,13 +46,18 @@ cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 # figure timed inside a request (wasmhttp's instantiation) counted the other thread's turns.
 run_wrk() {
   local name=$1 port=$2 conns=$3 url="http://127.0.0.1:$2${target_path:-/}"; shift 3
-  local wrk=(wrk -t2) on_core=()
+  local wrk=(wrk -t2) core=""
   if [ -n "${pinned:-}" ]; then
-    on_core=(taskset -c "$(($(nproc) - 1))")
+    core=$(($(nproc) - 1))
     wrk=(taskset -c 0 wrk -t1)
   fi
   mkdir -p "$(dirname "$out/$name")"
-  "${on_core[@]}" "$@" >"$out/$name.log" 2>&1 &
+  # The background shell pins itself, then becomes the server: a command is executed in its place, and a
+  # function (the scripts' `serve`) runs there and ends in `exec`. Either way $! is the server's PID.
+  (
+    if [ -n "$core" ]; then taskset -cp "$core" "$BASHPID" >/dev/null; fi
+    if declare -F "$1" >/dev/null; then "$@"; else exec "$@"; fi
+  ) >"$out/$name.log" 2>&1 &
   local pid=$!
   wait_for "$port" "${ready_tries:-200}"
   "${wrk[@]}" -c"$conns" -d2s "$url" >/dev/null
