@@ -5,15 +5,18 @@
 # the baseline, same round) of req/s and of the server's CPU time per request, with the quartiles of those
 # ratios. The baseline is a wasmhttp binary, or a git revision, built once into target/ab/<commit> (a clean
 # release build the first time). With ARGS set, this build runs with those extra `wasmhttp run` flags and the
-# baseline without them: `ARGS="--max-instance-concurrency 64" bench/ab.sh 8 target/release/wasmhttp`
-# compares a knob's value with its default on one binary.
-# Usage: [ARGS=...] bench/ab.sh [ROUNDS] [BASELINE] [DURATION]   (default 7, HEAD, 3s; results in bench-out/ab.txt)
+# baseline without them, and with ENV set, with those extra environment variables (NAME=VALUE, separated by
+# spaces): `ARGS="--max-instance-concurrency 64" bench/ab.sh 8 target/release/wasmhttp` compares a knob's
+# value with its default on one binary.
+# Usage: [ARGS=...] [ENV=...] bench/ab.sh [ROUNDS] [BASELINE] [DURATION]   (default 7, HEAD, 3s; results in
+# bench-out/ab.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-7}"
 baseline="${2:-HEAD}"
 duration="${3:-3s}"
 read -r -a extra <<<"${ARGS:-}"
+read -r -a extra_env <<<"${ENV:-}"
 out=bench-out/ab; mkdir -p "$out"
 source bench/lib.sh
 pinned=1
@@ -44,17 +47,18 @@ for round in $(seq 1 "$rounds"); do
     # Each side goes first in every other round: the second run of a pair can find the core warmer.
     sides=(base this); [ $((round % 2)) = 0 ] && sides=(this base)
     for side in "${sides[@]}"; do
-      bin=./target/release/wasmhttp args=("${extra[@]}")
-      [ "$side" = base ] && bin=$base_bin args=()
+      bin=./target/release/wasmhttp args=("${extra[@]}") vars=("${extra_env[@]}")
+      [ "$side" = base ] && bin=$base_bin args=() vars=()
       rm -rf "$out/cache-$side"
-      run_wrk "$side/$guest.$round" 18195 50 "$bin" run "examples/wasm/$guest.wasm" \
+      # `env` executes the server in its place, so the pid run_wrk measures is still the server's.
+      run_wrk "$side/$guest.$round" 18195 50 env "${vars[@]}" "$bin" run "examples/wasm/$guest.wasm" \
         --listen 127.0.0.1:18195 --cache-dir "$out/cache-$side" "${limits[@]}" "${args[@]}"
     done
   done
 done
 
 {
-  echo "${ARGS:+ARGS=\"$ARGS\" }bench/ab.sh $rounds $baseline $duration: $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo +changes)${ARGS:+ with $ARGS} vs $base_bin"
+  echo "${ARGS:+ARGS=\"$ARGS\" }${ENV:+ENV=\"$ENV\" }bench/ab.sh $rounds $baseline $duration: $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo +changes)${ARGS:+ with $ARGS}${ENV:+ with $ENV} vs $base_bin"
   echo "wrk -t1 -c50 -d$duration on core 0, each server on core $(($(nproc) - 1)); paired ratios, this / baseline"
   printf '%-10s %12s %12s %12s %14s %14s %14s %14s\n' guest "req/s base" "req/s this" "req/s ratio" "(Q1-Q3)" \
     "CPU/req ratio" "(Q1-Q3)" "CPU/req this"
