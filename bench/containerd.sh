@@ -12,7 +12,25 @@ cleanup() {
     kill "$containerd_pid" 2>/dev/null || true
     wait "$containerd_pid" 2>/dev/null || true
   fi
-  for pid in $(pgrep -f "(containerd-shim|wasmhttp-broker).*$work" || true); do kill -9 "$pid" 2>/dev/null || true; done
+  # Shims still running serve what a run left behind (a CRI pod); with containerd gone nothing runs their
+  # `delete` action, so their sockets under /run/containerd/s/ (named in their bundles' `address` files) are
+  # removed here once they are dead.
+  local pid alive left=()
+  for pid in $(pgrep -f "(containerd-shim|wasmhttp-broker).*$work" || true); do
+    left+=("$pid")
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  for _ in $(seq 1 50); do
+    alive=0
+    for pid in "${left[@]}"; do
+      if [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo Z)" != Z ]; then alive=1; fi
+    done
+    if [ "$alive" = 0 ]; then break; fi
+    sleep 0.1
+  done
+  if [ "${#left[@]}" -gt 0 ]; then
+    find "$work/state" -name address -type f -exec sed 's#^unix://##' {} + 2>/dev/null | xargs -r rm -f
+  fi
   umount -R "$work/root" 2>/dev/null || true
   rm -rf "$work"
 }

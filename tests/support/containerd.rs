@@ -311,13 +311,52 @@ impl Drop for Containerd {
             }
         }
         self.stop_daemon();
-        for pid in [self.shim_pids(), self.broker_pids()].concat() {
+        // Shims still running now serve what a test left behind (a CRI pod, in a namespace the loop above does
+        // not list). With containerd gone nothing runs their `delete` action, so their sockets, outside this
+        // directory under /run/containerd/s/, are removed here once they are dead.
+        let sockets: Vec<PathBuf> = self
+            .shim_pids()
+            .into_iter()
+            .filter_map(shim_socket)
+            .collect();
+        let left = [self.shim_pids(), self.broker_pids()].concat();
+        for &pid in &left {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+        let started = Instant::now();
+        while left.iter().any(|pid| process_runs(*pid))
+            && started.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for socket in sockets {
+            let _ = std::fs::remove_file(socket);
+        }
     }
+}
+
+/// The socket a shim server serves containerd on (its `-socket` argument), if `pid` is one.
+pub fn shim_socket(pid: i32) -> Option<PathBuf> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let at = args.iter().position(|a| a == "-socket")?;
+    Some(args.get(at + 1)?.trim_start_matches("unix://").into())
+}
+
+/// Whether `pid` exists and is not a zombie (killed processes that containerd started are reaped by it or
+/// by init, not by the test).
+fn process_runs(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
 }
 
 /// Builds an image of an example with `wasmhttp image build` and imports it; returns its reference.
