@@ -25,7 +25,7 @@ printf '[engine]\nprecompiled-signers = ["%s"]\n' "$(cat "$work/public")" >"$wor
 first_200() {
   local id=$1 image=$2; shift 2
   rm -rf "$work/cache"
-  "$bin/first-response" 18290 1 -- "${ctr_cmd[@]}" run -d --runtime io.containerd.wasmhttp.v1 --net-host \
+  "$bin/first-response" 18290 1 -- "${ctr_run[@]}" -d --runtime io.containerd.wasmhttp.v1 --net-host \
     --env PORT=18290 "$@" "$image" "$id" | sed -n 1p
   remove "$id"
 }

@@ -1,6 +1,7 @@
 # Sourced by the benchmarks: a private containerd (own root, state, socket and compile cache under $work) with
 # the release shim ($bin, and $extra_path when set) on its PATH, `ctr_` to talk to it, timing helpers, and a
 # cleanup trap that leaves nothing behind. Needs $bin set.
+source "$(dirname "${BASH_SOURCE[0]}")/leftovers.sh"
 work=$(mktemp -d /tmp/wasmhttp-bench-XXXXXX)
 containerd_pid=""
 cleanup() {
@@ -12,31 +13,15 @@ cleanup() {
     kill "$containerd_pid" 2>/dev/null || true
     wait "$containerd_pid" 2>/dev/null || true
   fi
-  # Shims still running serve what a run left behind (a CRI pod); with containerd gone nothing runs their
-  # `delete` action, so their sockets under /run/containerd/s/ (named in their bundles' `address` files) are
-  # removed here once they are dead.
-  local pid alive left=()
-  for pid in $(pgrep -f "(containerd-shim|wasmhttp-broker).*$work" || true); do
-    left+=("$pid")
-    kill -9 "$pid" 2>/dev/null || true
-  done
-  for _ in $(seq 1 50); do
-    alive=0
-    for pid in "${left[@]}"; do
-      if [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo Z)" != Z ]; then alive=1; fi
-    done
-    if [ "$alive" = 0 ]; then break; fi
-    sleep 0.1
-  done
-  if [ "${#left[@]}" -gt 0 ]; then
-    find "$work/state" -name address -type f -exec sed 's#^unix://##' {} + 2>/dev/null | xargs -r rm -f
-  fi
-  umount -R "$work/root" 2>/dev/null || true
+  kill_leftovers "$work"
   rm -rf "$work"
 }
 trap cleanup EXIT
 ctr_cmd=(ctr --address "$work/containerd.sock" --namespace bench)
-ctr_() { "${ctr_cmd[@]}" "$@"; }
+# `ctr run`, its fifos in containerd's state (where the confined shim may open them): in /run/containerd/fifo,
+# ctr's default, those of a detached run are never removed.
+ctr_run=("${ctr_cmd[@]}" run --fifo-dir "$work/state/fifo")
+ctr_() { if [ "$1" = run ]; then "${ctr_run[@]}" "${@:2}"; else "${ctr_cmd[@]}" "$@"; fi; }
 
 cat >"$work/config.toml" <<EOF
 version = 2

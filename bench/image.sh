@@ -61,7 +61,7 @@ for f in push-wasmhttp push-skopeo pull-wasmhttp pull-skopeo; do ms[$f]=$(median
 "$bin/wasmhttp" image push "$work/hello.tar" "$registry/hello:1" --plain-http 2>/dev/null
 ctr_ image pull --plain-http "$registry/hello:1" >/dev/null
 first_200() { # ID PORT: `ctr run -d` to the first 200, timed by bench/src/bin/first-response.rs
-  "$bin/first-response" "$2" 1 -- "${ctr_cmd[@]}" run -d --runtime io.containerd.wasmhttp.v1 --net-host \
+  "$bin/first-response" "$2" 1 -- "${ctr_run[@]}" -d --runtime io.containerd.wasmhttp.v1 --net-host \
     --env "PORT=$2" "$registry/hello:1" "$1" | sed -n 1p
 }
 for i in $(seq 1 "$runs"); do

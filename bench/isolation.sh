@@ -79,7 +79,7 @@ rotated() { local n=$(($1 % ${#kinds[@]})); echo "${kinds[@]:n}" "${kinds[@]:0:n
 # 1: ctr run -d to the first 200, timed by bench/src/bin/first-response.rs.
 first_200() { # KIND ID PORT
   service "$@"
-  "$bin/first-response" "$3" 1 -- "${ctr_cmd[@]}" run -d "${args[@]}" | sed -n 1p
+  "$bin/first-response" "$3" 1 -- "${ctr_run[@]}" -d "${args[@]}" | sed -n 1p
   remove "$2"
 }
 port=19400 # a port of its own for every run: a closed one may still have connections in TIME_WAIT

@@ -28,14 +28,14 @@ mkdir -p "$gen"
 
 work=$(mktemp -d /tmp/wasmhttp-pods-XXXXXX)
 netns_before=$(ls /var/run/netns 2>/dev/null || true)
+source bench/leftovers.sh
 cleanup() {
-  for pid in $(pgrep -f "(containerd-shim|wasmhttp-broker).*$work" || true); do kill -9 "$pid" 2>/dev/null || true; done
+  kill_leftovers "$work"
   # Pods CRI did not get to remove (the run failed): their namespaces are the ones that appeared since we started.
   for ns in $(ls /var/run/netns 2>/dev/null || true); do
     grep -qx "$ns" <<<"$netns_before" || ip netns del "$ns" 2>/dev/null || true
   done
   ip link del whbench0 2>/dev/null || true
-  umount -R "$work/root" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -79,7 +79,7 @@ first_200() { # KIND ID PORT
     runc-dir) run=(--runtime io.containerd.runc.v2 --net-host --rootfs "$work/rootfs-hyper" "$2" /native-hello
       "127.0.0.1:$3") ;;
   esac
-  "$bin/first-response" "$3" 1 -- "${ctr_cmd[@]}" run -d "${run[@]}" | sed -n 1p
+  "$bin/first-response" "$3" 1 -- "${ctr_run[@]}" -d "${run[@]}" | sed -n 1p
   remove "$2"
 }
 declare -A start_ms

@@ -18,7 +18,7 @@ source bench/containerd.sh # $work, ctr_, a private containerd with the shim on 
 ctr_ image import "$work/hello.tar" >/dev/null
 start() { # ID PORT [perf record args…]: prints the milliseconds to the first 200
   local id=$1 port=$2; shift 2
-  "$@" "$bin/first-response" "$port" 1 -- "${ctr_cmd[@]}" run -d --runtime io.containerd.wasmhttp.v1 --net-host \
+  "$@" "$bin/first-response" "$port" 1 -- "${ctr_run[@]}" -d --runtime io.containerd.wasmhttp.v1 --net-host \
     --env "PORT=$port" docker.io/bench/hello:1 "$id" 2>/dev/null | sed -n 1p
   remove "$id"
 }

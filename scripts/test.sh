@@ -23,6 +23,19 @@ if [ "$words" -gt 1500 ]; then echo "README.md has $words words; keep it at 1,50
 # The end-to-end tests run the binaries this first build leaves in target/debug.
 cargo build --locked --workspace --exclude wasmhttp-tests
 status=0
+# What the suites leave on the machine, which must be nothing: shim sockets, fifos and network namespaces in
+# /run, the tests' temp dirs and mounts, live shims and brokers. Compared in CI only: on a node whose own
+# containerd runs, its pods come and go meanwhile.
+leftovers() {
+  local d
+  for d in /run/containerd/s /run/containerd/fifo /var/run/netns; do
+    if [ -d "$d" ]; then find "$d" -mindepth 1 -maxdepth 1 -printf "$d/%f\n"; fi
+  done
+  find /tmp -maxdepth 1 -name 'wasmhttp-*' -printf '/tmp/%f\n'
+  awk '$2 ~ /wasmhttp-/ {print "mounted " $2}' /proc/self/mounts
+  ps -eo stat=,pid=,args= | awk '$1 !~ /^Z/ && ($3 ~ /containerd-shim-wasmhttp-v1$/ || $3 == "wasmhttp-broker") {print "running " $0}'
+}
+leftovers | sort >target/leftovers-before.txt
 cargo test --locked --no-fail-fast --workspace --exclude wasmhttp-tests || status=1
 cargo test --locked --no-fail-fast -p wasmhttp-tests || status=1
 
@@ -42,4 +55,12 @@ for entry in "${matrix[@]}"; do
   PATH="$bin:$PATH" WASMHTTP_CONTAINERD_VERSION="$version" \
     cargo test -p wasmhttp-tests --locked --no-fail-fast "${suites[@]}" || status=1
 done
+if [ "${CI:-}" = true ]; then
+  left=$(leftovers | sort | comm -13 target/leftovers-before.txt -)
+  if [ -n "$left" ]; then
+    echo "the tests left these behind:" >&2
+    echo "$left" >&2
+    status=1
+  fi
+fi
 exit "$status"

@@ -253,3 +253,47 @@ fn an_operator_runs_a_wasm_pod_with_crictl() {
         "the pod's network namespace is gone"
     );
 }
+
+#[test]
+fn a_test_containerd_dropped_with_a_pod_still_running_leaves_nothing_behind() {
+    // As critest leaves a failed spec's pod: the test's containerd goes with the pod still running.
+    let cleanup = PodNetworkCleanup {
+        before: netns_names(),
+    };
+    let registry = Registry::start();
+    let containerd = Containerd::start_with(|dir| cri_config(dir, &registry.host));
+    tag_sandbox_image(&containerd);
+    let crictl = Crictl::new(&containerd);
+    let dir = containerd.dir.path().to_path_buf();
+    let pod_config = pod_json(&dir, "left-running");
+    let pod = crictl.ok(&["runp", "--runtime", "wasmhttp", &pod_config]);
+    assert!(!pod.trim().is_empty());
+    let mounted_inside = || {
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&format!("{}/", dir.display())))
+            .count()
+    };
+    assert!(
+        mounted_inside() > 0,
+        "the pod's /dev/shm is mounted in the state"
+    );
+    assert_ne!(
+        netns_names(),
+        cleanup.before,
+        "the pod has a network namespace"
+    );
+    let shims = containerd.shim_pids();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    let socket = shim_socket(shims[0]).expect("the shim server's -socket argument");
+    drop(containerd);
+    assert_eq!(mounted_inside(), 0, "a mount of the pod's is left");
+    assert!(!dir.exists(), "{} is left", dir.display());
+    assert!(!socket.exists(), "{} is left", socket.display());
+    assert_eq!(
+        netns_names(),
+        cleanup.before,
+        "the pod's network namespace is left"
+    );
+}

@@ -18,6 +18,8 @@ pub struct Containerd {
     /// Holds root, state, sockets, logs, fifos and the compile cache.
     pub dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Whether its CRI plugin runs (tests of pods).
+    cri: bool,
 }
 
 fn require(program: &str) -> PathBuf {
@@ -92,7 +94,8 @@ impl Containerd {
             .unwrap();
         let d = dir.path().display();
         let cri = cri(dir.path());
-        let disabled = if cri.is_some() {
+        let with_cri = cri.is_some();
+        let disabled = if with_cri {
             ""
         } else {
             r#"disabled_plugins = ["io.containerd.grpc.v1.cri"]"#
@@ -118,6 +121,7 @@ state = "{d}/state"
         let containerd = Containerd {
             dir,
             child: Some(child),
+            cri: with_cri,
         };
         containerd.wait_ready();
         containerd
@@ -299,6 +303,9 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         // Tasks first, so their shims exit cleanly; then containerd; then anything still running.
         if self.child.is_some() {
+            if self.cri {
+                self.remove_pods();
+            }
             let tasks = self.ctr(&["task", "ls", "-q"]);
             for id in String::from_utf8_lossy(&tasks.stdout).lines() {
                 let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
@@ -334,6 +341,52 @@ impl Drop for Containerd {
         }
         for socket in sockets {
             let _ = std::fs::remove_file(socket);
+        }
+        self.unmount_all();
+    }
+}
+
+impl Containerd {
+    /// Stops and removes every pod through CRI, as the kubelet would: a pod a test left behind (critest leaves a
+    /// failed spec's) otherwise keeps its network (namespace, veth, iptables rules) and its `/dev/shm` mount
+    /// after containerd stops. Never panics: it runs while the test may be unwinding.
+    fn remove_pods(&self) {
+        let dist = Command::new("bash")
+            .arg(crate::workspace().join("scripts/containerd.sh"))
+            .arg("cri-tools-v1.36.0")
+            .output();
+        let Some(dist) = dist.ok().filter(|o| o.status.success()) else {
+            return;
+        };
+        let crictl = PathBuf::from(String::from_utf8_lossy(&dist.stdout).trim()).join("crictl");
+        let config = self.dir.path().join("crictl-cleanup.yaml");
+        let endpoint = format!("unix://{}", self.socket().display());
+        let written = std::fs::write(
+            &config,
+            format!("runtime-endpoint: {endpoint}\nimage-endpoint: {endpoint}\ntimeout: 20\n"),
+        );
+        if written.is_ok() {
+            let _ = Command::new(crictl)
+                .arg("--config")
+                .arg(&config)
+                .args(["rmp", "--all", "--force"])
+                .output();
+        }
+    }
+
+    /// Detaches whatever is still mounted inside the temp dir (a sandbox's `/dev/shm` CRI did not get to
+    /// unmount), deepest first, so that the directory can be removed.
+    fn unmount_all(&self) {
+        let dir = self.dir.path().display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut inside: Vec<&str> = mounts
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(1))
+            .filter(|point| point.starts_with(&format!("{dir}/")))
+            .collect();
+        inside.sort_by_key(|point| std::cmp::Reverse(point.len()));
+        for point in inside {
+            let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
         }
     }
 }
