@@ -51,14 +51,21 @@ fn wait_for_state(crictl: &Crictl, id: &str, state: &str) -> Value {
     }
 }
 
-#[test]
-fn an_operator_runs_a_wasm_pod_with_crictl() {
+/// What a test of pods runs on: the clean-up of pod networks, a registry, and a containerd with CRI whose
+/// sandbox image is tagged. Dropped in reverse: containerd, the registry, then the networks.
+fn cri_node() -> (PodNetworkCleanup, Registry, Containerd) {
     let cleanup = PodNetworkCleanup {
         before: netns_names(),
     };
     let registry = Registry::start();
     let containerd = Containerd::start_with(|dir| cri_config(dir, &registry.host));
     tag_sandbox_image(&containerd);
+    (cleanup, registry, containerd)
+}
+
+#[test]
+fn an_operator_runs_a_wasm_pod_with_crictl() {
+    let (cleanup, registry, containerd) = cri_node();
     let crictl = Crictl::new(&containerd);
     let dir = containerd.dir.path();
 
@@ -257,12 +264,7 @@ fn an_operator_runs_a_wasm_pod_with_crictl() {
 #[test]
 fn a_test_containerd_dropped_with_a_pod_still_running_leaves_nothing_behind() {
     // As critest leaves a failed spec's pod: the test's containerd goes with the pod still running.
-    let cleanup = PodNetworkCleanup {
-        before: netns_names(),
-    };
-    let registry = Registry::start();
-    let containerd = Containerd::start_with(|dir| cri_config(dir, &registry.host));
-    tag_sandbox_image(&containerd);
+    let (cleanup, _registry, containerd) = cri_node();
     let crictl = Crictl::new(&containerd);
     let dir = containerd.dir.path().to_path_buf();
     let pod_config = pod_json(&dir, "left-running");
