@@ -310,22 +310,12 @@ fn a_test_containerd_dropped_with_a_service_still_running_leaves_no_shim_socket(
     let containerd = Containerd::start();
     let image = import_example_in(&containerd, namespace, "hello");
     let port = free_port();
-    let (port_env, fifo_dir) = (format!("PORT={port}"), containerd.fifo_dir());
-    let ran = containerd.ctr_in(
+    let port_env = format!("PORT={port}");
+    let ran = ctr_run_in(
+        &containerd,
         namespace,
-        &[
-            "run",
-            "-d",
-            "--runtime",
-            RUNTIME,
-            "--fifo-dir",
-            &fifo_dir,
-            "--net-host",
-            "--env",
-            &port_env,
-            &image,
-            "left",
-        ],
+        "-d",
+        &["--net-host", "--env", &port_env, &image, "left"],
     );
     assert!(
         ran.status.success(),

@@ -229,7 +229,8 @@ fn critest_passes_what_applies_to_a_wasm_runtime() {
     std::fs::create_dir_all(&report_dir).unwrap();
     let junit = report_dir.join("junit.xml");
     let endpoint = format!("unix://{}", containerd.socket().display());
-    let critest = wasmhttp_tests::containerd_dist("cri-tools-v1.36.0").join("critest");
+    let critest =
+        wasmhttp_tests::containerd_dist(wasmhttp_tests::crictl::CRI_TOOLS).join("critest");
     let output = Command::new(critest)
         .args(["-runtime-endpoint", &endpoint, "-image-endpoint", &endpoint])
         .args(["-runtime-handler", "wasmhttp", "-ginkgo.no-color"])

@@ -321,12 +321,9 @@ impl Drop for Containerd {
         // Shims still running now serve what a test left behind (a CRI pod, in a namespace the loop above does
         // not list). With containerd gone nothing runs their `delete` action, so their sockets, outside this
         // directory under /run/containerd/s/, are removed here once they are dead.
-        let sockets: Vec<PathBuf> = self
-            .shim_pids()
-            .into_iter()
-            .filter_map(shim_socket)
-            .collect();
-        let left = [self.shim_pids(), self.broker_pids()].concat();
+        let shims = self.shim_pids();
+        let sockets: Vec<PathBuf> = shims.iter().copied().filter_map(shim_socket).collect();
+        let left = [shims, self.broker_pids()].concat();
         for &pid in &left {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
@@ -351,26 +348,10 @@ impl Containerd {
     /// failed spec's) otherwise keeps its network (namespace, veth, iptables rules) and its `/dev/shm` mount
     /// after containerd stops. Never panics: it runs while the test may be unwinding.
     fn remove_pods(&self) {
-        let dist = Command::new("bash")
-            .arg(crate::workspace().join("scripts/containerd.sh"))
-            .arg("cri-tools-v1.36.0")
-            .output();
-        let Some(dist) = dist.ok().filter(|o| o.status.success()) else {
-            return;
-        };
-        let crictl = PathBuf::from(String::from_utf8_lossy(&dist.stdout).trim()).join("crictl");
-        let config = self.dir.path().join("crictl-cleanup.yaml");
-        let endpoint = format!("unix://{}", self.socket().display());
-        let written = std::fs::write(
-            &config,
-            format!("runtime-endpoint: {endpoint}\nimage-endpoint: {endpoint}\ntimeout: 20\n"),
-        );
-        if written.is_ok() {
-            let _ = Command::new(crictl)
-                .arg("--config")
-                .arg(&config)
-                .args(["rmp", "--all", "--force"])
-                .output();
+        let crictl = crate::try_containerd_dist(crate::crictl::CRI_TOOLS)
+            .map(|dist| crate::crictl::Crictl::with_binary(dist.join("crictl"), self));
+        if let Some(Ok(crictl)) = crictl {
+            let _ = crictl.command(&["rmp", "--all", "--force"]).output();
         }
     }
 
@@ -492,10 +473,20 @@ pub fn try_wait_for_200_at(addr: SocketAddr, target: &str) -> Result<String, Str
 /// `ctr run <mode> --runtime io.containerd.wasmhttp.v1 --fifo-dir <private> ARGS…`: the runtime and a fifo
 /// directory inside the test's temp dir, so no fifo is left in /run.
 pub fn ctr_run(containerd: &Containerd, mode: &str, args: &[&str]) -> std::process::Output {
+    ctr_run_in(containerd, NAMESPACE, mode, args)
+}
+
+/// [`ctr_run`] in another containerd namespace.
+pub fn ctr_run_in(
+    containerd: &Containerd,
+    namespace: &str,
+    mode: &str,
+    args: &[&str],
+) -> std::process::Output {
     let fifo_dir = containerd.fifo_dir();
     let mut all = vec!["run", mode, "--runtime", RUNTIME, "--fifo-dir", &fifo_dir];
     all.extend_from_slice(args);
-    containerd.ctr(&all)
+    containerd.ctr_in(namespace, &all)
 }
 
 /// `ctr run -d` of an HTTP service on the host network, on `port`.

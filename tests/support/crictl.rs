@@ -5,6 +5,9 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The cri-tools release whose `crictl` and `critest` the tests run (see [`crate::containerd_dist`]).
+pub const CRI_TOOLS: &str = "cri-tools-v1.36.0";
+
 /// `crictl` from cri-tools' release tarball, pointed at the test's containerd by a config file of its own
 /// (so nothing reads or writes the node's `/etc/crictl.yaml`).
 pub struct Crictl {
@@ -15,25 +18,31 @@ pub struct Crictl {
 impl Crictl {
     /// `crictl` talking to `containerd`'s CRI, through a config file in the test's directory.
     pub fn new(containerd: &Containerd) -> Self {
-        let binary = crate::containerd_dist("cri-tools-v1.36.0").join("crictl");
+        let binary = crate::containerd_dist(CRI_TOOLS).join("crictl");
+        Crictl::with_binary(binary, containerd).unwrap()
+    }
+
+    /// [`Crictl::new`] with the `crictl` binary at `binary`; fails only if its config cannot be written.
+    pub fn with_binary(binary: PathBuf, containerd: &Containerd) -> std::io::Result<Self> {
         let config = containerd.dir.path().join("crictl.yaml");
         let endpoint = format!("unix://{}", containerd.socket().display());
         std::fs::write(
             &config,
             format!("runtime-endpoint: {endpoint}\nimage-endpoint: {endpoint}\ntimeout: 20\n"),
-        )
-        .unwrap();
-        Crictl { binary, config }
+        )?;
+        Ok(Crictl { binary, config })
+    }
+
+    /// `crictl ARGS` against the test's containerd, to run.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.binary);
+        command.arg("--config").arg(&self.config).args(args);
+        command
     }
 
     /// Runs `crictl ARGS` and returns its stdout; panics with its stderr if it fails.
     pub fn ok(&self, args: &[&str]) -> String {
-        let output = crate::succeed(
-            Command::new(&self.binary)
-                .arg("--config")
-                .arg(&self.config)
-                .args(args),
-        );
+        let output = crate::succeed(&mut self.command(args));
         String::from_utf8(output.stdout).unwrap()
     }
 

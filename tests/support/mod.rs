@@ -62,12 +62,25 @@ pub fn build_image(name: &str, reference: &str, format: &str, out: &std::path::P
 /// cri-tools (`cri-tools-v1.36.0`): unpacked and verified by `scripts/containerd.sh` from the tarballs in
 /// `$WASMHTTP_CONTAINERD_DIST`. A missing or altered tarball fails the test.
 pub fn containerd_dist(version: &str) -> PathBuf {
-    let output = succeed(
-        std::process::Command::new("bash")
-            .arg(workspace().join("scripts/containerd.sh"))
-            .arg(version),
-    );
+    let output = succeed(&mut dist_command(version));
     PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
+
+/// [`containerd_dist`] for clean-up code, which must not panic: `None` where that would fail.
+pub fn try_containerd_dist(version: &str) -> Option<PathBuf> {
+    let output = dist_command(version).output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()))
+}
+
+fn dist_command(version: &str) -> std::process::Command {
+    let mut command = std::process::Command::new("bash");
+    command
+        .arg(workspace().join("scripts/containerd.sh"))
+        .arg(version);
+    command
 }
 
 /// `$PATH` with `dir` in front: how the tests put the built binaries on a child's PATH.
