@@ -24,14 +24,7 @@ fn hello_lifecycle_run_serve_metrics_kill_delete() {
     assert_eq!(task_status(&containerd, "hello1"), "RUNNING");
 
     let metrics = containerd.ctr_ok(&["task", "metrics", "hello1"]);
-    let value = |key: &str| -> u64 {
-        metrics
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {key} in {metrics}"))
-    };
+    let value = |key: &str| metric_in(&metrics, key);
     assert!(value("memory.usage_in_bytes") > 0, "{metrics}");
     assert_eq!(value("memory.limit_in_bytes"), 64 << 20, "{metrics}");
     assert!(value("cpuacct.usage") > 0, "{metrics}");

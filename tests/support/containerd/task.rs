@@ -146,7 +146,11 @@ pub fn metric_at(socket: &Path, id: &str, key: &str) -> u64 {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let metrics = String::from_utf8_lossy(&output.stdout);
+    metric_in(&String::from_utf8_lossy(&output.stdout), key)
+}
+
+/// The value of the line `key VALUE` in the output of `ctr task metrics`.
+pub fn metric_in(metrics: &str, key: &str) -> u64 {
     metrics
         .lines()
         .find(|l| l.split_whitespace().next() == Some(key))
