@@ -314,6 +314,7 @@ fn annotations_and_node_configuration_apply_and_bad_values_fail_create() {
         ("max-request-body", "1Xi", "a size"),
         ("allowed-outbound-hosts", "http://x/", "host:port"),
         ("port", "0", "a port number"),
+        ("cpus", "1e-300", "at least 1m"),
     ]
     .into_iter()
     .enumerate()
@@ -329,6 +330,17 @@ fn annotations_and_node_configuration_apply_and_bad_values_fail_create() {
             "{annotation}: {said}"
         );
     }
+
+    // So is an OCI CPU limit below the least there is (it once passed, and the first throttle panicked).
+    let said = refused_run(
+        &containerd,
+        &["--cpu-quota", "1", "--cpu-period", "1000000", &image],
+        "starved",
+    );
+    assert!(
+        said.contains("linux.resources.cpu: quota 1 / period 1000000"),
+        "{said}"
+    );
 
     // A node configuration that does not parse names its file and line.
     let bad = containerd.dir.path().join("bad-node.toml");

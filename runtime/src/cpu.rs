@@ -9,6 +9,7 @@
 //! while the bucket is in debt, the epoch callback parks instances (see [`crate::instance`]) until it
 //! is paid back — throttled like CFS, never killed.
 
+use crate::knobs::value::MAX_DURATION;
 use crate::stats::Stats;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
@@ -166,7 +167,7 @@ impl CpuShares {
                 continue;
             }
             contended = true;
-            total += other.weight.load(Relaxed);
+            total = total.saturating_add(other.weight.load(Relaxed));
         }
         let share = contended.then(|| self.capacity * own as f64 / total as f64);
         member
@@ -276,7 +277,11 @@ impl CpuMeter {
         let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
         let rate = self.rate_with(bucket.quota, now)?;
         bucket.refill(now, Some(rate));
-        (bucket.tokens < 0.0).then(|| Duration::from_secs_f64(-bucket.tokens / rate))
+        // Saturates rather than panics where the debt over the rate passes what a Duration holds.
+        (bucket.tokens < 0.0).then(|| {
+            Duration::try_from_secs_f64(-bucket.tokens / rate)
+                .map_or(MAX_DURATION, |wait| wait.min(MAX_DURATION))
+        })
     }
 
     pub(crate) fn stats(&self) -> &Stats {
@@ -319,6 +324,14 @@ mod tests {
             meter.stats().snapshot().cpu_time,
             Duration::from_millis(150)
         );
+    }
+
+    #[test]
+    fn a_debt_too_large_for_a_duration_parks_for_the_longest_a_knob_allows() {
+        // No knob goes below 1m CPUs, but a weighted share can be far smaller.
+        let meter = CpuMeter::new(Arc::new(Stats::default()), Some(1e-300), None);
+        meter.charge(Duration::from_secs(1), Instant::now());
+        assert_eq!(meter.throttle_for(), Some(MAX_DURATION));
     }
 
     fn spin(for_: Duration) {

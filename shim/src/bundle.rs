@@ -143,7 +143,8 @@ pub fn load(
     let annotations = spec.annotations().clone().unwrap_or_default();
     let network = network_of(&spec);
     let annotated = crate::annotations::parse(&annotations).map_err(invalid)?;
-    let oci = oci_limits(spec.linux().as_ref().and_then(|l| l.resources().as_ref()));
+    let oci =
+        oci_limits(spec.linux().as_ref().and_then(|l| l.resources().as_ref())).map_err(invalid)?;
     let layers = Layers {
         oci_at_create: oci.clone(),
         oci,

@@ -453,7 +453,9 @@ impl Container {
         let mut guard = self.limits.lock().unwrap_or_else(|e| e.into_inner());
         let (layers, limits) = &mut *guard;
         let mut updated = layers.clone();
-        updated.oci.take_set(&oci_limits(Some(resources)));
+        let oci = oci_limits(Some(resources))
+            .map_err(|e| ShimError::InvalidArgument(format!("update: {e}")))?;
+        updated.oci.take_set(&oci);
         *limits = fold(&updated).map_err(|r| {
             ShimError::InvalidArgument(format!("update: {}", crate::annotations::refusal(&r)))
         })?;

@@ -3,6 +3,7 @@
 
 use oci_spec::runtime::LinuxResources;
 use wasmhttp_runtime::Limits;
+use wasmhttp_runtime::knobs::value::cpus;
 
 /// The knobs the OCI resource fields set (unset fields stay `None`).
 ///
@@ -12,10 +13,13 @@ use wasmhttp_runtime::Limits;
 /// | `cpu.quota` / `cpu.period` (both > 0) | `cpus` = quota / period |
 /// | `cpu.shares` (> 0), else `unified["cpu.weight"]` (× 1024 / 100) | `cpu-shares` |
 /// | `pids.limit` (> 0) | `max-concurrency` |
-pub fn oci_limits(resources: Option<&LinuxResources>) -> Limits {
+///
+/// A CPU limit below the least the `cpus` knob accepts (1m), or a `cpu.weight` outside cgroup v2's 1–10000, is
+/// refused with the fields at fault named, as runc's kernel would refuse it.
+pub fn oci_limits(resources: Option<&LinuxResources>) -> Result<Limits, String> {
     let mut limits = Limits::default();
     let Some(resources) = resources else {
-        return limits;
+        return Ok(limits);
     };
     limits.memory = resources
         .memory()
@@ -28,14 +32,31 @@ pub fn oci_limits(resources: Option<&LinuxResources>) -> Limits {
         && quota > 0
         && period > 0
     {
-        limits.cpus = Some(quota as f64 / period as f64);
+        let cpus = quota as f64 / period as f64;
+        if cpus < cpus::MIN {
+            return Err(format!(
+                "linux.resources.cpu: quota {quota} / period {period} is {cpus} CPUs, below the least a CPU \
+                 limit can be ({}m)",
+                cpus::MIN * 1000.0
+            ));
+        }
+        limits.cpus = Some(cpus);
     }
-    let weight = resources
+    let weight = match resources
         .unified()
         .as_ref()
         .and_then(|u| u.get("cpu.weight"))
-        .and_then(|w| w.trim().parse::<u64>().ok())
-        .map(|w| w * 1024 / 100);
+    {
+        None => None,
+        Some(text) => match text.trim().parse::<u64>() {
+            Ok(w @ 1..=10_000) => Some(w * 1024 / 100),
+            _ => {
+                return Err(format!(
+                    "linux.resources.unified[\"cpu.weight\"]: {text:?} is not a weight from 1 to 10000"
+                ));
+            }
+        },
+    };
     limits.cpu_shares = resources
         .cpu()
         .as_ref()
@@ -48,7 +69,7 @@ pub fn oci_limits(resources: Option<&LinuxResources>) -> Limits {
         .map(|p| p.limit())
         .filter(|l| *l > 0)
         .map(|l| l as u64);
-    limits
+    Ok(limits)
 }
 
 #[cfg(test)]
@@ -61,19 +82,40 @@ mod tests {
             r#"{"memory":{"limit":67108864},"cpu":{"quota":50000,"period":100000},"pids":{"limit":4}}"#,
         )
         .unwrap();
-        let limits = oci_limits(Some(&resources));
+        let limits = oci_limits(Some(&resources)).unwrap();
         assert_eq!(limits.memory, Some(64 << 20));
         assert_eq!(limits.cpus, Some(0.5));
         assert_eq!(limits.max_concurrency, Some(4));
         let shares: LinuxResources =
             serde_json::from_str(r#"{"cpu":{"shares":512},"unified":{"cpu.weight":"50"}}"#)
                 .unwrap();
-        assert_eq!(oci_limits(Some(&shares)).cpu_shares, Some(512));
+        assert_eq!(oci_limits(Some(&shares)).unwrap().cpu_shares, Some(512));
         let weight: LinuxResources =
             serde_json::from_str(r#"{"unified":{"cpu.weight":"200"}}"#).unwrap();
-        assert_eq!(oci_limits(Some(&weight)).cpu_shares, Some(2048));
+        assert_eq!(oci_limits(Some(&weight)).unwrap().cpu_shares, Some(2048));
         let unset: LinuxResources =
             serde_json::from_str(r#"{"memory":{"limit":0},"cpu":{"quota":-1}}"#).unwrap();
-        assert_eq!(oci_limits(Some(&unset)), Limits::default());
+        assert_eq!(oci_limits(Some(&unset)), Ok(Limits::default()));
+    }
+
+    #[test]
+    fn limits_no_kernel_would_take_are_refused_naming_the_field() {
+        let least: LinuxResources =
+            serde_json::from_str(r#"{"cpu":{"quota":1000,"period":1000000}}"#).unwrap();
+        assert_eq!(oci_limits(Some(&least)).unwrap().cpus, Some(cpus::MIN));
+        let tiny: LinuxResources =
+            serde_json::from_str(r#"{"cpu":{"quota":1,"period":18446744073709551615}}"#).unwrap();
+        let err = oci_limits(Some(&tiny)).unwrap_err();
+        assert!(
+            err.starts_with("linux.resources.cpu: quota 1 / period"),
+            "{err}"
+        );
+        for weight in ["0", "10001", "18446744073709551615", "heavy"] {
+            let resources: LinuxResources =
+                serde_json::from_str(&format!(r#"{{"unified":{{"cpu.weight":"{weight}"}}}}"#))
+                    .unwrap();
+            let err = oci_limits(Some(&resources)).unwrap_err();
+            assert!(err.contains("cpu.weight") && err.contains(weight), "{err}");
+        }
     }
 }

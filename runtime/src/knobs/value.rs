@@ -120,8 +120,12 @@ pub mod cpus {
     /// The accepted form.
     pub const FORM: Form = Form {
         metavar: "CPUS",
-        expected: "a number of cores above zero such as 0.5 or 500m",
+        expected: "a number of cores, at least 1m, such as 0.5 or 500m",
     };
+
+    /// The smallest CPU limit: Kubernetes' smallest CPU unit, and the least the kernel's CFS allows (a quota
+    /// of 1 ms in its longest period, 1 s). Below it a throttled request would park for ages.
+    pub const MIN: f64 = 0.001;
 
     /// Parses cores (or millicores with `m`) into CPU-seconds per second.
     pub fn parse(text: &str) -> Result<f64, String> {
@@ -131,7 +135,7 @@ pub mod cpus {
             None => text.parse::<f64>(),
         }
         .map_err(|_| format!("{text:?} is not a CPU amount"))?;
-        if !(value.is_finite() && value > 0.0 && value <= 1e6) {
+        if !(value.is_finite() && (MIN..=1e6).contains(&value)) {
             return Err(format!("{text:?} is out of range"));
         }
         Ok(value)
@@ -236,7 +240,8 @@ mod tests {
     fn cpus_and_counts() {
         assert_eq!(cpus::parse("500m").unwrap(), 0.5);
         assert_eq!(cpus::parse("2").unwrap(), 2.0);
-        for bad in ["0", "-1", "NaN", "inf", "two"] {
+        assert_eq!(cpus::parse("1m").unwrap(), cpus::MIN);
+        for bad in ["0", "-1", "NaN", "inf", "two", "1e-300", "0.5m", "0.0009"] {
             assert!(cpus::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(count::parse("0").unwrap(), 0);
