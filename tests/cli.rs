@@ -28,6 +28,12 @@ fn bad_flags_missing_files_and_invalid_wasm_exit_nonzero_with_one_line() {
     for (args, code, expected) in [
         (vec!["run", "--memory", "lots", hello], 2, "--memory"),
         (vec!["run", "--cpus", "0", hello], 2, "--cpus"),
+        (vec!["run", "--cpus", "1e-300", hello], 2, "at least 1m"),
+        (
+            vec!["run", "--allow-host", "http://api/", hello],
+            2,
+            "is not a host or host:port",
+        ),
         (vec!["run", "--env", "NOEQUALS", hello], 2, "KEY=VALUE"),
         (vec!["run", "--bogus", hello], 2, "--bogus"),
         (

@@ -43,7 +43,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "UID:GID[:GROUPS]", value_parser = parse_user)]
     user: Option<FileUser>,
     /// Host the guest may send outbound HTTP requests to (repeatable; `*` for any).
-    #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
+    #[arg(long = "allow-host", value_name = "HOST[:PORT]", value_parser = wasmhttp_runtime::parse_allowed_host)]
     allow_hosts: Vec<String>,
     /// Compile cache directory (default: ~/.cache/wasmhttp).
     #[arg(long)]

@@ -124,9 +124,93 @@ impl Capabilities {
     }
 }
 
+/// What an outbound-host grant looks like, completing "expected …".
+pub const ALLOWED_HOST_FORM: &str = "a host or host:port such as api.example.com or db:8080 (an IPv6 \
+                                     address in brackets, [fd00::1]:80; * for any host)";
+
+/// Parses one outbound-host grant (a `--allow-host` flag, one entry of `wasmhttp.io/allowed-outbound-hosts`)
+/// into the form the outbound gate matches: a lower-case name or IP literal, with a port from 1 to 65535 or
+/// none, or `*`. A URL, a path, a user or an empty name would never match a request: such a grant is
+/// refused, not kept as a grant of nothing.
+pub fn parse_allowed_host(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text == "*" {
+        return Ok(text.to_string());
+    }
+    let bad = || format!("{text:?} is not a host or host:port: expected {ALLOWED_HOST_FORM}");
+    let (host, port) = match text.strip_prefix('[') {
+        Some(rest) => {
+            let (ip, after) = rest.split_once(']').ok_or_else(bad)?;
+            ip.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or_else(bad)?),
+            };
+            (&text[..ip.len() + 2], port)
+        }
+        None => {
+            let (host, port) = text
+                .split_once(':')
+                .map_or((text, None), |(h, p)| (h, Some(p)));
+            let label = |l: &str| {
+                (1..=63).contains(&l.len())
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            if host.len() > 253 || !host.split('.').all(label) {
+                return Err(bad());
+            }
+            (host, port)
+        }
+    };
+    let port = match port {
+        None => String::new(),
+        Some(p) => match p.parse::<u16>() {
+            Ok(n @ 1..) => format!(":{n}"),
+            _ => return Err(bad()),
+        },
+    };
+    Ok(format!("{}{port}", host.to_ascii_lowercase()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outbound_host_grants_are_checked_and_lower_cased() {
+        for (text, grant) in [
+            ("api.Example.com", "api.example.com"),
+            (" db:8080 ", "db:8080"),
+            ("10.0.0.7:80", "10.0.0.7:80"),
+            ("[FD00::1]:443", "[fd00::1]:443"),
+            ("[::1]", "[::1]"),
+            ("*", "*"),
+        ] {
+            assert_eq!(parse_allowed_host(text).as_deref(), Ok(grant), "{text}");
+        }
+        let long = "a".repeat(64);
+        for bad in [
+            "",
+            "http://x/",
+            "user@host",
+            "a..b",
+            "x:0",
+            "x:99999",
+            "x:",
+            "::1",
+            "fd00::1",
+            "[::1",
+            "[nope]:80",
+            "[::1]80",
+            "exa mple.com",
+            "*.example.com",
+            &long,
+        ] {
+            let err = parse_allowed_host(bad).unwrap_err();
+            assert!(err.contains("host:port"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn a_missing_preopen_is_named() {

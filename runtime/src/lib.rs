@@ -49,7 +49,7 @@ pub mod telemetry;
 mod workers;
 
 pub use cache::CompileCache;
-pub use capabilities::{Capabilities, Preopen};
+pub use capabilities::{ALLOWED_HOST_FORM, Capabilities, Preopen, parse_allowed_host};
 pub use classify::{WasiVersion, WasmKind};
 pub use command::{CommandExit, CommandIo, EXIT_TIMEOUT, EXIT_TRAP, run_command};
 pub use engine::{EngineConfig, Loaded, Origin, Runtime};

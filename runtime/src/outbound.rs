@@ -194,7 +194,11 @@ pub(crate) struct OutboundPolicy {
 }
 
 impl OutboundPolicy {
+    /// Whether `authority` is granted: by a grant of its host, of its host and port, or of `*`. Names are
+    /// compared without regard to case, as DNS does; grants are lower-case ([`crate::parse_allowed_host`]).
     pub(crate) fn allows(&self, authority: &str) -> bool {
+        let authority = authority.to_ascii_lowercase();
+        let authority = authority.as_str();
         let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
         self.allowed_hosts
             .iter()
@@ -379,6 +383,10 @@ mod tests {
         assert!(policy.allows("db:5432"));
         assert!(!policy.allows("db:80"));
         assert!(!policy.allows("evil.example.com"));
+        assert!(
+            policy.allows("API.example.COM:443"),
+            "names are not case-sensitive"
+        );
     }
 
     #[test]

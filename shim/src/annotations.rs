@@ -53,17 +53,12 @@ pub fn parse(annotations: &HashMap<String, String>) -> Result<Annotated, String>
         }
         match name {
             "allowed-outbound-hosts" => {
-                let hosts: Vec<String> = value
+                annotated.allowed_outbound_hosts = value
                     .split(',')
-                    .map(|h| h.trim().to_string())
-                    .filter(|h| !h.is_empty())
-                    .collect();
-                if hosts.iter().any(|h| h.contains(['/', ' ', '@'])) {
-                    return Err(bad(
-                        "comma-separated host or host:port names such as api.example.com,db:8080",
-                    ));
-                }
-                annotated.allowed_outbound_hosts = hosts;
+                    .filter(|h| !h.trim().is_empty())
+                    .map(wasmhttp_runtime::parse_allowed_host)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("annotation {key}={value:?} is invalid: {e}"))?;
             }
             "port" | "metrics-port" => {
                 let port = port(value).ok_or_else(|| bad(PORT_FORM))?;
