@@ -115,7 +115,10 @@ impl EngineConfig {
             // written, and wasmtime 50.0.1, which did not ask, spent the budget on those (docs/performance.md;
             // `pagemap::Query::wasmtime_reset` and its test).
             .pagemap_scan(Enabled::Auto)
-            .linear_memory_keep_resident(self.slot_keep_resident as usize)
+            // More than a slot holds means all of it; wasmtime would overflow rounding a huge value up to pages.
+            .linear_memory_keep_resident(
+                self.slot_keep_resident.min(self.max_instance_memory) as usize
+            )
             .table_keep_resident(16 << 10)
             .max_unused_warm_slots(16);
         let mut config = Config::new();

@@ -57,6 +57,13 @@ async fn a_free_slot_keeps_at_most_its_configured_share_of_the_pages_an_instance
         "with 1 GiB allowed the written pages stay: only {} MiB did",
         generous >> 20
     );
+    // More than a slot can hold means all of it, not an engine that fails to build.
+    let all = left_resident(u64::MAX).await;
+    assert!(
+        all > 40 << 20,
+        "only {} MiB stayed with no bound",
+        all >> 20
+    );
 }
 
 /// Minor page faults of this whole process so far.
