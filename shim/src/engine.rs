@@ -65,8 +65,16 @@ impl SharedRuntime {
     }
 }
 
+/// Builds the engine; a failure names the node settings that size it, the usual cause (a pool of
+/// `max-instances` slots of `max-instance-memory` each that does not fit the address space).
 fn build(engine: &EngineConfig) -> Result<Runtime> {
-    Runtime::new(engine.clone()).map_err(|e| ShimError::Internal(e.to_string()))
+    Runtime::new(engine.clone()).map_err(|e| {
+        ShimError::Internal(format!(
+            "{e} (the node configuration's [engine] max-instances = {}, max-instance-memory = {})",
+            engine.max_instances,
+            wasmhttp_runtime::knobs::value::size::show(engine.max_instance_memory)
+        ))
+    })
 }
 
 #[cfg(test)]
@@ -78,6 +86,19 @@ mod tests {
             max_instances,
             ..EngineConfig::default()
         }
+    }
+
+    #[test]
+    fn an_engine_that_cannot_be_built_names_the_settings_that_size_it() {
+        let err = SharedRuntime::build_early_with(None)
+            .get_or_build(&settings(u32::MAX))
+            .err()
+            .expect("4 billion slots do not fit")
+            .to_string();
+        assert!(
+            err.contains("[engine] max-instances = 4294967295, max-instance-memory = 1Gi"),
+            "{err}"
+        );
     }
 
     #[test]
