@@ -5,12 +5,12 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use std::path::Path;
 use std::process::{Command, Output};
-use wasmhttp_tests::binary;
 use wasmhttp_tests::containerd::{
     Containerd, ctr_run, free_port, is_1_6, log_holding, node_config_listing, run_service,
     wait_for_200,
 };
 use wasmhttp_tests::registry::Registry;
+use wasmhttp_tests::{binary, example};
 
 fn wasmhttp(args: &[&str]) -> Output {
     wasmhttp_with(args, &[])
@@ -447,6 +447,23 @@ fn a_corrupted_blob_or_a_non_wasm_image_is_refused_and_nothing_is_written() {
     ]));
     assert!(refused.contains("is not a WebAssembly binary"), "{refused}");
     assert!(!out.exists(), "nothing written when the build is refused");
+    let hello = example("hello");
+    let refused = fails(wasmhttp(&[
+        "image",
+        "build",
+        hello.to_str().unwrap(),
+        "-t",
+        "example.com/x:v1",
+        "--port",
+        "0",
+        "-o",
+        out.to_str().unwrap(),
+    ]));
+    assert!(refused.contains("--port"), "{refused}");
+    assert!(
+        !out.exists(),
+        "nothing written for a port nobody could reach"
+    );
     let linux = dir.path().join("linux-layout");
     let umoci = |args: &[&str]| {
         let output = Command::new("umoci")

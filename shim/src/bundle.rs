@@ -193,9 +193,10 @@ pub fn load(
     let port = match (annotated.port, env.iter().find(|(k, _)| k == "PORT")) {
         (Some(port), _) => port,
         (None, None) => DEFAULT_PORT,
-        (None, Some((_, v))) => v.parse().map_err(|_| {
+        (None, Some((_, v))) => crate::annotations::port(v).ok_or_else(|| {
             invalid(format!(
-                "process.env PORT={v:?} is not a port number (1-65535)"
+                "process.env PORT={v:?} is invalid: expected {}",
+                crate::annotations::PORT_FORM
             ))
         })?,
     };

@@ -41,7 +41,7 @@ pub struct BuildArgs {
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
     /// Port the service listens on (sets PORT; not for `artifact`).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     port: Option<u16>,
     /// Also ship the code compiled for nodes with the default [engine] settings, signed with this Ed25519
     /// key (`wasmhttp image keygen`): nodes listing its public key in [engine] precompiled-signers start the

@@ -185,14 +185,22 @@ fn bad_bundles_are_named_in_the_error() {
         "{err}"
     );
 
-    let dir = bundle(
-        &config(r#"["/a.wasm"]"#, "").replace("PORT=9000", "PORT=web"),
-        &[("a.wasm", b"x")],
-    );
-    let err = load(dir.path(), &[], &Layers::default(), 1 << 20)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("PORT=\"web\" is not a port number"), "{err}");
+    // Port 0 would listen on a port nobody is told of.
+    for port in ["web", "0", "65536"] {
+        let dir = bundle(
+            &config(r#"["/a.wasm"]"#, "").replace("PORT=9000", &format!("PORT={port}")),
+            &[("a.wasm", b"x")],
+        );
+        let err = load(dir.path(), &[], &Layers::default(), 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "PORT={port:?} is invalid: expected a port number from 1"
+            )),
+            "{err}"
+        );
+    }
 }
 
 #[test]
