@@ -71,8 +71,9 @@ pub struct Workload {
     pub limits: Limits,
     /// Args, env and preopened mounts for the guest.
     pub capabilities: Capabilities,
-    /// The port from `PORT` (HTTP services only).
-    pub port: u16,
+    /// The port an HTTP service listens on (`wasmhttp.io/port`, else `PORT`, else 8080), or why `PORT` names
+    /// none. Only a service fails on the error: to a command, `PORT` is one more variable.
+    pub port: std::result::Result<u16, String>,
     /// Where the listener and every outbound connection go.
     pub network: Network,
     /// The host files the spec mounts at `/etc/hosts` and `/etc/resolv.conf`: the container's resolver.
@@ -159,7 +160,7 @@ pub fn load(
             layers,
             limits,
             capabilities: Capabilities::default(),
-            port: 0,
+            port: Ok(0),
             network,
             resolver_files: (None, None),
             metrics,
@@ -191,14 +192,16 @@ pub fn load(
         })
         .collect();
     let port = match (annotated.port, env.iter().find(|(k, _)| k == "PORT")) {
-        (Some(port), _) => port,
-        (None, None) => DEFAULT_PORT,
+        (Some(port), _) => Ok(port),
+        (None, None) => Ok(DEFAULT_PORT),
+        // Port 0 would listen where nobody is told.
         (None, Some((_, v))) => crate::annotations::port(v).ok_or_else(|| {
-            invalid(format!(
-                "process.env PORT={v:?} is invalid: expected {}",
+            format!(
+                "{}: process.env PORT={v:?} is invalid: expected {}",
+                config.display(),
                 crate::annotations::PORT_FORM
-            ))
-        })?,
+            )
+        }),
     };
     let payload = match annotated.image {
         Some(image) => Payload::ImageLayer(ImageLayer {

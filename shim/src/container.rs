@@ -142,7 +142,7 @@ impl Container {
                     };
                     Prepared::Service {
                         service,
-                        port: workload.port,
+                        port: workload.port.map_err(ShimError::InvalidArgument)?,
                         network: workload.network,
                     }
                 } else {

@@ -99,7 +99,7 @@ fn a_wasm_bundle_is_read_with_env_port_limits_and_network() {
     );
     let workload = load(dir.path(), &[], &Layers::default(), 1 << 20).unwrap();
     assert!(matches!(workload.payload, Payload::Wasm(_)));
-    assert_eq!(workload.port, 9000);
+    assert_eq!(workload.port, Ok(9000));
     assert_eq!(workload.capabilities.args, ["app.wasm", "--flag"]);
     assert!(
         workload
@@ -185,20 +185,27 @@ fn bad_bundles_are_named_in_the_error() {
         "{err}"
     );
 
-    // Port 0 would listen on a port nobody is told of.
+    // A PORT that is no port fails a service (port 0 would listen where nobody is told); a command is given
+    // it as one more variable.
     for port in ["web", "0", "65536"] {
         let dir = bundle(
             &config(r#"["/a.wasm"]"#, "").replace("PORT=9000", &format!("PORT={port}")),
             &[("a.wasm", b"x")],
         );
-        let err = load(dir.path(), &[], &Layers::default(), 1 << 20)
-            .unwrap_err()
-            .to_string();
+        let workload = load(dir.path(), &[], &Layers::default(), 1 << 20).unwrap();
+        let err = workload.port.unwrap_err();
         assert!(
-            err.contains(&format!(
-                "PORT={port:?} is invalid: expected a port number from 1"
-            )),
+            err.contains("config.json")
+                && err.contains(&format!(
+                    "PORT={port:?} is invalid: expected a port number from 1"
+                )),
             "{err}"
+        );
+        assert!(
+            workload
+                .capabilities
+                .env
+                .contains(&("PORT".into(), port.into()))
         );
     }
 }

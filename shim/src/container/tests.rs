@@ -7,7 +7,7 @@ fn sandbox(events: Events) -> Arc<Container> {
         layers: Default::default(),
         limits: Limits::default(),
         capabilities: Capabilities::default(),
-        port: 0,
+        port: Ok(0),
         network: Network::Host,
         resolver_files: (None, None),
         metrics: Default::default(),

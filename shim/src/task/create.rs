@@ -104,7 +104,7 @@ impl TaskService {
             .get_or_build(&node.tracing, pod_name.map_or(&id, |(_, name)| name))
             .map_err(ShimError::InvalidArgument)?;
         let traced = tracer.map(|t| (t, crate::traces::span_attributes(&id, &metrics.labels)));
-        if let Some(port) = metrics_port.filter(|p| *p == workload.port && !is_sandbox) {
+        if let Some(port) = metrics_port.filter(|p| workload.port == Ok(*p) && !is_sandbox) {
             return Err(ShimError::InvalidArgument(format!(
                 "{}: port {port} is the service's own port",
                 metrics.origin(port)
