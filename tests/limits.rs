@@ -453,14 +453,3 @@ fn annotations_and_node_configuration_apply_and_bad_values_fail_create() {
         "{said}"
     );
 }
-
-/// `ctr run -d --net-host ARGS ID`, which Create must refuse: asserts that it failed, removes the container
-/// it left, and returns what ctr said.
-fn refused_run(containerd: &Containerd, args: &[&str], id: &str) -> String {
-    let args = [&["--net-host"], args, &[id]].concat();
-    let output = ctr_run(containerd, "-d", &args);
-    let said = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(!output.status.success(), "{args:?} was accepted: {said}");
-    containerd.ctr_ok(&["container", "rm", id]);
-    said
-}

@@ -58,6 +58,17 @@ pub fn run_service(containerd: &Containerd, image: &str, id: &str, port: u16, ex
     );
 }
 
+/// `ctr run -d --net-host ARGS ID`, which Create must refuse: asserts that it failed, removes the container
+/// it left, and returns what ctr said.
+pub fn refused_run(containerd: &Containerd, args: &[&str], id: &str) -> String {
+    let args = [&["--net-host"], args, &[id]].concat();
+    let output = ctr_run(containerd, "-d", &args);
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "{args:?} was accepted: {said}");
+    containerd.ctr_ok(&["container", "rm", id]);
+    said
+}
+
 /// The task's status column in `ctr task ls` (`MISSING` when absent).
 pub fn task_status(containerd: &Containerd, id: &str) -> String {
     let listing = containerd.ctr_ok(&["task", "ls"]);
