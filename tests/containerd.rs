@@ -172,7 +172,7 @@ fn a_wasi_03_service_runs_with_limits_logs_and_metrics_through_ctr() {
 }
 
 #[test]
-fn bad_images_fail_create_with_the_reason_and_exec_is_refused() {
+fn bad_images_volumes_exec_and_signals_are_refused_with_the_reason() {
     let containerd = Containerd::start();
     let image = import_example(&containerd, "hello");
     let output = ctr_run(&containerd, "--rm", &[&image, "bad1", "/missing.wasm"]);
@@ -190,6 +190,24 @@ fn bad_images_fail_create_with_the_reason_and_exec_is_refused() {
         said.contains("process.env PORT=\"0\" is invalid: expected a port number"),
         "{said}"
     );
+
+    // A volume the guest cannot be given fails Create, naming it, rather than starting without it.
+    let volumes = tempfile::tempdir().unwrap();
+    let file = volumes.path().join("app.conf");
+    std::fs::write(&file, "x").unwrap();
+    let missing = volumes.path().join("missing");
+    for (source, destination, why, id) in [
+        (&file, "/etc/app.conf", "is not a directory", "bad3"),
+        (&missing, "/data", "No such file or directory", "bad4"),
+    ] {
+        let mount = format!(
+            "type=bind,src={},dst={destination},options=rbind:ro",
+            source.display()
+        );
+        let said = refused_run(&containerd, &["--mount", &mount, &image], id);
+        let named = format!("the mount at {destination} (source {})", source.display());
+        assert!(said.contains(&named) && said.contains(why), "{said}");
+    }
 
     let port = free_port();
     run_service(&containerd, &image, "hello3", port, &[]);
@@ -210,6 +228,22 @@ fn bad_images_fail_create_with_the_reason_and_exec_is_refused() {
         "a paused service admits nothing"
     );
     containerd.ctr_ok(&["task", "resume", "hello3"]);
+    assert_eq!(task_status(&containerd, "hello3"), "RUNNING");
+    assert_eq!(get(([127, 0, 0, 1], port).into(), "/").status, 200);
+
+    // The guest is a process without signal handlers: a signal ignored by default leaves it serving; one
+    // that would freeze a process, or a number that is no signal, is refused with the reason.
+    containerd.ctr_ok(&["task", "kill", "--signal", "SIGWINCH", "hello3"]);
+    assert_eq!(task_status(&containerd, "hello3"), "RUNNING");
+    assert_eq!(get(([127, 0, 0, 1], port).into(), "/").status, 200);
+    for (signal, why) in [
+        ("SIGSTOP", "SIGSTOP would stop a process"),
+        ("65", "signal 65 is not a signal"),
+    ] {
+        let kill = containerd.ctr(&["task", "kill", "--signal", signal, "hello3"]);
+        let stderr = String::from_utf8_lossy(&kill.stderr);
+        assert!(!kill.status.success() && stderr.contains(why), "{stderr}");
+    }
     assert_eq!(task_status(&containerd, "hello3"), "RUNNING");
     assert_eq!(get(([127, 0, 0, 1], port).into(), "/").status, 200);
 }

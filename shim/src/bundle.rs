@@ -211,7 +211,7 @@ pub fn load(
         }),
         None => from_rootfs(bundle, &spec, rootfs, &entry, max_component_size).map_err(invalid)?,
     };
-    let preopens = preopens(&spec);
+    let preopens = preopens(&spec).map_err(invalid)?;
     let user = process.user();
     // Root in the container has root's file rights, as under runc; anyone else has their own.
     let file_user = (user.uid() != 0).then(|| {
@@ -391,23 +391,49 @@ fn resolver_files(spec: &Spec, network: &Network) -> (Option<PathBuf>, Option<Pa
     (mounted("/etc/hosts"), mounted("/etc/resolv.conf"))
 }
 
+/// Files the runtime itself provides or uses (CRI binds them into every container): a guest reads none of
+/// them as a file, so their binds are no volume the guest is missing.
+const RUNTIME_FILES: [&str; 3] = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
+
 /// Bind mounts of directories become preopens; the kernel filesystems a container normally gets do not.
-fn preopens(spec: &Spec) -> Vec<Preopen> {
+/// A bind that cannot become one fails the container, naming it, as a bind runc cannot make would: a guest
+/// started without a volume it was given fails later and further from the cause.
+fn preopens(spec: &Spec) -> std::result::Result<Vec<Preopen>, String> {
     let mounts = spec.mounts().clone().unwrap_or_default();
-    mounts
-        .iter()
-        .filter_map(|mount| {
-            let (source, read_only) = bind_mount(mount)?;
-            if !source.is_dir() || is_kernel_interface(mount.destination()) {
-                return None;
-            }
-            Some(Preopen {
+    let mut preopens = Vec::new();
+    for mount in &mounts {
+        let Some((source, read_only)) = bind_mount(mount) else {
+            continue;
+        };
+        let destination = mount.destination();
+        if is_kernel_interface(destination) {
+            continue;
+        }
+        let named = || {
+            format!(
+                "the mount at {} (source {})",
+                destination.display(),
+                source.display()
+            )
+        };
+        match std::fs::metadata(source) {
+            Ok(meta) if meta.is_dir() => preopens.push(Preopen {
                 host: source.clone(),
-                guest: mount.destination().display().to_string(),
+                guest: destination.display().to_string(),
                 read_only,
-            })
-        })
-        .collect()
+            }),
+            Ok(_) if RUNTIME_FILES.iter().any(|f| destination == Path::new(f)) => {}
+            Ok(_) => {
+                return Err(format!(
+                    "{} is not a directory: a WASI guest is given directories only, so mount the \
+                     directory that holds it (a Kubernetes volume without subPath)",
+                    named()
+                ));
+            }
+            Err(e) => return Err(format!("{}: {e}", named())),
+        }
+    }
+    Ok(preopens)
 }
 
 /// A bind mount's host source and whether it is read-only (`ro`); `None` for other mounts.

@@ -23,6 +23,7 @@ mod rootfs;
 mod sandbox;
 mod scrape;
 mod server;
+mod signal;
 mod stdio;
 mod task;
 mod traces;

@@ -248,3 +248,58 @@ fn the_sandbox_container_needs_no_binary_and_overlay_layers_are_searched() {
     assert_eq!(source.bytes(), b"lower");
     assert_eq!(grouping_key(dir.path(), "c1"), "c1");
 }
+
+#[test]
+fn a_bind_that_cannot_be_a_guest_directory_fails_naming_it() {
+    let host = tempfile::tempdir().unwrap();
+    let file = host.path().join("app.conf");
+    std::fs::write(&file, "x").unwrap();
+    let missing = host.path().join("missing");
+    let with_mounts = |mounts: &[(&str, &std::path::Path)]| {
+        let mounts: Vec<String> = mounts
+            .iter()
+            .map(|(destination, source)| {
+                format!(
+                    r#"{{"destination":"{destination}","type":"bind","source":"{}","options":["rbind","ro"]}}"#,
+                    source.display()
+                )
+            })
+            .collect();
+        let dir = bundle(
+            &config(
+                r#"["/a.wasm"]"#,
+                &format!(r#","mounts":[{}]"#, mounts.join(",")),
+            ),
+            &[("a.wasm", b"x")],
+        );
+        load(dir.path(), &[], &Layers::default(), 1 << 20).map(|w| w.capabilities.preopens)
+    };
+    // The files CRI binds into every container, and the kernel's interfaces, are no guest volume.
+    let preopens = with_mounts(&[
+        ("/etc/hosts", &file),
+        ("/etc/resolv.conf", &file),
+        ("/etc/hostname", &file),
+        ("/dev/termination-log", &file),
+        ("/data", host.path()),
+    ])
+    .unwrap();
+    assert_eq!(preopens.len(), 1, "{preopens:?}");
+    assert_eq!(preopens[0].guest, "/data");
+
+    let err = with_mounts(&[("/etc/app/app.conf", &file)])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("config.json: the mount at /etc/app/app.conf (source ")
+            && err.contains("app.conf) is not a directory"),
+        "{err}"
+    );
+    let err = with_mounts(&[("/data", &missing)]).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "the mount at /data (source {}): No such file or directory",
+            missing.display()
+        )),
+        "{err}"
+    );
+}
