@@ -300,6 +300,61 @@ fn update_changes_limits_under_load() {
     assert!(bad.contains("LinuxResources"), "{bad}");
 }
 
+/// containerd's API allows an Update between Create and Start: the service Start runs is held to it. A
+/// command's limits are fixed once it runs, so an Update then is refused rather than reported and ignored.
+#[test]
+fn an_update_before_start_holds_and_a_running_command_refuses_one() {
+    let _turn = exclusive();
+    let containerd = Containerd::start();
+    let image = import_example(&containerd, "cpu-burn");
+    let port = free_port();
+    let port_env = format!("PORT={port}");
+    containerd.ctr_ok(&[
+        "container",
+        "create",
+        "--runtime",
+        RUNTIME,
+        "--net-host",
+        "--env",
+        &port_env,
+        &image,
+        "early",
+    ]);
+    create_task(&containerd, "early").unwrap();
+    assert_eq!(task_status(&containerd, "early"), "CREATED");
+    update_resources(&containerd, "early", r#"{"pids":{"limit":1}}"#).unwrap();
+    start_task(&containerd, "early").unwrap();
+    let addr = loopback(port);
+    wait_for_200(addr);
+    // Three slow requests at once: one runs and, with no queue, two get 503.
+    let mut statuses = burst(addr, "/?ms=600", 3);
+    statuses.sort();
+    assert_eq!(statuses, [200, 503, 503]);
+    kill_now(&containerd, "early");
+
+    let applets = import_example(&containerd, "applets");
+    let output = ctr_run(
+        &containerd,
+        "-d",
+        &[
+            "--net-host",
+            &applets,
+            "sleeper",
+            "/app.wasm",
+            "sleep",
+            "60",
+        ],
+    );
+    assert!(output.status.success(), "{output:?}");
+    wait_for_status(&containerd, "sleeper", "RUNNING");
+    let refused = update_resources(&containerd, "sleeper", r#"{"pids":{"limit":1}}"#).unwrap_err();
+    assert!(
+        refused.contains("whose limits are fixed when it starts"),
+        "{refused}"
+    );
+    kill_now(&containerd, "sleeper");
+}
+
 #[test]
 fn annotations_and_node_configuration_apply_and_bad_values_fail_create() {
     let _turn = exclusive();

@@ -34,21 +34,18 @@ pub enum Status {
     Stopped,
 }
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "one per container, moved once at Start"
-)]
 enum Prepared {
     Sandbox,
     Service {
         service: Service,
+        /// The limits it was built with; an Update before Start changes the container's.
+        limits: Limits,
         port: u16,
         network: Network,
     },
     Command {
         runtime: Runtime,
         app: Loaded,
-        limits: Limits,
         caps: Capabilities,
         stdout: GuestOutput,
         stderr: GuestOutput,
@@ -142,6 +139,7 @@ impl Container {
                     };
                     Prepared::Service {
                         service,
+                        limits: limits.clone(),
                         port: workload.port.map_err(ShimError::InvalidArgument)?,
                         network: workload.network,
                     }
@@ -149,7 +147,6 @@ impl Container {
                     Prepared::Command {
                         runtime,
                         app,
-                        limits: limits.clone(),
                         caps: workload.capabilities,
                         stdout,
                         stderr,
@@ -195,12 +192,7 @@ impl Container {
     /// How long SIGTERM lets in-flight requests finish (the `drain-timeout` knob).
     pub fn drain_timeout(&self) -> Duration {
         // Folded limits always carry it (a built-in default).
-        self.limits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .1
-            .drain_timeout
-            .unwrap_or_default()
+        self.limits().drain_timeout.unwrap_or_default()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -255,6 +247,7 @@ impl Container {
             Prepared::Sandbox => Active::Sandbox,
             Prepared::Service {
                 service,
+                limits,
                 port,
                 network,
             } => {
@@ -266,6 +259,10 @@ impl Container {
                         .serve(listener)
                         .map_err(|e| ShimError::Internal(format!("cannot serve: {e}")))?,
                 );
+                let current = self.limits();
+                if current != limits {
+                    handle.update_limits(current);
+                }
                 let (this, watched) = (self.clone(), handle.clone());
                 tokio::spawn(async move {
                     watched.finished().await;
@@ -276,11 +273,11 @@ impl Container {
             Prepared::Command {
                 runtime,
                 app,
-                limits,
                 caps,
                 stdout,
                 stderr,
             } => {
+                let limits = self.limits();
                 let this = self.clone();
                 let task = tokio::spawn(async move {
                     let io = CommandIo {
@@ -448,8 +445,17 @@ impl Container {
         Ok(())
     }
 
-    /// Applies new OCI resources to the next requests.
+    /// Applies new OCI resources to a service's next requests, or to a container's run once it starts.
     pub fn update(&self, resources: &LinuxResources) -> Result<Limits> {
+        // The state before the limits, as Start takes them.
+        let state = self.lock();
+        if let State::Running(Active::Command(_)) | State::Paused(Active::Command(_)) = &*state {
+            return Err(ShimError::FailedPrecondition(format!(
+                "update: container {} runs a command (wasi:cli/run), whose limits are fixed when it \
+                 starts; a service applies new limits to its next requests",
+                self.id
+            )));
+        }
         let mut guard = self.limits.lock().unwrap_or_else(|e| e.into_inner());
         let (layers, limits) = &mut *guard;
         let mut updated = layers.clone();
@@ -460,12 +466,20 @@ impl Container {
             ShimError::InvalidArgument(format!("update: {}", crate::annotations::refusal(&r)))
         })?;
         *layers = updated;
-        if let State::Running(Active::Service(h)) | State::Paused(Active::Service(h)) =
-            &*self.lock()
-        {
+        // Not started yet: Start runs it under these.
+        if let State::Running(Active::Service(h)) | State::Paused(Active::Service(h)) = &*state {
             h.update_limits(limits.clone());
         }
         Ok(limits.clone())
+    }
+
+    /// The limits in force now.
+    fn limits(&self) -> Limits {
+        self.limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
     }
 
     /// Usage figures, the limits in force and the code size, for Stats.
@@ -479,15 +493,7 @@ impl Container {
                 .clone()
                 .unwrap_or_default(),
         };
-        (
-            stats,
-            self.limits
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .1
-                .clone(),
-            self.code_size,
-        )
+        (stats, self.limits(), self.code_size)
     }
 }
 

@@ -107,6 +107,38 @@ pub fn wait_for_status(containerd: &Containerd, id: &str, status: &str) {
     }
 }
 
+/// Runs `call` against containerd's API on a runtime of its own, with this suite's namespace set on each
+/// request by [`namespaced`]; an error is the status's message.
+fn with_api<F, T>(
+    containerd: &Containerd,
+    call: impl FnOnce(tonic::transport::Channel) -> F,
+) -> Result<T, String>
+where
+    F: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let channel = containerd_client::connect(containerd.socket())
+            .await
+            .map_err(|e| format!("cannot connect to containerd: {e}"))?;
+        call(channel)
+            .await
+            .map_err(|status| status.message().to_string())
+    })
+}
+
+/// A request in this suite's containerd namespace.
+fn namespaced<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("containerd-namespace", NAMESPACE.parse().unwrap());
+    request
+}
+
 /// Calls containerd's Tasks `Update` API with OCI `LinuxResources` JSON, as CRI's
 /// `UpdateContainerResources` and `nerdctl update` do (`ctr` 1.6 has no update command).
 pub fn update_resources(
@@ -116,30 +148,63 @@ pub fn update_resources(
 ) -> Result<(), String> {
     use containerd_client::services::v1::UpdateTaskRequest;
     use containerd_client::services::v1::tasks_client::TasksClient;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let channel = containerd_client::connect(containerd.socket())
-            .await
-            .map_err(|e| format!("cannot connect to containerd: {e}"))?;
-        let mut request = tonic::Request::new(UpdateTaskRequest {
-            container_id: id.to_string(),
-            resources: Some(prost_types::Any {
-                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
-                value: resources_json.as_bytes().to_vec(),
-            }),
-            annotations: Default::default(),
-        });
-        request
-            .metadata_mut()
-            .insert("containerd-namespace", NAMESPACE.parse().unwrap());
+    let request = namespaced(UpdateTaskRequest {
+        container_id: id.to_string(),
+        resources: Some(prost_types::Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+            value: resources_json.as_bytes().to_vec(),
+        }),
+        annotations: Default::default(),
+    });
+    with_api(containerd, |channel| async move {
+        TasksClient::new(channel).update(request).await.map(|_| ())
+    })
+}
+
+/// Creates the task of container `id` (made by `ctr container create`) through containerd's API, on its
+/// snapshot and with no stdio, and leaves it created: `ctr` 1.6 cannot stop between Create and Start.
+pub fn create_task(containerd: &Containerd, id: &str) -> Result<(), String> {
+    use containerd_client::services::v1::containers_client::ContainersClient;
+    use containerd_client::services::v1::snapshots::MountsRequest;
+    use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClient;
+    use containerd_client::services::v1::tasks_client::TasksClient;
+    use containerd_client::services::v1::{CreateTaskRequest, GetContainerRequest};
+    with_api(containerd, |channel| async move {
+        let container = ContainersClient::new(channel.clone())
+            .get(namespaced(GetContainerRequest { id: id.to_string() }))
+            .await?
+            .into_inner()
+            .container
+            .ok_or_else(|| tonic::Status::not_found(id.to_string()))?;
+        let rootfs = SnapshotsClient::new(channel.clone())
+            .mounts(namespaced(MountsRequest {
+                snapshotter: container.snapshotter,
+                key: container.snapshot_key,
+            }))
+            .await?
+            .into_inner()
+            .mounts;
         TasksClient::new(channel)
-            .update(request)
+            .create(namespaced(CreateTaskRequest {
+                container_id: id.to_string(),
+                rootfs,
+                ..Default::default()
+            }))
             .await
             .map(|_| ())
-            .map_err(|status| status.message().to_string())
+    })
+}
+
+/// Starts a created task through containerd's API.
+pub fn start_task(containerd: &Containerd, id: &str) -> Result<(), String> {
+    use containerd_client::services::v1::StartRequest;
+    use containerd_client::services::v1::tasks_client::TasksClient;
+    let request = namespaced(StartRequest {
+        container_id: id.to_string(),
+        ..Default::default()
+    });
+    with_api(containerd, |channel| async move {
+        TasksClient::new(channel).start(request).await.map(|_| ())
     })
 }
 
