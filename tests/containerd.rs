@@ -208,6 +208,12 @@ fn bad_images_volumes_exec_and_signals_are_refused_with_the_reason() {
         let named = format!("the mount at {destination} (source {})", source.display());
         assert!(said.contains(&named) && said.contains(why), "{said}");
     }
+    let tmpfs = ["--mount", "type=tmpfs,src=tmpfs,dst=/scratch", &image];
+    let said = refused_run(&containerd, &tmpfs, "bad5");
+    assert!(
+        said.contains("the tmpfs mount at /scratch cannot be given to a WASI guest"),
+        "{said}"
+    );
 
     let port = free_port();
     run_service(&containerd, &image, "hello3", port, &[]);

@@ -396,19 +396,29 @@ fn resolver_files(spec: &Spec, network: &Network) -> (Option<PathBuf>, Option<Pa
 const RUNTIME_FILES: [&str; 3] = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
 
 /// Bind mounts of directories become preopens; the kernel filesystems a container normally gets do not.
-/// A bind that cannot become one fails the container, naming it, as a bind runc cannot make would: a guest
-/// started without a volume it was given fails later and further from the cause.
+/// A mount that cannot become one (a file, a missing source, a tmpfs) fails the container, naming it, as a
+/// mount runc cannot make would: a guest started without a volume it was given fails later and further from
+/// the cause.
 fn preopens(spec: &Spec) -> std::result::Result<Vec<Preopen>, String> {
     let mounts = spec.mounts().clone().unwrap_or_default();
     let mut preopens = Vec::new();
     for mount in &mounts {
-        let Some((source, read_only)) = bind_mount(mount) else {
-            continue;
-        };
         let destination = mount.destination();
         if is_kernel_interface(destination) {
             continue;
         }
+        let Some((source, read_only)) = bind_mount(mount) else {
+            // Every default spec (ctr's, CRI's) mounts a tmpfs at /run, which holds nothing for a guest.
+            if destination == Path::new("/run") {
+                continue;
+            }
+            return Err(format!(
+                "the {} mount at {} cannot be given to a WASI guest, which sees host directories \
+                 only: use a bind mount (a Kubernetes volume)",
+                mount.typ().as_deref().unwrap_or("untyped"),
+                destination.display()
+            ));
+        };
         let named = || {
             format!(
                 "the mount at {} (source {})",

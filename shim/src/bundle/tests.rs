@@ -250,7 +250,7 @@ fn the_sandbox_container_needs_no_binary_and_overlay_layers_are_searched() {
 }
 
 #[test]
-fn a_bind_that_cannot_be_a_guest_directory_fails_naming_it() {
+fn a_mount_that_cannot_be_a_guest_directory_fails_naming_it() {
     let host = tempfile::tempdir().unwrap();
     let file = host.path().join("app.conf");
     std::fs::write(&file, "x").unwrap();
@@ -292,6 +292,20 @@ fn a_bind_that_cannot_be_a_guest_directory_fails_naming_it() {
     assert!(
         err.contains("config.json: the mount at /etc/app/app.conf (source ")
             && err.contains("app.conf) is not a directory"),
+        "{err}"
+    );
+    // ctr's and CRI's default tmpfs at /run is no volume either; a tmpfs elsewhere is one the guest would lack.
+    let tmpfs = |destination: &str| {
+        let mount = format!(
+            r#","mounts":[{{"destination":"{destination}","type":"tmpfs","source":"tmpfs"}}]"#
+        );
+        let dir = bundle(&config(r#"["/a.wasm"]"#, &mount), &[("a.wasm", b"x")]);
+        load(dir.path(), &[], &Layers::default(), 1 << 20).map(|w| w.capabilities.preopens)
+    };
+    assert_eq!(tmpfs("/run").unwrap(), []);
+    let err = tmpfs("/scratch").unwrap_err().to_string();
+    assert!(
+        err.contains("the tmpfs mount at /scratch cannot be given to a WASI guest"),
         "{err}"
     );
     let err = with_mounts(&[("/data", &missing)]).unwrap_err().to_string();
