@@ -510,3 +510,6 @@ fn a_corrupted_blob_or_a_non_wasm_image_is_refused_and_nothing_is_written() {
 
 #[path = "image/readme.rs"]
 mod readme;
+
+#[path = "image/registry_limits.rs"]
+mod registry_limits;

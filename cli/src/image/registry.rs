@@ -109,7 +109,9 @@ pub fn pull(args: PullArgs) -> anyhow::Result<()> {
         let mut blobs = HashMap::new();
         for d in std::iter::once(&config).chain(&layers) {
             let mut out = ProgressWriter {
-                bytes: Vec::with_capacity(d.size as usize),
+                // Sized by what arrives: the descriptor's size is the registry's word.
+                bytes: Vec::with_capacity(d.size.min(PREALLOCATED_AT_MOST) as usize),
+                declared: d.size,
                 progress: progress.clone(),
             };
             session
@@ -299,9 +301,13 @@ fn progress_bar(total: u64, verb: &str) -> ProgressBar {
     bar
 }
 
-/// Collects a blob and moves the progress bar as bytes arrive.
+/// The most a blob's buffer is sized for before its bytes arrive.
+const PREALLOCATED_AT_MOST: u64 = 16 << 20;
+
+/// Collects a blob, no more of it than its descriptor declares, and moves the progress bar as bytes arrive.
 struct ProgressWriter {
     bytes: Vec<u8>,
+    declared: u64,
     progress: ProgressBar,
 }
 
@@ -311,6 +317,17 @@ impl tokio::io::AsyncWrite for ProgressWriter {
         _: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        // A registry that sends more than the manifest declares is refused at once rather than held (its
+        // digest would not match either, but only once all of it had been taken).
+        if self.bytes.len() as u64 + buf.len() as u64 > self.declared {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the registry sent more than the {} bytes the manifest declares",
+                    self.declared
+                ),
+            )));
+        }
         self.bytes.extend_from_slice(buf);
         self.progress.inc(buf.len() as u64);
         std::task::Poll::Ready(Ok(buf.len()))

@@ -1,0 +1,57 @@
+//! A registry that sends more of a blob than its manifest declares: `wasmhttp image pull` refuses it as the
+//! surplus arrives, rather than holding all of it before the digest check fails, and writes nothing.
+
+use super::*;
+
+#[test]
+fn a_blob_longer_than_its_manifest_declares_is_refused_as_it_arrives() {
+    let registry = Registry::start();
+    let (reference, _) = build_and_push(&registry, "hello", "hello", "layer");
+    // The largest blob in the registry's storage is the wasm layer; it grows (sparse) to 1 GiB, all of
+    // which the registry then serves.
+    let blobs = registry.dir.path().join("data/docker/registry/v2/blobs");
+    let layer = walk(&blobs)
+        .into_iter()
+        .filter(|p| p.ends_with("data"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("the pushed blobs");
+    let declared = std::fs::metadata(&layer).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&layer)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pulled.tar");
+    let said = fails(wasmhttp(&[
+        "image",
+        "pull",
+        &reference,
+        "-o",
+        out.to_str().unwrap(),
+        "--plain-http",
+    ]));
+    assert!(
+        said.contains(&format!(
+            "the registry sent more than the {declared} bytes the manifest declares"
+        )),
+        "{said}"
+    );
+    assert!(!out.exists(), "nothing written when the pull fails");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
