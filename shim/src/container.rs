@@ -449,12 +449,22 @@ impl Container {
     pub fn update(&self, resources: &LinuxResources) -> Result<Limits> {
         // The state before the limits, as Start takes them.
         let state = self.lock();
-        if let State::Running(Active::Command(_)) | State::Paused(Active::Command(_)) = &*state {
-            return Err(ShimError::FailedPrecondition(format!(
-                "update: container {} runs a command (wasi:cli/run), whose limits are fixed when it \
-                 starts; a service applies new limits to its next requests",
+        let refused = |why: &str| {
+            Err(ShimError::FailedPrecondition(format!(
+                "update: container {} {why}",
                 self.id
-            )));
+            )))
+        };
+        match &*state {
+            State::Running(Active::Command(_)) | State::Paused(Active::Command(_)) => {
+                return refused(
+                    "runs a command (wasi:cli/run), whose limits are fixed when it starts; a \
+                     service applies new limits to its next requests",
+                );
+            }
+            // As containerd's runc shim answers: nothing runs that the limits could apply to.
+            State::Stopped => return refused("has stopped"),
+            _ => {}
         }
         let mut guard = self.limits.lock().unwrap_or_else(|e| e.into_inner());
         let (layers, limits) = &mut *guard;

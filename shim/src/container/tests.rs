@@ -60,4 +60,9 @@ async fn the_pod_sandbox_runs_nothing_and_lives_until_killed() {
         matches!(sandbox.start(), Err(ShimError::FailedPrecondition(_))),
         "no restart"
     );
+    let resources: LinuxResources = serde_json::from_str(r#"{"pids":{"limit":2}}"#).unwrap();
+    assert!(
+        matches!(sandbox.update(&resources), Err(ShimError::FailedPrecondition(e)) if e.ends_with("has stopped")),
+        "no update of what has stopped"
+    );
 }
