@@ -3,9 +3,8 @@
 use crate::bundle::{Network, Payload, Workload};
 use crate::error::{Result, ShimError};
 use crate::events::{Event, Events};
-use crate::limits::oci_limits;
+use crate::signal::Effect;
 use containerd_shim::protos::events::task::{TaskExit, TaskOOM};
-use oci_spec::runtime::LinuxResources;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,10 +14,11 @@ use tokio::task::AbortHandle;
 use wasmhttp_runtime::telemetry::RequestTracer;
 use wasmhttp_runtime::{
     Capabilities, CommandIo, GuestOutput, Layers, Limits, Loaded, Runtime, Service, ServiceHandle,
-    StatsSnapshot, fold,
+    StatsSnapshot,
 };
 
 mod exit;
+mod limits;
 pub use exit::{EXIT_OOM, EXIT_START_FAILED, Exit, timestamp};
 
 /// The task status containerd sees.
@@ -354,9 +354,15 @@ impl Container {
         }));
     }
 
-    /// Delivers a signal: SIGKILL stops at once, anything else drains for up to `grace` first.
+    /// Delivers a signal as [`crate::signal`] says a process without handlers would take it: SIGKILL stops
+    /// at once, another stopping signal drains for up to `grace` first, an ignored one does nothing, and a
+    /// stopped container answers NOT_FOUND either way.
     pub fn kill(&self, signal: u32, grace: Duration) -> Result<()> {
+        let effect = crate::signal::effect(signal).map_err(ShimError::InvalidArgument)?;
         let state = self.lock();
+        if effect == Effect::Nothing && !matches!(*state, State::Stopped) {
+            return Ok(());
+        }
         let active = match &*state {
             State::Running(active) | State::Paused(active) => active,
             State::Created(_) => {
@@ -443,74 +449,6 @@ impl Container {
             State::Running(active)
         };
         Ok(())
-    }
-
-    /// Applies new OCI resources to a service's next requests, or to a container's run once it starts.
-    pub fn update(&self, resources: &LinuxResources) -> Result<Limits> {
-        // The state before the limits, as Start takes them.
-        let state = self.lock();
-        let refused = |why: &str| {
-            Err(ShimError::FailedPrecondition(format!(
-                "update: container {} {why}",
-                self.id
-            )))
-        };
-        match &*state {
-            State::Running(Active::Command(_)) | State::Paused(Active::Command(_)) => {
-                return refused(
-                    "runs a command (wasi:cli/run), whose limits are fixed when it starts; a \
-                     service applies new limits to its next requests",
-                );
-            }
-            // As containerd's runc shim answers: nothing runs that the limits could apply to.
-            State::Stopped => return refused("has stopped"),
-            _ => {}
-        }
-        let mut guard = self.limits.lock().unwrap_or_else(|e| e.into_inner());
-        let (layers, limits) = &mut *guard;
-        let mut updated = layers.clone();
-        let oci = oci_limits(Some(resources))
-            .map_err(|e| ShimError::InvalidArgument(format!("update: {e}")))?;
-        updated.oci.take_set(&oci);
-        *limits = fold(&updated).map_err(|r| {
-            ShimError::InvalidArgument(format!("update: {}", crate::annotations::refusal(&r)))
-        })?;
-        *layers = updated;
-        // Not started yet: Start runs it under these.
-        if let State::Running(Active::Service(h)) | State::Paused(Active::Service(h)) = &*state {
-            h.update_limits(limits.clone());
-        }
-        Ok(limits.clone())
-    }
-
-    /// The limits in force now.
-    fn limits(&self) -> Limits {
-        self.limits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .1
-            .clone()
-    }
-
-    /// Usage figures, the limits in force and the code size, for Stats.
-    pub fn usage(&self) -> (StatsSnapshot, Limits, u64) {
-        let stats = match &*self.lock() {
-            State::Running(Active::Service(h)) | State::Paused(Active::Service(h)) => h.stats(),
-            _ => self
-                .final_stats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-                .unwrap_or_default(),
-        };
-        (stats, self.limits(), self.code_size)
-    }
-}
-
-impl wasmhttp_runtime::prometheus::Observed for Container {
-    fn observe(&self) -> (StatsSnapshot, Limits) {
-        let (stats, limits, _) = self.usage();
-        (stats, limits)
     }
 }
 

@@ -6,7 +6,6 @@ use crate::engine::SharedRuntime;
 use crate::error::{Result, ShimError};
 use crate::events::{Event, Events};
 use crate::node_config;
-use crate::signal::Effect;
 use async_trait::async_trait;
 use containerd_shim::api::*;
 use containerd_shim::protos::events::task::{
@@ -167,15 +166,7 @@ impl Task for TaskService {
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
         no_exec(&req.exec_id)?;
         let container = self.get(&req.id)?;
-        match crate::signal::effect(req.signal).map_err(ShimError::InvalidArgument)? {
-            Effect::Stop => container.kill(req.signal, container.drain_timeout())?,
-            Effect::Nothing if container.status() == Status::Stopped => {
-                return Err(
-                    ShimError::NotFound(format!("container {} is not running", req.id)).into(),
-                );
-            }
-            Effect::Nothing => {}
-        }
+        container.kill(req.signal, container.drain_timeout())?;
         Ok(Empty::new())
     }
 

@@ -1,4 +1,5 @@
 use super::*;
+use oci_spec::runtime::LinuxResources;
 use wasmhttp_runtime::EngineConfig;
 
 fn sandbox(events: Events) -> Arc<Container> {
@@ -42,6 +43,18 @@ async fn the_pod_sandbox_runs_nothing_and_lives_until_killed() {
     );
     sandbox.set_paused(true).unwrap();
     sandbox.set_paused(false).unwrap();
+    for ignored in [0, 28] {
+        sandbox.kill(ignored, Duration::ZERO).unwrap();
+    }
+    assert!(
+        matches!(sandbox.kill(19, Duration::ZERO), Err(ShimError::InvalidArgument(e)) if e.contains("ctr task pause")),
+        "SIGSTOP is refused"
+    );
+    assert_eq!(
+        sandbox.status(),
+        Status::Running,
+        "signals 0, 28 and 19 leave it running"
+    );
     sandbox.kill(15, Duration::from_secs(1)).unwrap();
     assert_eq!(sandbox.wait().await.code, 143);
     assert_eq!(sandbox.status(), Status::Stopped);
@@ -55,6 +68,10 @@ async fn the_pod_sandbox_runs_nothing_and_lives_until_killed() {
     assert!(
         matches!(sandbox.kill(9, Duration::ZERO), Err(ShimError::NotFound(_))),
         "killing a stopped container"
+    );
+    assert!(
+        matches!(sandbox.kill(0, Duration::ZERO), Err(ShimError::NotFound(_))),
+        "signal 0 asks whether it is there"
     );
     assert!(
         matches!(sandbox.start(), Err(ShimError::FailedPrecondition(_))),
