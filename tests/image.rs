@@ -62,16 +62,22 @@ fn build_and_push(
 }
 
 fn push(tar: &Path, reference: &str) {
-    ok(
-        wasmhttp(&[
-            "image",
-            "push",
-            tar.to_str().unwrap(),
-            reference,
-            "--plain-http",
-        ]),
-        "image push",
-    );
+    ok(image_push(tar, reference, &[]), "image push");
+}
+
+/// `wasmhttp image push TAR REFERENCE --plain-http`, with `env` set.
+fn image_push(tar: &Path, reference: &str, env: &[(&str, &Path)]) -> Output {
+    let tar = tar.to_str().unwrap();
+    wasmhttp_with(&["image", "push", tar, reference, "--plain-http"], env)
+}
+
+/// `wasmhttp image pull REFERENCE -o OUT --plain-http`, with `env` set.
+fn image_pull(reference: &str, out: &Path, env: &[(&str, &Path)]) -> Output {
+    let out = out.to_str().unwrap();
+    wasmhttp_with(
+        &["image", "pull", reference, "-o", out, "--plain-http"],
+        env,
+    )
 }
 
 fn skopeo_inspect(target: &str) -> String {
@@ -134,17 +140,7 @@ fn a_layer_image_is_pushed_pulled_by_ctr_and_runs_with_limits() {
 
     // wasmhttp's own pull gives back the same image, ready for `ctr image import`.
     let pulled = dir.path().join("pulled.tar");
-    ok(
-        wasmhttp(&[
-            "image",
-            "pull",
-            &reference,
-            "-o",
-            pulled.to_str().unwrap(),
-            "--plain-http",
-        ]),
-        "image pull",
-    );
+    ok(image_pull(&reference, &pulled, &[]), "image pull");
     let again = skopeo_inspect(&format!("oci-archive:{}", pulled.display()));
     assert_eq!(
         again, manifest,
@@ -280,120 +276,6 @@ fn a_wasm_artifact_runs_from_the_content_store() {
 }
 
 #[test]
-fn bad_references_unreachable_registries_and_denied_pushes_are_one_line_errors() {
-    let dir = tempfile::tempdir().unwrap();
-    let tar = dir.path().join("hello.tar");
-    build("hello", "example.com/hello:v1", "layer", &tar);
-    let tar = tar.to_str().unwrap();
-
-    let bad = fails(wasmhttp(&[
-        "image",
-        "push",
-        tar,
-        "Bad Reference!!",
-        "--plain-http",
-    ]));
-    assert!(bad.contains("invalid image reference"), "{bad}");
-
-    let nobody = format!("127.0.0.1:{}/hello:v1", free_port());
-    let unreachable = fails(wasmhttp(&["image", "push", tar, &nobody, "--plain-http"]));
-    assert!(
-        unreachable.contains("cannot reach registry"),
-        "{unreachable}"
-    );
-    let out = dir.path().join("never.tar");
-    let unreachable = fails(wasmhttp(&[
-        "image",
-        "pull",
-        &nobody,
-        "-o",
-        out.to_str().unwrap(),
-        "--plain-http",
-    ]));
-    assert!(
-        unreachable.contains("cannot reach registry"),
-        "{unreachable}"
-    );
-    assert!(!out.exists(), "nothing written when the pull fails");
-
-    let registry = Registry::start_with_login("ci", "s3cret");
-    let reference = format!("{}/hello:v1", registry.host);
-    let denied = fails(wasmhttp(&[
-        "image",
-        "push",
-        tar,
-        &reference,
-        "--plain-http",
-    ]));
-    assert!(denied.contains("401 Unauthorized"), "{denied}");
-    let docker_config = dir.path().join("docker");
-    let login = |password: &str| {
-        std::fs::create_dir_all(&docker_config).unwrap();
-        let auth = STANDARD.encode(format!("ci:{password}"));
-        std::fs::write(
-            docker_config.join("config.json"),
-            format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.host),
-        )
-        .unwrap();
-    };
-    login("wrong");
-    let env = [("DOCKER_CONFIG", docker_config.as_path())];
-    let denied = fails(wasmhttp_with(
-        &["image", "push", tar, &reference, "--plain-http"],
-        &env,
-    ));
-    assert!(denied.contains("401 Unauthorized"), "{denied}");
-    login("s3cret");
-    ok(
-        wasmhttp_with(&["image", "push", tar, &reference, "--plain-http"], &env),
-        "push with credentials",
-    );
-    ok(
-        wasmhttp_with(
-            &[
-                "image",
-                "pull",
-                &reference,
-                "-o",
-                out.to_str().unwrap(),
-                "--plain-http",
-            ],
-            &env,
-        ),
-        "pull with credentials",
-    );
-
-    // Most real logins keep the secret in a credential helper: `credHelpers` per registry, else `credsStore`.
-    let helpers = dir.path().join("helpers");
-    std::fs::create_dir_all(&helpers).unwrap();
-    let helper = helpers.join("docker-credential-wasmhttp-test");
-    std::fs::write(
-        &helper,
-        "#!/bin/sh\nread server\nprintf '{\"ServerURL\":\"%s\",\"Username\":\"ci\",\"Secret\":\"s3cret\"}' \"$server\"\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let path = format!("{}:{}", helpers.display(), std::env::var("PATH").unwrap());
-    let env = [
-        ("DOCKER_CONFIG", docker_config.as_path()),
-        ("PATH", std::path::Path::new(&path)),
-    ];
-    for config in [
-        format!(
-            r#"{{"credHelpers":{{"{}":"wasmhttp-test"}}}}"#,
-            registry.host
-        ),
-        r#"{"credsStore":"wasmhttp-test"}"#.to_string(),
-    ] {
-        std::fs::write(docker_config.join("config.json"), &config).unwrap();
-        ok(
-            wasmhttp_with(&["image", "push", tar, &reference, "--plain-http"], &env),
-            &format!("push with a credential helper: {config}"),
-        );
-    }
-}
-
-#[test]
 fn a_corrupted_blob_or_a_non_wasm_image_is_refused_and_nothing_is_written() {
     let registry = Registry::start();
     let dir = tempfile::tempdir().unwrap();
@@ -402,16 +284,7 @@ fn a_corrupted_blob_or_a_non_wasm_image_is_refused_and_nothing_is_written() {
     build("hello", &reference, "artifact", &tar);
     push(&tar, &reference);
     let out = dir.path().join("pulled.tar");
-    let pull = |reference: &str| {
-        wasmhttp(&[
-            "image",
-            "pull",
-            reference,
-            "-o",
-            out.to_str().unwrap(),
-            "--plain-http",
-        ])
-    };
+    let pull = |reference: &str| image_pull(reference, &out, &[]);
 
     // A registry whose storage was tampered with: the wasm layer's bytes no longer match their digest.
     let manifest: serde_json::Value =
@@ -513,3 +386,6 @@ mod readme;
 
 #[path = "image/registry_limits.rs"]
 mod registry_limits;
+
+#[path = "image/registry_errors.rs"]
+mod registry_errors;

@@ -25,14 +25,7 @@ fn a_blob_longer_than_its_manifest_declares_is_refused_as_it_arrives() {
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("pulled.tar");
-    let said = fails(wasmhttp(&[
-        "image",
-        "pull",
-        &reference,
-        "-o",
-        out.to_str().unwrap(),
-        "--plain-http",
-    ]));
+    let said = fails(image_pull(&reference, &out, &[]));
     assert!(
         said.contains(&format!(
             "the registry sent more than the {declared} bytes the manifest declares"
