@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Limits benchmark: runs the containerd limits proofs (tests/limits.rs and tests/limits/: memory, CPU quota accuracy, CPU shares,
-# pids and live Update) against a private containerd and prints each measured figure beside its target.
+# Limits benchmark: runs the containerd limits proofs (tests/limits.rs and tests/limits/: memory, CPU quota
+# accuracy, CPU shares, pids and live Update) against a private containerd and prints each figure beside its target.
 # Usage: bench/limits.sh   (results also land in bench-out/limits.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
