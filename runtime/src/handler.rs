@@ -20,7 +20,7 @@ use crate::stats::{FailureCause, Rejection};
 use crate::telemetry::{RequestSpan, RequestTracer};
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -31,6 +31,9 @@ use tokio_util::task::TaskTracker;
 use wasmtime_wasi_http::handler::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::{WasiBody, WasiHttpView};
+
+mod refusal;
+use refusal::{failure_response, overloaded, rejected, text_response};
 
 /// State every request of a service reaches.
 pub(crate) struct Shared {
@@ -450,64 +453,9 @@ fn with_body_limit(
     })
 }
 
-/// The response for a request the guest could not answer.
-pub(crate) fn failure_response(cause: FailureCause) -> Response<WasiBody> {
-    let status = StatusCode::from_u16(cause.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = text_response(status, cause.reason());
-    if cause == FailureCause::Overload {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    response
-}
-
 /// Whether the service's instances and clients together hold more than its memory limit.
 fn memory_full(shared: &Shared, limits: &Limits) -> bool {
     limits
         .memory
         .is_some_and(|total| shared.meter.stats().memory_with_clients() > total)
-}
-
-/// Refuses a request before it reaches an instance because the service is full (503), counted and logged
-/// with `why`.
-fn overloaded(shared: &Shared, arrived: Instant, why: &str) -> (Response<WasiBody>, Verdict) {
-    let cause = FailureCause::Overload;
-    shared.meter.stats().failed(cause);
-    shared.meter.stats().request_took(arrived.elapsed());
-    tracing::warn!(service = %shared.name, "request refused: {}: {why}", cause.reason());
-    let verdict = Verdict {
-        refusal: Some(cause.label()),
-        reused: None,
-    };
-    (failure_response(cause), verdict)
-}
-
-/// The host's answer to a request it will not hand (further) to the guest, counted.
-fn rejected(shared: &Shared, why: Rejection) -> (Response<WasiBody>, Verdict) {
-    shared.meter.stats().rejected(why);
-    let status = StatusCode::from_u16(why.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    let reason = match why {
-        Rejection::BodyTooLarge => "request body too large",
-        Rejection::BodyTimeout => "request body not received in time",
-        Rejection::BodyUnreadable => "request body unreadable",
-    };
-    let verdict = Verdict {
-        refusal: Some(why.label()),
-        reused: None,
-    };
-    (text_response(status, reason), verdict)
-}
-
-fn text_response(status: StatusCode, reason: &str) -> Response<WasiBody> {
-    let body = Full::new(Bytes::from(format!("{reason}\n")))
-        .map_err(|never: Infallible| match never {})
-        .boxed_unsync();
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }

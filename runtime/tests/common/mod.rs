@@ -142,6 +142,27 @@ pub fn serve(runtime: &Runtime, name: &str, limits: Limits, caps: Capabilities) 
     }
 }
 
+/// Serves `app` on a free loopback port with HTTP `options`, its output discarded.
+pub fn serve_with_options(
+    runtime: &Runtime,
+    app: &Loaded,
+    limits: Limits,
+    options: HttpOptions,
+) -> ServiceHandle {
+    Service::new(
+        runtime,
+        app,
+        limits,
+        Capabilities::default(),
+        GuestOutput::discard(),
+        GuestOutput::discard(),
+    )
+    .unwrap()
+    .with_http_options(options)
+    .serve(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+    .unwrap()
+}
+
 /// Serves the `mem-hog` example under a memory limit of `memory` bytes, and no other limit.
 pub fn serve_mem_hog(runtime: &Runtime, memory: Option<u64>) -> Served {
     let limits = Limits {
