@@ -72,6 +72,26 @@ pub fn oci_limits(resources: Option<&LinuxResources>) -> Result<Limits, String> 
     Ok(limits)
 }
 
+/// Applies an Update's resources to the OCI layer `oci` (the limits the container was created with, as
+/// updated since). A field that is absent, or 0, leaves its knob as it was; one set keeps that value; a
+/// negative `memory.limit`, `cpu.quota` or `pids.limit` removes the limit, as `runc update` writes `max`
+/// for it, so the knob falls back to what the other layers say, as if the container had been created so.
+pub fn oci_update(oci: &mut Limits, resources: &LinuxResources) -> Result<(), String> {
+    oci.take_set(&oci_limits(Some(resources))?);
+    let memory = resources.memory().as_ref();
+    if memory.and_then(|m| m.limit()).is_some_and(|l| l < 0) {
+        oci.memory = None;
+    }
+    let cpu = resources.cpu().as_ref();
+    if cpu.and_then(|c| c.quota()).is_some_and(|q| q < 0) {
+        oci.cpus = None;
+    }
+    if resources.pids().as_ref().is_some_and(|p| p.limit() < 0) {
+        oci.max_concurrency = None;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +116,42 @@ mod tests {
         let unset: LinuxResources =
             serde_json::from_str(r#"{"memory":{"limit":0},"cpu":{"quota":-1}}"#).unwrap();
         assert_eq!(oci_limits(Some(&unset)), Ok(Limits::default()));
+    }
+
+    #[test]
+    fn an_update_keeps_what_it_leaves_out_and_removes_what_it_sets_to_minus_one() {
+        let created: LinuxResources = serde_json::from_str(
+            r#"{"memory":{"limit":67108864},"cpu":{"quota":50000,"period":100000},"pids":{"limit":4}}"#,
+        )
+        .unwrap();
+        let mut oci = oci_limits(Some(&created)).unwrap();
+        let update = |oci: &mut Limits, json: &str| {
+            oci_update(oci, &serde_json::from_str(json).unwrap()).unwrap();
+            (oci.memory, oci.cpus, oci.max_concurrency)
+        };
+        assert_eq!(
+            update(&mut oci, r#"{"memory":{"limit":0},"pids":{"limit":8}}"#),
+            (Some(64 << 20), Some(0.5), Some(8)),
+            "0 and absent leave a knob as it was"
+        );
+        assert_eq!(
+            update(&mut oci, r#"{"memory":{"limit":-1}}"#),
+            (None, Some(0.5), Some(8))
+        );
+        assert_eq!(
+            update(
+                &mut oci,
+                r#"{"cpu":{"quota":-1,"period":100000},"pids":{"limit":-1}}"#
+            ),
+            (None, None, None)
+        );
+        assert!(
+            oci_update(
+                &mut oci,
+                &serde_json::from_str(r#"{"unified":{"cpu.weight":"0"}}"#).unwrap()
+            )
+            .is_err()
+        );
     }
 
     #[test]

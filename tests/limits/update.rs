@@ -35,12 +35,13 @@ fn update_changes_limits_under_load() {
 
     // An Update that leaves pids.limit alone keeps the annotation's concurrency.
     assert_eq!(metric(&containerd, "live", "pids.limit"), 3);
-    update_resources(&containerd, "live", r#"{"memory":{"limit":536870912}}"#).unwrap();
+    update_resources(&containerd, "live", r#"{"memory":{"limit":268435456}}"#).unwrap();
     assert_eq!(
         metric(&containerd, "live", "pids.limit"),
         3,
         "the annotation survives"
     );
+    assert_eq!(memory_limit(&containerd, "live"), 256 << 20);
 
     // pids.limit arrives by Update, and changes the field the annotation overrode: the Update wins.
     // 8 slow requests, 4 run, 2 wait in the queue, 2 get 503.
@@ -79,6 +80,17 @@ fn update_changes_limits_under_load() {
     );
     after.assert_near(0.25, "after the update to 0.25");
     assert!(statuses.iter().all(|s| *s == 200 || *s == 503));
+
+    // -1 removes a limit, as `runc update` writes `max` for it: what stands in for an unset one applies
+    // again, the annotation's concurrency and the built-in default memory limit.
+    update_resources(
+        &containerd,
+        "live",
+        r#"{"memory":{"limit":-1},"pids":{"limit":-1}}"#,
+    )
+    .unwrap();
+    assert_eq!(memory_limit(&containerd, "live"), 512 << 20);
+    assert_eq!(metric(&containerd, "live", "pids.limit"), 3);
 
     let bad = update_resources(&containerd, "live", "not json").unwrap_err();
     assert!(bad.contains("LinuxResources"), "{bad}");
@@ -137,4 +149,19 @@ fn an_update_before_start_holds_and_a_running_command_refuses_one() {
         "{refused}"
     );
     kill_now(&containerd, "sleeper");
+}
+
+/// The memory limit `ctr task metrics` shows for `id`, in cgroup v1's or v2's terms.
+fn memory_limit(containerd: &Containerd, id: &str) -> u64 {
+    let metrics = containerd.ctr(&["task", "metrics", id]);
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    let v1 = metrics.contains("memory.limit_in_bytes");
+    metric_in(
+        &metrics,
+        if v1 {
+            "memory.limit_in_bytes"
+        } else {
+            "memory.usage_limit"
+        },
+    )
 }

@@ -2,7 +2,7 @@
 
 use super::{Active, Container, State};
 use crate::error::{Result, ShimError};
-use crate::limits::oci_limits;
+use crate::limits::oci_update;
 use oci_spec::runtime::LinuxResources;
 use wasmhttp_runtime::{Limits, StatsSnapshot, fold};
 
@@ -31,9 +31,8 @@ impl Container {
         let mut guard = self.limits.lock().unwrap_or_else(|e| e.into_inner());
         let (layers, limits) = &mut *guard;
         let mut updated = layers.clone();
-        let oci = oci_limits(Some(resources))
+        oci_update(&mut updated.oci, resources)
             .map_err(|e| ShimError::InvalidArgument(format!("update: {e}")))?;
-        updated.oci.take_set(&oci);
         *limits = fold(&updated).map_err(|r| {
             ShimError::InvalidArgument(format!("update: {}", crate::annotations::refusal(&r)))
         })?;
