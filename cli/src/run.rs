@@ -33,7 +33,7 @@ pub struct RunArgs {
     #[command(flatten)]
     knobs: KnobFlags,
     /// Environment variable for the guest, KEY=VALUE (repeatable). The host's environment is never passed.
-    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = wasmhttp_runtime::parse_env_var)]
     env: Vec<(String, String)>,
     /// Directory for the guest, HOST:GUEST or HOST:GUEST:ro (repeatable).
     #[arg(long = "dir", value_name = "HOST:GUEST[:ro]", value_parser = parse_dir)]
@@ -58,13 +58,6 @@ pub struct RunArgs {
     /// Arguments passed to the guest after its name.
     #[arg(last = true)]
     args: Vec<String>,
-}
-
-fn parse_env(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
-        _ => Err(format!("{text:?} is not KEY=VALUE")),
-    }
 }
 
 fn parse_dir(text: &str) -> Result<Preopen, String> {
@@ -118,7 +111,7 @@ impl RunArgs {
             .unwrap_or_default();
         Capabilities {
             preopens: self.dirs.clone(),
-            env: self.env.clone(),
+            env: wasmhttp_runtime::dedup_env(self.env.clone()),
             args: std::iter::once(name)
                 .chain(self.args.iter().cloned())
                 .collect(),
@@ -306,10 +299,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn env_and_dir_flags() {
-        assert_eq!(parse_env("A=b=c").unwrap(), ("A".into(), "b=c".into()));
-        assert!(parse_env("=x").is_err());
-        assert!(parse_env("novalue").is_err());
+    fn dir_and_user_flags() {
         let ro = parse_dir("/srv:/data:ro").unwrap();
         assert!(ro.read_only && ro.guest == "/data");
         assert!(!parse_dir("/srv:/data").unwrap().read_only);

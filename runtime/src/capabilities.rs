@@ -173,6 +173,32 @@ pub fn parse_allowed_host(text: &str) -> Result<String, String> {
     Ok(format!("{}{port}", host.to_ascii_lowercase()))
 }
 
+/// Parses one environment variable (a `--env` flag, an entry of a container's `process.env`) as runc
+/// takes it: `KEY=VALUE` with a non-empty key, and no NUL byte, which would cut the variable short in the
+/// guest's C library.
+pub fn parse_env_var(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some(("", _)) | None => Err(format!("{text:?} is not KEY=VALUE")),
+        Some(_) if text.contains('\0') => Err(format!(
+            "{text:?} holds a NUL byte, which no environment variable can"
+        )),
+        Some((key, value)) => Ok((key.to_string(), value.to_string())),
+    }
+}
+
+/// The environment a guest sees from `vars` in order: a key given more than once has its last value, at
+/// the place of its last occurrence, as a process run by runc (or a shell) sees it.
+pub fn dedup_env(vars: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut kept: Vec<_> = vars
+        .into_iter()
+        .rev()
+        .filter(|(key, _)| seen.insert(key.clone()))
+        .collect();
+    kept.reverse();
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +236,30 @@ mod tests {
             let err = parse_allowed_host(bad).unwrap_err();
             assert!(err.contains("host:port"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn environment_variables_are_key_value_and_the_last_of_a_key_wins() {
+        assert_eq!(parse_env_var("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert_eq!(parse_env_var("EMPTY="), Ok(("EMPTY".into(), String::new())));
+        for bad in ["NOVALUE", "=x"] {
+            assert_eq!(parse_env_var(bad), Err(format!("{bad:?} is not KEY=VALUE")));
+        }
+        assert!(parse_env_var("A=x\0y").unwrap_err().contains("NUL byte"));
+        let pairs = |list: &[(&str, &str)]| {
+            list.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            dedup_env(pairs(&[
+                ("PORT", "1"),
+                ("A", "a"),
+                ("PORT", "2"),
+                ("B", "b")
+            ])),
+            pairs(&[("A", "a"), ("PORT", "2"), ("B", "b")])
+        );
     }
 
     #[test]

@@ -49,7 +49,9 @@ pub mod telemetry;
 mod workers;
 
 pub use cache::CompileCache;
-pub use capabilities::{ALLOWED_HOST_FORM, Capabilities, Preopen, parse_allowed_host};
+pub use capabilities::{
+    ALLOWED_HOST_FORM, Capabilities, Preopen, dedup_env, parse_allowed_host, parse_env_var,
+};
 pub use classify::{WasiVersion, WasmKind};
 pub use command::{CommandExit, CommandIo, EXIT_TIMEOUT, EXIT_TRAP, run_command};
 pub use engine::{EngineConfig, Loaded, Origin, Runtime};

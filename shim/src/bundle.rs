@@ -181,16 +181,17 @@ pub fn load(
             ));
         }
     };
-    let env: Vec<(String, String)> = process
+    let env = process
         .env()
-        .clone()
-        .unwrap_or_default()
         .iter()
-        .filter_map(|kv| {
-            kv.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+        .flatten()
+        .enumerate()
+        .map(|(i, kv)| {
+            wasmhttp_runtime::parse_env_var(kv)
+                .map_err(|e| invalid(format!("process.env[{i}]: {e}")))
         })
-        .collect();
+        .collect::<Result<Vec<_>, _>>()?;
+    let env = wasmhttp_runtime::dedup_env(env);
     let port = match (annotated.port, env.iter().find(|(k, _)| k == "PORT")) {
         (Some(port), _) => Ok(port),
         (None, None) => Ok(DEFAULT_PORT),

@@ -112,9 +112,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
     oci_client::Reference::try_from(args.tag.as_str())
         .with_context(|| format!("invalid image reference {:?}", args.tag))?;
     for kv in &args.env {
-        if !kv.contains('=') || kv.starts_with('=') {
-            bail!("--env {kv:?} is not KEY=VALUE");
-        }
+        wasmhttp_runtime::parse_env_var(kv).map_err(|e| anyhow::anyhow!("--env {e}"))?;
     }
     let title = args
         .app

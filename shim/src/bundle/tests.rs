@@ -122,6 +122,33 @@ fn a_wasm_bundle_is_read_with_env_port_limits_and_network() {
     );
 }
 
+/// The environment as runc gives it to a process: a key set twice has its last value, and an entry that is
+/// no variable fails Create, naming it.
+#[test]
+fn the_environment_is_read_as_runc_reads_it() {
+    let env = |list: &str| {
+        let dir = bundle(
+            &config(r#"["/a.wasm"]"#, "").replace(r#""PORT=9000","GREETING=hi""#, list),
+            &[("a.wasm", b"x")],
+        );
+        load(dir.path(), &[], &Layers::default(), 1 << 20)
+    };
+    let workload = env(r#""PORT=9000","A=1","PORT=9001""#).unwrap();
+    assert_eq!(workload.port, Ok(9001));
+    assert_eq!(
+        workload.capabilities.env,
+        [("A".into(), "1".into()), ("PORT".into(), "9001".into())]
+    );
+    for (list, why) in [
+        (r#""A=1","NOVALUE""#, r#"process.env[1]: "NOVALUE" is not KEY=VALUE"#),
+        (r#""=x""#, r#"process.env[0]: "=x" is not KEY=VALUE"#),
+        (r#""A=x\u0000y""#, "process.env[0]: \"A=x\\0y\" holds a NUL byte"),
+    ] {
+        let err = env(list).unwrap_err().to_string();
+        assert!(err.contains("config.json: ") && err.contains(why), "{list}: {err}");
+    }
+}
+
 #[test]
 fn bad_bundles_are_named_in_the_error() {
     let dir = bundle(&config("[]", ""), &[]);
