@@ -171,6 +171,13 @@ pub fn load(
         .as_ref()
         .ok_or_else(|| invalid("no process section".into()))?;
     let args = process.args().clone().unwrap_or_default();
+    // execve refuses such an argument under runc; a guest's C library would cut it short.
+    if let Some(i) = args.iter().position(|a| a.contains('\0')) {
+        return Err(invalid(format!(
+            "process.args[{i}] {:?} holds a NUL byte, which no argument can",
+            args[i]
+        )));
+    }
     let entry = match (args.first().filter(|a| !a.is_empty()), &annotated.image) {
         (Some(entry), _) => entry.clone(),
         (None, Some(_)) => "app.wasm".to_string(),

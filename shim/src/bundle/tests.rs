@@ -122,10 +122,10 @@ fn a_wasm_bundle_is_read_with_env_port_limits_and_network() {
     );
 }
 
-/// The environment as runc gives it to a process: a key set twice has its last value, and an entry that is
-/// no variable fails Create, naming it.
+/// The environment and arguments as runc gives them to a process: a key set twice has its last value, and
+/// an entry that is no variable, or an argument no `execve` would take, fails Create, naming it.
 #[test]
-fn the_environment_is_read_as_runc_reads_it() {
+fn the_environment_and_arguments_are_read_as_runc_reads_them() {
     let env = |list: &str| {
         let dir = bundle(
             &config(r#"["/a.wasm"]"#, "").replace(r#""PORT=9000","GREETING=hi""#, list),
@@ -140,13 +140,33 @@ fn the_environment_is_read_as_runc_reads_it() {
         [("A".into(), "1".into()), ("PORT".into(), "9001".into())]
     );
     for (list, why) in [
-        (r#""A=1","NOVALUE""#, r#"process.env[1]: "NOVALUE" is not KEY=VALUE"#),
+        (
+            r#""A=1","NOVALUE""#,
+            r#"process.env[1]: "NOVALUE" is not KEY=VALUE"#,
+        ),
         (r#""=x""#, r#"process.env[0]: "=x" is not KEY=VALUE"#),
-        (r#""A=x\u0000y""#, "process.env[0]: \"A=x\\0y\" holds a NUL byte"),
+        (
+            r#""A=x\u0000y""#,
+            "process.env[0]: \"A=x\\0y\" holds a NUL byte",
+        ),
     ] {
         let err = env(list).unwrap_err().to_string();
-        assert!(err.contains("config.json: ") && err.contains(why), "{list}: {err}");
+        assert!(
+            err.contains("config.json: ") && err.contains(why),
+            "{list}: {err}"
+        );
     }
+    let dir = bundle(
+        &config(r#"["/a.wasm","x\u0000y"]"#, ""),
+        &[("a.wasm", b"x")],
+    );
+    let err = load(dir.path(), &[], &Layers::default(), 1 << 20)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(r#"config.json: process.args[1] "x\0y" holds a NUL byte"#),
+        "{err}"
+    );
 }
 
 #[test]
