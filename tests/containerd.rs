@@ -464,3 +464,6 @@ fn the_start_action_answers_in_the_dialect_containerd_speaks() {
     }
     assert_eq!(get(([127, 0, 0, 1], port).into(), "/").status, 200);
 }
+
+#[path = "containerd/stdin.rs"]
+mod stdin;

@@ -33,6 +33,16 @@ pub struct CommandIo {
     pub stderr: GuestOutput,
 }
 
+impl CommandIo {
+    /// A command's stdin read from `reader` (a fifo, a pipe): the guest reads what it yields, and reaches
+    /// the end of its input when `reader` ends.
+    pub fn stdin_from(
+        reader: impl tokio::io::AsyncRead + Send + Sync + 'static,
+    ) -> Box<dyn StdinStream + Sync> {
+        Box::new(wasmtime_wasi::cli::AsyncStdinStream::new(reader))
+    }
+}
+
 /// How a command ended.
 #[derive(Debug, Clone)]
 pub struct CommandExit {

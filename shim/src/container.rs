@@ -6,9 +6,11 @@ use crate::events::{Event, Events};
 use crate::signal::Effect;
 use containerd_shim::protos::events::task::{TaskExit, TaskOOM};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
+use tokio::net::unix::pipe;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use wasmhttp_runtime::telemetry::RequestTracer;
@@ -47,6 +49,7 @@ enum Prepared {
         runtime: Runtime,
         app: Loaded,
         caps: Capabilities,
+        stdin: Option<pipe::Receiver>,
         stdout: GuestOutput,
         stderr: GuestOutput,
     },
@@ -69,6 +72,8 @@ enum State {
 pub struct CreateOptions {
     /// The shared engine.
     pub runtime: Runtime,
+    /// The fifo a command reads its stdin from (none: its stdin is empty); a service has no stdin.
+    pub stdin: Option<PathBuf>,
     /// Guest stdout.
     pub stdout: GuestOutput,
     /// Guest stderr.
@@ -90,6 +95,8 @@ pub struct Container {
     exit: watch::Sender<Option<Exit>>,
     events: Events,
     network: Network,
+    /// A command's stdin fifo, for CloseIO.
+    stdin: Option<PathBuf>,
     /// A service's counters as it stopped: exports keep reading them (a counter that dropped to zero would
     /// look like a restart to Prometheus).
     final_stats: Mutex<Option<StatsSnapshot>>,
@@ -100,6 +107,7 @@ impl Container {
     pub fn create(id: &str, workload: Workload, options: CreateOptions) -> Result<Self> {
         let CreateOptions {
             runtime,
+            stdin,
             stdout,
             stderr,
             events,
@@ -144,10 +152,19 @@ impl Container {
                         network: workload.network,
                     }
                 } else {
+                    let fifo = stdin.as_deref().map(|path| {
+                        crate::stdio::open_input(path).map_err(|e| {
+                            ShimError::InvalidArgument(format!(
+                                "cannot open stdin {}: {e}",
+                                path.display()
+                            ))
+                        })
+                    });
                     Prepared::Command {
                         runtime,
                         app,
                         caps: workload.capabilities,
+                        stdin: fifo.transpose()?,
                         stdout,
                         stderr,
                     }
@@ -155,8 +172,10 @@ impl Container {
                 (prepared, code_size)
             }
         };
+        let stdin = stdin.filter(|_| matches!(prepared, Prepared::Command { .. }));
         Ok(Container {
             id: id.to_string(),
+            stdin,
             state: Mutex::new(State::Created(Box::new(prepared))),
             limits: Mutex::new((workload.layers, limits)),
             code_size,
@@ -180,6 +199,7 @@ impl Container {
             exit: watch::channel(None).0,
             events: Events::none(),
             network,
+            stdin: None,
             final_stats: Mutex::default(),
         }
     }
@@ -274,6 +294,7 @@ impl Container {
                 runtime,
                 app,
                 caps,
+                stdin,
                 stdout,
                 stderr,
             } => {
@@ -281,7 +302,7 @@ impl Container {
                 let this = self.clone();
                 let task = tokio::spawn(async move {
                     let io = CommandIo {
-                        stdin: None,
+                        stdin: stdin.map(CommandIo::stdin_from),
                         stdout,
                         stderr,
                     };
@@ -403,6 +424,13 @@ impl Container {
             }
         }
         Ok(())
+    }
+
+    /// CloseIO of stdin: a command whose client never opened its stdin fifo reaches the end of its input.
+    pub fn close_stdin(&self) {
+        if let Some(fifo) = &self.stdin {
+            crate::stdio::end_input(fifo);
+        }
     }
 
     /// Waits for the exit.

@@ -1,6 +1,11 @@
-//! The container's stdout/stderr as given to Create: fifos (or `file://` paths); none → discarded.
+//! The container's stdio as given to Create: stdout and stderr are fifos (or `file://` paths), none →
+//! discarded; stdin is a fifo, which a command reads.
 
 use std::fs::OpenOptions;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use tokio::net::unix::pipe;
 use wasmhttp_runtime::GuestOutput;
 
 /// Opens one output stream. Opening a fifo blocks until containerd's reader is there, so call it off the
@@ -21,4 +26,21 @@ pub fn open_output(path: &str) -> std::io::Result<GuestOutput> {
         ));
     }
     Ok(GuestOutput::new(OpenOptions::new().write(true).open(path)?))
+}
+
+/// Opens a command's stdin fifo, which containerd's client writes to (`ctr run`, CRI's attach), for reading,
+/// without waiting for a writer: reads wait for one, and the guest reaches the end of its input once every
+/// writer that came has closed the fifo. Call it with the async runtime entered (the fifo joins its reactor).
+pub fn open_input(path: &Path) -> io::Result<pipe::Receiver> {
+    pipe::OpenOptions::new().open_receiver(path)
+}
+
+/// Ends a command's stdin for CloseIO when its client never opened the fifo: a writer that opens and closes
+/// it at once gives the reader its end of input. (A client still writing keeps it open until it closes.)
+pub fn end_input(path: &Path) {
+    // ENXIO means nobody reads it any more: the command has ended.
+    let _ = OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path);
 }

@@ -332,7 +332,12 @@ impl Task for TaskService {
         unsupported("terminals (resize pty)")
     }
 
-    async fn close_io(&self, _ctx: &TtrpcContext, _req: CloseIORequest) -> TtrpcResult<Empty> {
-        unsupported("stdin (close io)")
+    async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+        no_exec(&req.exec_id)?;
+        let container = self.get(&req.id)?;
+        if req.stdin {
+            container.close_stdin();
+        }
+        Ok(Empty::new())
     }
 }

@@ -2,8 +2,9 @@
 //! called by the name it is installed under (or, under another name, with the applet as its first argument,
 //! as `busybox APPLET …`): `sh -c SCRIPT` (commands separated by `;`, `&&` and `||`, and
 //! `while COMMAND; do …; done`), `echo [-n]`, `sleep N|infinity`, `top` (runs until stopped), `true`,
-//! `false`, `exit N` and `dd if=/dev/zero of=/dev/null bs=SIZE [count=N]` (which holds a buffer of SIZE, as
-//! busybox's does). It is what a wasm runtime runs in place of critest's busybox image; it is not a shell.
+//! `false`, `exit N`, `cat` (stdin to stdout) and `dd if=/dev/zero of=/dev/null bs=SIZE [count=N]` (which
+//! holds a buffer of SIZE, as busybox's does). It is what a wasm runtime runs in place of critest's busybox
+//! image; it is not a shell.
 
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ fn main() {
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let code = match name.as_str() {
         "sh" => sh(&args[1..]),
-        "echo" | "sleep" | "top" | "true" | "false" | "dd" => run(&argv),
+        "echo" | "sleep" | "top" | "true" | "false" | "dd" | "cat" => run(&argv),
         _ => match argv.get(1) {
             Some(&"sh") => sh(&args[2..]),
             _ => run(argv.get(1..).unwrap_or_default()),
@@ -74,8 +75,15 @@ fn run(argv: &[&str]) -> u8 {
             }
         },
         ["dd", operands @ ..] => dd(operands),
+        ["cat"] => match std::io::copy(&mut std::io::stdin(), &mut std::io::stdout()) {
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!("cat: {e}");
+                1
+            }
+        },
         [other, ..] => {
-            eprintln!("sh: {other}: not found (this image has sh, echo, sleep, top, true, false, exit, dd)");
+            eprintln!("sh: {other}: not found (this image has sh, echo, sleep, top, true, false, exit, cat, dd)");
             127
         }
     }

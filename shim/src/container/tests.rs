@@ -20,6 +20,7 @@ fn sandbox(events: Events) -> Arc<Container> {
     .unwrap();
     let options = CreateOptions {
         runtime,
+        stdin: None,
         stdout: GuestOutput::discard(),
         stderr: GuestOutput::discard(),
         events,

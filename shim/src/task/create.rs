@@ -70,9 +70,10 @@ impl TaskService {
                 options: m.options.clone(),
             })
             .collect();
-        let (id, bundle_dir, stdout, stderr) = (
+        let (id, bundle_dir, stdin, stdout, stderr) = (
             req.id.clone(),
             PathBuf::from(&req.bundle),
+            req.stdin.clone(),
             req.stdout.clone(),
             req.stderr.clone(),
         );
@@ -89,7 +90,7 @@ impl TaskService {
         .await
         .map_err(|e| ShimError::Internal(format!("reading the bundle failed: {e}")))??;
         let bundle_read = bundle_started.elapsed();
-        check_reachable(&workload, &stdout, &stderr)?;
+        check_reachable(&workload, &stdin, &stdout, &stderr)?;
         if let Payload::ImageLayer(layer) = workload.payload {
             workload.payload = self.read_image_layer(&id, layer).await?;
         }
@@ -128,6 +129,7 @@ impl TaskService {
             };
             let options = CreateOptions {
                 runtime,
+                stdin: (!stdin.is_empty()).then(|| PathBuf::from(&stdin)),
                 stdout: open(&stdout)?,
                 stderr: open(&stderr)?,
                 events,
@@ -186,13 +188,23 @@ impl TaskService {
 
 /// Refuses a container that names host paths the confined server cannot reach, naming the first one, rather
 /// than failing later with a bare "permission denied".
-fn check_reachable(workload: &bundle::Workload, stdout: &str, stderr: &str) -> Result<()> {
+fn check_reachable(
+    workload: &bundle::Workload,
+    stdin: &str,
+    stdout: &str,
+    stderr: &str,
+) -> Result<()> {
     use crate::confine::check_reachable as check;
     use wasmhttp_runtime::confine::landlock::Access;
-    for (name, uri) in [("stdout", stdout), ("stderr", stderr)] {
+    let stdio = [
+        ("stdin", stdin, Access::Read),
+        ("stdout", stdout, Access::ReadWrite),
+        ("stderr", stderr, Access::ReadWrite),
+    ];
+    for (name, uri, access) in stdio {
         let path = uri.strip_prefix("file://").unwrap_or(uri);
         if !path.is_empty() && !path.contains("://") {
-            check(Path::new(path), Access::ReadWrite, name)?;
+            check(Path::new(path), access, name)?;
         }
     }
     for preopen in &workload.capabilities.preopens {
