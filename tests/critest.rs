@@ -19,7 +19,7 @@ use wasmhttp_tests::registry::Registry;
 use wasmhttp_tests::{example, workspace};
 
 /// Specs that apply to a wasm runtime and pass (every one that passed when the suite was first run in full
-/// here; docs/critest.md says why each other one cannot): a regression in any fails this test. Matched against
+/// here, and attach since a command reads its stdin; docs/critest.md says why each other one cannot): a regression in any fails this test. Matched against
 /// the spec's full name.
 const MUST_PASS: &[&str] = &[
     "[k8s.io] Container OOM runtime should output OOMKilled reason should terminate with exitCode 137 and reason OOMKilled",
@@ -71,6 +71,7 @@ const MUST_PASS: &[&str] = &[
     "[k8s.io] Security Context SeccompProfilePath runtime should support an seccomp profile that blocks setting hostname with SYS_ADMIN",
     "[k8s.io] Security Context bucket runtime should return error if RunAsGroup is set without RunAsUser",
     "[k8s.io] Security Context bucket runtime should support Privileged is false",
+    "[k8s.io] Streaming runtime should support streaming interfaces runtime should support attach [Conformance]",
     "[k8s.io] Streaming runtime should support streaming interfaces runtime should support portforward [Conformance]",
 ];
 

@@ -94,6 +94,7 @@ pub async fn run_command(
         stdout: &io.stdout,
         stderr: &io.stderr,
         stdin: io.stdin,
+        line_buffered: false,
     };
     let setup_error = |e: wasmtime::Error| {
         crate::Error::Capability(format!("cannot set up {}: {e:#}", app.name()))

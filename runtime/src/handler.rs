@@ -110,6 +110,7 @@ impl Shared {
             stdout: &self.stdout,
             stderr: &self.stderr,
             stdin: None,
+            line_buffered: true,
         };
         Ok(new_store(&self.engine, InstanceState::new(io, guard)?))
     }

@@ -327,13 +327,18 @@ pub(crate) struct InstanceIo<'a> {
     pub stdout: &'a GuestOutput,
     pub stderr: &'a GuestOutput,
     pub stdin: Option<Box<dyn StdinStream + Sync>>,
+    /// Whether output waits for each line's end, so that concurrent instances' lines do not interleave (a
+    /// service's); a command, the only writer of its streams, writes through.
+    pub line_buffered: bool,
 }
 
 impl InstanceIo<'_> {
     fn builder(self) -> wasmtime::Result<WasiCtxBuilder> {
-        let mut builder = self
-            .caps
-            .wasi_builder(self.stdout.instance_stream(), self.stderr.instance_stream())?;
+        let (stdout, stderr) = (
+            self.stdout.instance_stream(self.line_buffered),
+            self.stderr.instance_stream(self.line_buffered),
+        );
+        let mut builder = self.caps.wasi_builder(stdout, stderr)?;
         if let Some(stdin) = self.stdin {
             builder.stdin(stdin);
         }

@@ -1,8 +1,9 @@
 //! Where guest stdout and stderr go.
 //!
-//! Every instance gets its own line buffer in front of the caller's writer, so lines from concurrent
-//! request instances never interleave mid-line; whatever is left without a newline is written when the
-//! instance is dropped, so nothing is lost at exit.
+//! Every instance of a service gets its own line buffer in front of the caller's writer, so lines from
+//! concurrent request instances never interleave mid-line; whatever is left without a newline is written
+//! when the instance is dropped, so nothing is lost at exit. A command, the only writer of its streams,
+//! writes through as a process does: a prompt or `echo -n` reaches its reader at once, as written.
 //!
 //! Serving never waits for the writer: complete lines go into a bounded queue that a thread of the
 //! destination's own writes out (to containerd's fifo, say). When the reader stalls and the queue is full,
@@ -64,10 +65,17 @@ impl GuestOutput {
         Self::new(std::io::stderr())
     }
 
-    /// Writes one line from the host itself (say, why a guest was stopped).
+    /// Writes one line from the host itself (say, why a guest was stopped), on a line of its own.
     pub fn write_line(&self, line: &str) {
         if let Some(sink) = &self.sink {
-            sink.0.push(format!("{line}\n").into_bytes());
+            let mid_line = sink
+                .0
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .mid_line;
+            let start = if mid_line { "\n" } else { "" };
+            sink.0.push(format!("{start}{line}\n").into_bytes());
         }
     }
 
@@ -97,11 +105,13 @@ impl GuestOutput {
         let _ = tokio::task::spawn_blocking(move || output.drain(FINAL_DRAIN)).await;
     }
 
-    /// A fresh per-instance line buffer in front of this destination.
-    pub(crate) fn instance_stream(&self) -> InstanceOutput {
+    /// A fresh per-instance line buffer in front of this destination, or, for the only writer of it
+    /// (`line_buffered` false), a stream that passes every write through.
+    pub(crate) fn instance_stream(&self, line_buffered: bool) -> InstanceOutput {
         InstanceOutput(Arc::new(Mutex::new(LineBuffer {
             pending: Vec::new(),
             sink: self.sink.clone(),
+            line_buffered,
         })))
     }
 }
@@ -146,6 +156,8 @@ struct QueueState {
     bytes: usize,
     writing: bool,
     closed: bool,
+    /// Whether the last chunk queued left its line unfinished.
+    mid_line: bool,
     /// Dropped since the last report.
     unreported: u64,
 }
@@ -160,6 +172,7 @@ impl Queue {
             return;
         }
         state.bytes += chunk.len();
+        state.mid_line = !chunk.ends_with(b"\n");
         state.lines.push_back(chunk);
         drop(state);
         self.ready.notify_one();
@@ -206,11 +219,16 @@ impl Queue {
 struct LineBuffer {
     pending: Vec<u8>,
     sink: Option<Arc<Sink>>,
+    line_buffered: bool,
 }
 
 impl LineBuffer {
     fn write(&mut self, bytes: &[u8]) {
         let Some(sink) = &self.sink else { return };
+        if !self.line_buffered {
+            sink.0.push(bytes.to_vec());
+            return;
+        }
         self.pending.extend_from_slice(bytes);
         let cut = match self.pending.iter().rposition(|&b| b == b'\n') {
             Some(last_newline) => last_newline + 1,
@@ -286,8 +304,8 @@ mod tests {
     fn lines_do_not_interleave_and_the_tail_is_kept() {
         let capture = Capture::default();
         let output = GuestOutput::new(capture.clone());
-        let a = output.instance_stream();
-        let b = output.instance_stream();
+        let a = output.instance_stream(true);
+        let b = output.instance_stream(true);
         a.0.lock().unwrap().write(b"a-first ");
         b.0.lock().unwrap().write(b"b-line\n");
         a.0.lock().unwrap().write(b"half\na-tail");
@@ -296,6 +314,24 @@ mod tests {
         assert!(output.drain(Duration::from_secs(5)));
         let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text, "b-line\na-first half\na-tail\n");
+    }
+
+    #[test]
+    fn a_command_writes_through_and_the_hosts_line_starts_its_own() {
+        let capture = Capture::default();
+        let output = GuestOutput::new(capture.clone());
+        let command = output.instance_stream(false);
+        command.0.lock().unwrap().write(b"hello");
+        assert!(output.drain(Duration::from_secs(5)));
+        assert_eq!(
+            capture.0.lock().unwrap().as_slice(),
+            b"hello",
+            "at once, as written"
+        );
+        output.write_line("stopped");
+        drop(command);
+        assert!(output.drain(Duration::from_secs(5)));
+        assert_eq!(capture.0.lock().unwrap().as_slice(), b"hello\nstopped\n");
     }
 
     #[test]
@@ -317,7 +353,7 @@ mod tests {
             .open(&fifo)
             .unwrap();
         let output = GuestOutput::new(stalled);
-        let stream = output.instance_stream();
+        let stream = output.instance_stream(true);
         let line = [b'x'; 1023];
         let started = std::time::Instant::now();
         for _ in 0..8192 {

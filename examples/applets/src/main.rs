@@ -1,10 +1,10 @@
 //! The few busybox applets the CRI validation suite (critest) runs in its containers, as one WASI command
 //! called by the name it is installed under (or, under another name, with the applet as its first argument,
 //! as `busybox APPLET …`): `sh -c SCRIPT` (commands separated by `;`, `&&` and `||`, and
-//! `while COMMAND; do …; done`), `echo [-n]`, `sleep N|infinity`, `top` (runs until stopped), `true`,
-//! `false`, `exit N`, `cat` (stdin to stdout) and `dd if=/dev/zero of=/dev/null bs=SIZE [count=N]` (which
-//! holds a buffer of SIZE, as busybox's does). It is what a wasm runtime runs in place of critest's busybox
-//! image; it is not a shell.
+//! `while COMMAND; do …; done`), `sh` (the same, a line at a time from stdin), `echo [-n]`,
+//! `sleep N|infinity`, `top` (runs until stopped), `true`, `false`, `exit N`, `cat` (stdin to stdout) and
+//! `dd if=/dev/zero of=/dev/null bs=SIZE [count=N]` (which holds a buffer of SIZE, as busybox's does). It is
+//! what a wasm runtime runs in place of critest's busybox image; it is not a shell.
 
 use std::time::Duration;
 
@@ -34,16 +34,28 @@ fn exit(code: u8) -> ! {
     unreachable!("exit-with-code returns only if the host lacks it")
 }
 
-/// `sh -c SCRIPT`; `sh` alone reads no script (there is no terminal) and ends, as busybox's does at EOF.
+/// `sh -c SCRIPT`; `sh` alone runs the commands it reads from stdin, a line at a time, until its end, as
+/// busybox's does without a terminal (what critest's attach test types into it).
 fn sh(args: &[String]) -> u8 {
     match args {
-        [flag, script, ..] if flag == "-c" => {
-            let tokens = tokenize(script);
-            let (commands, _) = parse(&tokens, &[]);
-            execute(&commands)
+        [flag, script, ..] if flag == "-c" => script_status(script),
+        _ => {
+            let mut status = 0;
+            for line in std::io::stdin().lines() {
+                let Ok(line) = line else { break };
+                status = script_status(&line);
+                // What `echo -n` wrote reaches the reader before the next line is typed.
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            }
+            status
         }
-        _ => 0,
     }
+}
+
+fn script_status(script: &str) -> u8 {
+    let tokens = tokenize(script);
+    let (commands, _) = parse(&tokens, &[]);
+    execute(&commands)
 }
 
 /// One applet; `exit` ends the whole script.
@@ -83,7 +95,9 @@ fn run(argv: &[&str]) -> u8 {
             }
         },
         [other, ..] => {
-            eprintln!("sh: {other}: not found (this image has sh, echo, sleep, top, true, false, exit, cat, dd)");
+            eprintln!(
+                "sh: {other}: not found (this image has sh, echo, sleep, top, true, false, exit, cat, dd)"
+            );
             127
         }
     }
@@ -92,13 +106,20 @@ fn run(argv: &[&str]) -> u8 {
 /// `dd if=/dev/zero of=/dev/null bs=SIZE [count=N]`: copies zeros through a buffer of SIZE bytes, forever
 /// without a count.
 fn dd(operands: &[&str]) -> u8 {
-    let operand = |key: &str| operands.iter().find_map(|o| o.strip_prefix(key)?.strip_prefix('='));
+    let operand = |key: &str| {
+        operands
+            .iter()
+            .find_map(|o| o.strip_prefix(key)?.strip_prefix('='))
+    };
     if operand("if") != Some("/dev/zero") || operand("of") != Some("/dev/null") {
         eprintln!("dd: only if=/dev/zero of=/dev/null is supported");
         return 1;
     }
     let size = operand("bs").unwrap_or("512");
-    let (digits, unit) = size.split_at(size.find(|c: char| !c.is_ascii_digit()).unwrap_or(size.len()));
+    let (digits, unit) = size.split_at(
+        size.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(size.len()),
+    );
     let scale = match unit {
         "" => 1,
         "k" | "K" => 1 << 10,
@@ -106,7 +127,12 @@ fn dd(operands: &[&str]) -> u8 {
         "G" => 1 << 30,
         _ => 0,
     };
-    let Some(bytes) = digits.parse::<usize>().ok().map(|n| n * scale).filter(|b| *b > 0) else {
+    let Some(bytes) = digits
+        .parse::<usize>()
+        .ok()
+        .map(|n| n * scale)
+        .filter(|b| *b > 0)
+    else {
         eprintln!("dd: invalid bs '{size}'");
         return 1;
     };
