@@ -68,14 +68,10 @@ impl GuestOutput {
     /// Writes one line from the host itself (say, why a guest was stopped), on a line of its own.
     pub fn write_line(&self, line: &str) {
         if let Some(sink) = &self.sink {
-            let mid_line = sink
-                .0
-                .state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .mid_line;
-            let start = if mid_line { "\n" } else { "" };
-            sink.0.push(format!("{start}{line}\n").into_bytes());
+            sink.0.push_with(|mid_line| {
+                let start = if mid_line { "\n" } else { "" };
+                format!("{start}{line}\n").into_bytes()
+            });
         }
     }
 
@@ -164,7 +160,13 @@ struct QueueState {
 
 impl Queue {
     fn push(&self, chunk: Vec<u8>) {
+        self.push_with(|_| chunk);
+    }
+
+    /// Queues the chunk `make` builds, told whether the last chunk queued left its line unfinished.
+    fn push_with(&self, make: impl FnOnce(bool) -> Vec<u8>) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let chunk = make(state.mid_line);
         if state.bytes + chunk.len() > MAX_QUEUED {
             let lines = chunk.iter().filter(|&&b| b == b'\n').count().max(1) as u64;
             state.unreported += lines;

@@ -1,5 +1,5 @@
-//! A command's stdin through `ctr run`, which attaches its own stdin: what the client writes reaches the guest, and the guest reaches
-//! the end of its input when the client closes it.
+//! A command's stdin through `ctr run`, which attaches its own: what the client writes reaches the guest,
+//! and the guest reaches the end of its input when the client closes it.
 
 use super::*;
 use std::io::Write;
