@@ -44,3 +44,32 @@ pub fn end_input(path: &Path) {
         .custom_flags(nix::libc::O_NONBLOCK)
         .open(path);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio::time::timeout;
+
+    #[tokio::test]
+    async fn stdin_waits_for_a_writer_and_close_io_ends_it_when_none_came() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let mut input = open_input(&fifo).unwrap();
+        let mut buf = [0u8; 16];
+        assert!(
+            timeout(Duration::from_millis(300), input.read(&mut buf))
+                .await
+                .is_err(),
+            "no writer has come: the read waits, it does not end"
+        );
+        end_input(&fifo);
+        let read = timeout(Duration::from_secs(5), input.read(&mut buf)).await;
+        assert_eq!(read.expect("CloseIO ends it").unwrap(), 0);
+
+        drop(input);
+        end_input(&fifo); // nobody reads any more: ignored
+    }
+}
