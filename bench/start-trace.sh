@@ -3,7 +3,10 @@
 # on PATH; `PATH=$(bash scripts/containerd.sh 2.3.4):$PATH` for another version), each timed to its first 200 by
 # bench/src/bin/first-response, then TRACED more under `perf record` of the exec/fork/exit scheduler tracepoints,
 # printing for each when containerd executed the shim and when the first 200 came (first-response's exec = 0).
-# Usage: bench/start-trace.sh [RUNS] [TRACED]   (defaults 12 and 3)
+# With BASELINE=/path/to/containerd-shim-wasmhttp-v1 (another build's shim), the RUNS starts alternate between
+# this build's shim and the baseline's, each named by its path, and the script prints both medians and the
+# median of the paired ratios (this build over the baseline, same round).
+# Usage: [BASELINE=SHIM] bench/start-trace.sh [RUNS] [TRACED]   (defaults 12 and 3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-12}"
@@ -16,13 +19,56 @@ source bench/containerd.sh # $work, ctr_, a private containerd with the shim on 
 
 "$bin/wasmhttp" image build examples/wasm/hello.wasm -t docker.io/bench/hello:1 -o "$work/hello.tar" 2>/dev/null
 ctr_ image import "$work/hello.tar" >/dev/null
+runtime=io.containerd.wasmhttp.v1
 start() { # ID PORT [perf record args…]: prints the milliseconds to the first 200
   local id=$1 port=$2; shift 2
-  "$@" "$bin/first-response" "$port" 1 -- "${ctr_run[@]}" -d --runtime io.containerd.wasmhttp.v1 --net-host \
+  "$@" "$bin/first-response" "$port" 1 -- "${ctr_run[@]}" -d --runtime "$runtime" --net-host \
     --env "PORT=$port" docker.io/bench/hello:1 "$id" 2>/dev/null | sed -n 1p
   remove "$id"
 }
 start warm 19500 >/dev/null # compiles hello into the cache: the runs below start warm
+if [ -n "${BASELINE:-}" ]; then
+  echo "containerd $(containerd --version | awk '{print $3}'): first 200 after ctr run -d, $runs warm runs each, alternating (ms):"
+  for i in $(seq 1 "$runs"); do
+    # Which goes first alternates, so that neither always starts right after the other's teardown.
+    if [ $((i % 2)) = 0 ]; then
+      runtime=$bin/containerd-shim-wasmhttp-v1; this=$(start "a$i" $((19700 + i)))
+      runtime=$(realpath "$BASELINE"); base=$(start "b$i" $((19800 + i)))
+    else
+      runtime=$(realpath "$BASELINE"); base=$(start "b$i" $((19800 + i)))
+      runtime=$bin/containerd-shim-wasmhttp-v1; this=$(start "a$i" $((19700 + i)))
+    fi
+    echo "$this $base"
+  done | tee "$work/pairs"
+  summary() { # FILE: both medians and the median of the paired ratios
+    echo "this build: median $(awk '{print $1}' "$1" | median) ms; baseline: median $(awk '{print $2}' "$1" | median) ms;" \
+      "paired ratio $(awk '{print $1 / $2}' "$1" | median_of | xargs printf '%.3f')"
+  }
+  summary "$work/pairs"
+  # A pod's second container: the shim of its first already serves the pod (the same sandbox-id annotation).
+  second() { # RUNTIME ROUND: the milliseconds to the second container's first 200
+    local first="g$2-$RANDOM"
+    runtime=$1
+    "${ctr_run[@]}" -d --runtime "$runtime" --net-host --annotation "io.kubernetes.cri.sandbox-id=$first" \
+      --env "PORT=$((19900 + $2))" docker.io/bench/hello:1 "$first" >/dev/null 2>&1
+    "$bin/first-response" $((20000 + $2)) 1 -- "${ctr_run[@]}" -d --runtime "$runtime" --net-host \
+      --annotation "io.kubernetes.cri.sandbox-id=$first" --env "PORT=$((20000 + $2))" docker.io/bench/hello:1 \
+      "$first-2" 2>/dev/null | sed -n 1p
+    remove "$first-2"
+    remove "$first"
+  }
+  echo "a pod's second container, first 200 after ctr run -d, $runs runs each, alternating (ms):"
+  for i in $(seq 1 "$runs"); do
+    if [ $((i % 2)) = 0 ]; then
+      this=$(second "$bin/containerd-shim-wasmhttp-v1" "$i"); base=$(second "$(realpath "$BASELINE")" "$i")
+    else
+      base=$(second "$(realpath "$BASELINE")" "$i"); this=$(second "$bin/containerd-shim-wasmhttp-v1" "$i")
+    fi
+    echo "$this $base"
+  done >"$work/second"
+  summary "$work/second"
+  exit 0
+fi
 echo "containerd $(containerd --version | awk '{print $3}'): first 200 after ctr run -d, $runs warm runs (ms):"
 for i in $(seq 1 "$runs"); do start "r$i" $((19500 + i)); done | tr '\n' ' ' | tee "$work/runs"
 echo

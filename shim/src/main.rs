@@ -24,16 +24,15 @@ mod sandbox;
 mod scrape;
 mod server;
 mod signal;
+mod start;
 mod stdio;
 mod task;
 mod traces;
 
-use bootstrap::StartInput;
-use containerd_shim::asynchronous::spawn;
 use containerd_shim::protos::protobuf::Message;
 use containerd_shim::protos::types::introspection::RuntimeInfo;
 use containerd_shim::util::timestamp;
-use containerd_shim::{DeleteResponse, Error, Flags, StartOpts};
+use containerd_shim::{DeleteResponse, Error, Flags};
 use std::io::Write;
 
 /// Host memory the shim allocates for a service is charged to it (see `wasmhttp_runtime::ChargingAllocator`).
@@ -159,7 +158,7 @@ fn info_action() -> Result<(), Error> {
     write_stdout(&info.write_to_bytes()?, "the runtime info")
 }
 
-fn write_stdout(bytes: &[u8], what: &str) -> Result<(), Error> {
+pub(crate) fn write_stdout(bytes: &[u8], what: &str) -> Result<(), Error> {
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(bytes)
@@ -167,81 +166,7 @@ fn write_stdout(bytes: &[u8], what: &str) -> Result<(), Error> {
         .map_err(server::io_error(&format!("write {what}")))
 }
 
-/// Spawns the long-lived shim server (or finds the one already serving this pod) and returns its address.
-async fn start_server(opts: StartOpts, input: &StartInput) -> Result<String, Error> {
-    // containerd runs `start` in the bundle directory; containers of one pod share a shim process.
-    let cwd = std::env::current_dir().map_err(server::io_error("bundle directory"))?;
-    let grouping = bundle::grouping_key(&cwd, &opts.id);
-    // A configuration that does not read gets the default here, and its error from Create.
-    let node = node_config::for_create(input.options.as_ref()).unwrap_or_default();
-    let config_file = node_config::file_for(input.options.as_ref());
-    let files = confine::node_file_rules(&node, config_file.as_deref())
-        .map_err(|e| Error::Other(e.to_string()))?;
-    let files = confine::encode(files.as_ref());
-    let images = content::ImagePolicy::of(&node).to_string();
-    let vars = vec![
-        (confine::SECCOMP_MODE_ENV, node.security.seccomp.name()),
-        (confine::FILE_RULES_ENV, files.as_str()),
-        (broker::IMAGES_ENV, images.as_str()),
-    ];
-    let address = spawn(opts, &grouping, vars).await?;
-    containerd_shim::util::write_str_to_file("address", &address).await?;
-    Ok(address)
-}
-
-/// What containerd wrote to `start`'s stdin (nothing, when run by hand from a terminal).
-fn read_start_input() -> StartInput {
-    use std::io::{IsTerminal, Read};
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        return StartInput::default();
-    }
-    let mut bytes = Vec::new();
-    let _ = stdin.take(1 << 20).read_to_end(&mut bytes);
-    StartInput::parse(&bytes)
-}
-
-/// The `start` action, answered in the dialect containerd spoke (see [`bootstrap`]): the bare socket
-/// address to 1.6 and 1.7, a `BootstrapResult` for the task API v3 to 2.x's bootstrap protocol.
-async fn start_for_every_containerd(flags: Flags) -> Result<(), Error> {
-    let input = read_start_input();
-    let opts = StartOpts {
-        id: flags.id,
-        publish_binary: flags.publish_binary,
-        address: flags.address,
-        ttrpc_address: std::env::var("TTRPC_ADDRESS").unwrap_or_default(),
-        namespace: flags.namespace,
-        debug: flags.debug,
-        ..Default::default()
-    };
-    let address = start_server(opts, &input).await?;
-    let mut stdout = tokio::io::stdout();
-    tokio::io::AsyncWriteExt::write_all(&mut stdout, &bootstrap::start_reply(&input, &address))
-        .await
-        .map_err(server::io_error("write the start reply"))?;
-    tokio::io::AsyncWriteExt::flush(&mut stdout)
-        .await
-        .map_err(server::io_error("flush the start reply"))
-}
-
-// One thread for the Task API, stdio and commands: HTTP connections run on the runtime's own workers, and a
-// multi-threaded runtime here only cost every shim process (three per container) its start-up and threads.
 fn main() {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        // Commands' guests run here, and a blocking thread started during their poll would keep their user.
-        .on_thread_start(wasmhttp_runtime::reset_thread_file_rights)
-        .build();
-    match runtime {
-        Ok(runtime) => runtime.block_on(shim_main()),
-        Err(e) => {
-            eprintln!("{RUNTIME_ID}: cannot start the async runtime: {e}");
-            std::process::exit(1);
-        }
-    }
-}
-
-async fn shim_main() {
     let args: Vec<_> = std::env::args_os().collect();
     let flags = match containerd_shim::parse(&args[1..]) {
         Ok(flags) => flags,
@@ -258,17 +183,35 @@ async fn shim_main() {
         );
         return;
     }
+    // The short-lived actions answer without an async runtime: containerd waits for each of them.
     let result = match flags.action.as_str() {
         _ if flags.info => info_action(),
-        "start" => start_for_every_containerd(flags).await,
+        "start" => start::run(flags),
         "delete" => delete_action(),
-        broker::ACTION => broker::serve::run(flags).await,
-        _ => server::serve(flags).await,
+        _ => serve_in_runtime(flags),
     };
     if let Err(e) = result {
         eprintln!("{RUNTIME_ID}: {e}");
         std::process::exit(1);
     }
+}
+
+// One thread for the Task API, stdio and commands: HTTP connections run on the runtime's own workers, and a
+// multi-threaded runtime here only cost every shim process (three per container) its start-up and threads.
+fn serve_in_runtime(flags: Flags) -> Result<(), Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        // Commands' guests run here, and a blocking thread started during their poll would keep their user.
+        .on_thread_start(wasmhttp_runtime::reset_thread_file_rights)
+        .build()
+        .map_err(server::io_error("starting the async runtime"))?;
+    runtime.block_on(async move {
+        if flags.action == broker::ACTION {
+            broker::serve::run(flags).await
+        } else {
+            server::serve(flags).await
+        }
+    })
 }
 
 #[cfg(test)]

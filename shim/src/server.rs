@@ -13,7 +13,7 @@ use containerd_shim::protos::ttrpc::r#async::transport::Listener;
 use containerd_shim::protos::ttrpc::asynchronous::Server;
 use containerd_shim::{Error, Flags};
 use containerd_shim_protos::sandbox_async::create_sandbox;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -39,17 +39,16 @@ pub async fn serve(flags: Flags) -> Result<(), Error> {
     }
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)?;
     log_panics();
-    let Some(listener) = bind(Path::new(&path))? else {
-        // Another container of this pod started the server already; containerd uses that one.
-        containerd_shim::util::write_str_to_file("address", &flags.socket).await?;
-        signal_started()?;
-        return Ok(());
+    // containerd may already have connected: its requests wait in the backlog while the broker, the
+    // confinement and the Task service are set up. This process's stderr goes nowhere, so a failure from here
+    // on is logged for containerd's log, and containerd sees the socket close.
+    let listener = match crate::start::inherited_listener() {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!("shim server failed: {e}");
+            return Err(e);
+        }
     };
-    // containerd may connect as soon as the socket listens: its requests wait in the backlog while the rest
-    // is set up, which overlaps that set-up (~1 ms: the event publisher's connection, the node configuration,
-    // the engine's thread) with the `start` action's exit. This process's stderr goes nowhere, so a failure
-    // from here on is logged for containerd's log, and containerd sees the socket close.
-    signal_started()?;
     let served = match spawn_broker_and_confine(&flags, Path::new(&path)) {
         Ok(broker) => serve_task_api(listener, &flags, &path, broker).await,
         Err(e) => Err(e),
@@ -170,33 +169,6 @@ async fn serve_task_api(
     tokio::time::sleep(REPLY_GRACE).await;
     server.shutdown().await.unwrap_or_default();
     Ok(())
-}
-
-/// Binds the socket, or returns `None` when a live server already owns it (a stale file is replaced).
-fn bind(path: &Path) -> Result<Option<UnixListener>, Error> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io_error("creating the socket directory"))?;
-    }
-    match UnixListener::bind(path) {
-        Ok(listener) => Ok(Some(listener)),
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            if UnixStream::connect(path).is_ok() {
-                return Ok(None);
-            }
-            std::fs::remove_file(path).map_err(io_error("removing a stale shim socket"))?;
-            UnixListener::bind(path)
-                .map(Some)
-                .map_err(io_error("binding the shim socket"))
-        }
-        Err(e) => Err(io_error("binding the shim socket")(e)),
-    }
-}
-
-/// containerd waits for the `start` child's stdout to close; pointing stdout at stderr closes it while
-/// keeping fd 1 valid.
-fn signal_started() -> Result<(), Error> {
-    nix::unistd::dup2_stdout(std::io::stderr())
-        .map_err(|e| io_error("pointing stdout at stderr")(e.into()))
 }
 
 /// containerd ends a shim through Shutdown, not signals; a stray SIGTERM/SIGINT must not kill running services.

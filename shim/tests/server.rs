@@ -1,56 +1,145 @@
-//! The shim server process on its own: what containerd sees when the server fails after it said it was up.
+//! The shim server process on its own: what containerd sees when the server fails on the socket `start`
+//! handed it, and what a server started without one says.
 
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixListener;
 use std::process::{Command, Stdio};
+
+/// A bundle directory as containerd makes it: the `log` fifo containerd reads (held open here, without
+/// blocking) and the path of the shim's socket.
+struct Bundle {
+    dir: tempfile::TempDir,
+    log: std::fs::File,
+    socket: std::path::PathBuf,
+}
+
+impl Bundle {
+    fn new() -> Bundle {
+        let dir = tempfile::tempdir().unwrap();
+        nix::unistd::mkfifo(&dir.path().join("log"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(dir.path().join("log"))
+            .unwrap();
+        let socket = dir.path().join("shim.sock");
+        Bundle { dir, log, socket }
+    }
+
+    /// The shim server's command line as `start` runs it, in this bundle; stdout and stderr go nowhere.
+    fn server(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_containerd-shim-wasmhttp-v1"));
+        command
+            .args(["-namespace", "test", "-id", "c1", "-address"])
+            .arg(self.dir.path().join("containerd.sock"))
+            .arg("-socket")
+            .arg(format!("unix://{}", self.socket.display()))
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    }
+
+    /// What the `start` action does: bind the socket, to hand the listener over as the server's stdin.
+    fn listener(&self) -> Stdio {
+        Stdio::from(std::os::fd::OwnedFd::from(
+            UnixListener::bind(&self.socket).unwrap(),
+        ))
+    }
+}
 
 #[test]
 fn a_server_that_fails_after_starting_logs_why_and_removes_its_socket() {
-    let dir = tempfile::tempdir().unwrap();
-    // containerd makes the `log` fifo in the bundle directory and reads it; the shim writes its log there.
-    nix::unistd::mkfifo(&dir.path().join("log"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-    let mut log = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(dir.path().join("log"))
-        .unwrap();
-    let socket = dir.path().join("shim.sock");
-
-    let mut server = Command::new(env!("CARGO_BIN_EXE_containerd-shim-wasmhttp-v1"))
-        .args(["-namespace", "test", "-id", "c1", "-address"])
-        .arg(dir.path().join("containerd.sock"))
-        .arg("-socket")
-        .arg(format!("unix://{}", socket.display()))
-        .current_dir(dir.path())
-        // Without it the server cannot publish events: a failure that comes after the socket listens.
+    let mut bundle = Bundle::new();
+    let mut server = bundle
+        .server()
+        // Without it the server cannot publish events: a failure that comes after containerd may connect.
         .env_remove("TTRPC_ADDRESS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stdin(bundle.listener())
         .spawn()
         .unwrap();
-    // The `start` action waits for this to close, then hands containerd the socket.
-    let mut said = String::new();
-    server
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut said)
-        .unwrap();
-    assert_eq!(said, "", "nothing but the close goes to the start action");
     let status = server.wait().unwrap();
     assert!(!status.success(), "the server must exit with an error");
 
     let mut logged = String::new();
-    log.read_to_string(&mut logged).unwrap();
+    bundle.log.read_to_string(&mut logged).unwrap();
     assert!(
         logged.contains("shim server failed") && logged.contains("TTRPC_ADDRESS"),
         "the reason reaches containerd's log: {logged}"
     );
     assert!(
-        !socket.exists(),
+        !bundle.socket.exists(),
         "the socket of a failed server is not left behind"
     );
+}
+
+/// `delete` judges whether a live server still holds a shim's socket by the socket's peer credentials; they
+/// must name the server, not the `start` action that bound the socket and exited.
+#[test]
+fn the_socket_names_the_server_that_serves_it_not_the_process_that_bound_it() {
+    let bundle = Bundle::new();
+    let mut server = bundle
+        .server()
+        .env(
+            "TTRPC_ADDRESS",
+            bundle.dir.path().join("containerd.sock.ttrpc"),
+        )
+        .stdin(bundle.listener())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let peer = loop {
+        let stream = std::os::unix::net::UnixStream::connect(&bundle.socket).unwrap();
+        let peer =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .unwrap()
+                .pid();
+        if peer == server.id() as i32 || started.elapsed() > std::time::Duration::from_secs(5) {
+            break peer;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        peer,
+        server.id() as i32,
+        "the socket names the server (this test, which bound it, is {})",
+        std::process::id()
+    );
+}
+
+/// Run by hand, or by anything but `start`, the server has no socket to serve: it says so and binds nothing.
+#[test]
+fn a_server_without_the_start_actions_socket_says_so() {
+    let bundle = Bundle::new();
+    // No stdin, a file, and a unix socket that is connected rather than listening: none is taken for the
+    // shim's socket.
+    let file = bundle.dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let (connected, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+    let inputs: [Stdio; 3] = [
+        Stdio::null(),
+        Stdio::from(std::fs::File::open(&file).unwrap()),
+        Stdio::from(std::os::fd::OwnedFd::from(connected)),
+    ];
+    for stdin in inputs {
+        let out = bundle
+            .server()
+            .stdin(stdin)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(
+            said.contains("stdin is not a listening unix socket")
+                && said.contains("started by the `start` action"),
+            "{said}"
+        );
+        assert!(!bundle.socket.exists(), "nothing is bound");
+    }
 }
 
 /// `-v` is what an operator types to see which shim containerd will run; `-info` is what containerd 2.x asks.
