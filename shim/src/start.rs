@@ -46,11 +46,14 @@ pub fn run(flags: Flags) -> Result<(), Error> {
     let answered = write_address_file(&address).and_then(|()| {
         crate::write_stdout(&bootstrap::start_reply(&input, &address), "the start reply")
     });
-    if let (Err(_), Some(mut server)) = (&answered, server) {
-        // containerd will not connect to a shim whose start failed: nothing may be left serving.
-        let _ = server.kill();
-        let _ = server.wait();
-        let _ = std::fs::remove_file(path);
+    if answered.is_err() {
+        // containerd will not connect to a shim whose start failed: nothing may be left serving or half-told.
+        let _ = std::fs::remove_file("address");
+        if let Some(mut server) = server {
+            let _ = server.kill();
+            let _ = server.wait();
+            let _ = std::fs::remove_file(path);
+        }
     }
     answered
 }
@@ -130,9 +133,12 @@ fn spawn_server(
 /// The bundle's `address` file, which containerd reads back when it restarts and `delete` reads to find the
 /// socket; written whole or not at all.
 fn write_address_file(address: &str) -> Result<(), Error> {
-    std::fs::write(".address", address)
-        .and_then(|()| std::fs::rename(".address", "address"))
-        .map_err(io_error("writing the address file"))
+    let written =
+        std::fs::write(".address", address).and_then(|()| std::fs::rename(".address", "address"));
+    if written.is_err() {
+        let _ = std::fs::remove_file(".address");
+    }
+    written.map_err(io_error("writing the address file"))
 }
 
 /// Takes the listening socket the `start` action passed as stdin, and points stdin at `/dev/null`.

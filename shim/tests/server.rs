@@ -110,6 +110,51 @@ fn the_socket_names_the_server_that_serves_it_not_the_process_that_bound_it() {
     );
 }
 
+/// A `start` that cannot write its reply (here, nobody reads its stdout) fails, and leaves no server, socket or
+/// address file behind: containerd will not connect to it.
+#[test]
+fn a_start_that_cannot_answer_leaves_nothing_behind() {
+    let bundle = Bundle::new();
+    let (unread, stdout) = std::io::pipe().unwrap();
+    drop(unread);
+    let containerd = bundle.dir.path().join("containerd.sock");
+    let out = Command::new(env!("CARGO_BIN_EXE_containerd-shim-wasmhttp-v1"))
+        .args(["-namespace", "test", "-id", "c1", "-address"])
+        .arg(&containerd)
+        .arg("start")
+        .current_dir(bundle.dir.path())
+        .env(
+            "TTRPC_ADDRESS",
+            bundle.dir.path().join("containerd.sock.ttrpc"),
+        )
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("write the start reply"), "{said}");
+    let address = containerd_shim::socket_address(containerd.to_str().unwrap(), "test", "c1");
+    let socket = address.trim_start_matches("unix://");
+    assert!(!std::path::Path::new(socket).exists(), "{socket} is left");
+    assert!(!bundle.dir.path().join("address").exists());
+    // The server is gone when `start` exits; its broker, if it had started one, follows once the server's
+    // ends of their socket pairs close.
+    let started = std::time::Instant::now();
+    while std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok())
+        .any(|cmdline| String::from_utf8_lossy(&cmdline).contains(socket))
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "a process for {socket} still runs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Run by hand, or by anything but `start`, the server has no socket to serve: it says so and binds nothing.
 #[test]
 fn a_server_without_the_start_actions_socket_says_so() {
