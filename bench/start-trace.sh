@@ -28,44 +28,44 @@ start() { # ID PORT [perf record args…]: prints the milliseconds to the first 
 }
 start warm 19500 >/dev/null # compiles hello into the cache: the runs below start warm
 if [ -n "${BASELINE:-}" ]; then
-  echo "containerd $(containerd --version | awk '{print $3}'): first 200 after ctr run -d, $runs warm runs each, alternating (ms):"
-  for i in $(seq 1 "$runs"); do
-    # Which goes first alternates, so that neither always starts right after the other's teardown.
-    if [ $((i % 2)) = 0 ]; then
-      runtime=$bin/containerd-shim-wasmhttp-v1; this=$(start "a$i" $((19700 + i)))
-      runtime=$(realpath "$BASELINE"); base=$(start "b$i" $((19800 + i)))
+  this_shim=$bin/containerd-shim-wasmhttp-v1
+  base_shim=$(realpath "$BASELINE")
+  paired() { # FN ROUND: "this baseline" milliseconds of `FN SHIM ROUND` for each shim, which goes first
+    # alternating by round so that neither always starts right after the other's teardown
+    local this base
+    if [ $(($2 % 2)) = 0 ]; then
+      this=$("$1" "$this_shim" "$2"); base=$("$1" "$base_shim" "$2")
     else
-      runtime=$(realpath "$BASELINE"); base=$(start "b$i" $((19800 + i)))
-      runtime=$bin/containerd-shim-wasmhttp-v1; this=$(start "a$i" $((19700 + i)))
+      base=$("$1" "$base_shim" "$2"); this=$("$1" "$this_shim" "$2")
     fi
     echo "$this $base"
-  done | tee "$work/pairs"
+  }
   summary() { # FILE: both medians and the median of the paired ratios
     echo "this build: median $(awk '{print $1}' "$1" | median) ms; baseline: median $(awk '{print $2}' "$1" | median) ms;" \
       "paired ratio $(awk '{print $1 / $2}' "$1" | median_of | xargs printf '%.3f')"
   }
-  summary "$work/pairs"
-  # A pod's second container: the shim of its first already serves the pod (the same sandbox-id annotation).
-  second() { # RUNTIME ROUND: the milliseconds to the second container's first 200
-    local first="g$2-$RANDOM"
+  first() { # SHIM ROUND: the milliseconds to a new container's first 200
+    local port=$((19700 + $2)); [ "$1" = "$this_shim" ] || port=$((19800 + $2))
     runtime=$1
-    "${ctr_run[@]}" -d --runtime "$runtime" --net-host --annotation "io.kubernetes.cri.sandbox-id=$first" \
-      --env "PORT=$((19900 + $2))" docker.io/bench/hello:1 "$first" >/dev/null 2>&1
-    "$bin/first-response" $((20000 + $2)) 1 -- "${ctr_run[@]}" -d --runtime "$runtime" --net-host \
-      --annotation "io.kubernetes.cri.sandbox-id=$first" --env "PORT=$((20000 + $2))" docker.io/bench/hello:1 \
-      "$first-2" 2>/dev/null | sed -n 1p
-    remove "$first-2"
-    remove "$first"
+    start "c$port" "$port"
   }
+  # A pod's second container: the shim of its first already serves the pod (the same sandbox-id annotation).
+  second() { # SHIM ROUND: the milliseconds to the second container's first 200
+    local pod="g$2-$RANDOM"
+    runtime=$1
+    "${ctr_run[@]}" -d --runtime "$runtime" --net-host --annotation "io.kubernetes.cri.sandbox-id=$pod" \
+      --env "PORT=$((19900 + $2))" docker.io/bench/hello:1 "$pod" >/dev/null 2>&1
+    "$bin/first-response" $((20000 + $2)) 1 -- "${ctr_run[@]}" -d --runtime "$runtime" --net-host \
+      --annotation "io.kubernetes.cri.sandbox-id=$pod" --env "PORT=$((20000 + $2))" docker.io/bench/hello:1 \
+      "$pod-2" 2>/dev/null | sed -n 1p
+    remove "$pod-2"
+    remove "$pod"
+  }
+  echo "containerd $(containerd --version | awk '{print $3}'): first 200 after ctr run -d, $runs warm runs each, alternating (ms):"
+  for i in $(seq 1 "$runs"); do paired first "$i"; done | tee "$work/pairs"
+  summary "$work/pairs"
   echo "a pod's second container, first 200 after ctr run -d, $runs runs each, alternating (ms):"
-  for i in $(seq 1 "$runs"); do
-    if [ $((i % 2)) = 0 ]; then
-      this=$(second "$bin/containerd-shim-wasmhttp-v1" "$i"); base=$(second "$(realpath "$BASELINE")" "$i")
-    else
-      base=$(second "$(realpath "$BASELINE")" "$i"); this=$(second "$bin/containerd-shim-wasmhttp-v1" "$i")
-    fi
-    echo "$this $base"
-  done >"$work/second"
+  for i in $(seq 1 "$runs"); do paired second "$i"; done >"$work/second"
   summary "$work/second"
   exit 0
 fi

@@ -13,7 +13,7 @@
 use crate::bootstrap::{self, StartInput};
 use crate::server::io_error;
 use crate::{broker, bundle, confine, content, node_config};
-use containerd_shim::{Error, Flags, StartOpts};
+use containerd_shim::{Error, Flags};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -25,13 +25,7 @@ pub fn run(flags: Flags) -> Result<(), Error> {
     let bundle = std::env::current_dir().map_err(io_error("bundle directory"))?;
     // Containers of one pod share a shim process, found by the socket their grouping names.
     let grouping = bundle::grouping_key(&bundle, &flags.id);
-    let opts = StartOpts {
-        id: flags.id.clone(),
-        address: flags.address.clone(),
-        namespace: flags.namespace.clone(),
-        ..Default::default()
-    };
-    let address = opts.socket_address(&grouping);
+    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &grouping);
     let path = Path::new(address.trim_start_matches("unix://"));
     let server = match bind(path)? {
         Some(listener) => match spawn_server(&flags, &input, &address, listener) {
@@ -143,15 +137,15 @@ fn write_address_file(address: &str) -> Result<(), Error> {
 
 /// Takes the listening socket the `start` action passed as stdin, and points stdin at `/dev/null`.
 pub fn inherited_listener() -> Result<UnixListener, Error> {
-    use std::os::fd::AsFd;
+    use nix::sys::socket::{Backlog, SockType, UnixAddr, getsockname, getsockopt, listen, sockopt};
+    use std::os::fd::{AsFd, AsRawFd};
     let fd = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
         .map_err(io_error("taking the socket from stdin"))?;
-    use nix::sys::socket::{SockType, UnixAddr, getsockname, getsockopt, sockopt};
     let listening = getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false)
         && getsockopt(&fd, sockopt::SockType).is_ok_and(|t| t == SockType::Stream)
-        && getsockname::<UnixAddr>(std::os::fd::AsRawFd::as_raw_fd(&fd)).is_ok();
+        && getsockname::<UnixAddr>(fd.as_raw_fd()).is_ok();
     if !listening {
         return Err(Error::InvalidArgument(
             "stdin is not a listening unix socket: the shim server is started by the `start` action, \
@@ -162,7 +156,7 @@ pub fn inherited_listener() -> Result<UnixListener, Error> {
     // A unix socket's peer credentials name the process that last called `listen` on it, and `delete` judges
     // by them whether a live server still holds the socket: they must name this server, not the exited
     // `start` action that bound it.
-    nix::sys::socket::listen(&fd, nix::sys::socket::Backlog::MAXCONN)
+    listen(&fd, Backlog::MAXCONN)
         .map_err(|e| io_error("listening on the shim socket")(e.into()))?;
     let null = std::fs::File::open("/dev/null").map_err(io_error("opening /dev/null"))?;
     nix::unistd::dup2_stdin(null).map_err(|e| io_error("pointing stdin at /dev/null")(e.into()))?;

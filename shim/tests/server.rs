@@ -27,15 +27,27 @@ impl Bundle {
         Bundle { dir, log, socket }
     }
 
-    /// The shim server's command line as `start` runs it, in this bundle; stdout and stderr go nowhere.
-    fn server(&self) -> Command {
+    /// containerd's socket, as the shim is told it (`-address`).
+    fn containerd(&self) -> std::path::PathBuf {
+        self.dir.path().join("containerd.sock")
+    }
+
+    /// The shim's command line as containerd runs it in this bundle, before the action.
+    fn shim(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_containerd-shim-wasmhttp-v1"));
         command
             .args(["-namespace", "test", "-id", "c1", "-address"])
-            .arg(self.dir.path().join("containerd.sock"))
+            .arg(self.containerd())
+            .current_dir(self.dir.path());
+        command
+    }
+
+    /// The shim server's command line as `start` runs it, in this bundle; stdout and stderr go nowhere.
+    fn server(&self) -> Command {
+        let mut command = self.shim();
+        command
             .arg("-socket")
             .arg(format!("unix://{}", self.socket.display()))
-            .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         command
@@ -47,6 +59,14 @@ impl Bundle {
             UnixListener::bind(&self.socket).unwrap(),
         ))
     }
+}
+
+/// Runs `command` to its end, which must be exit code 1, and returns what it said on stderr.
+fn fails_saying(command: &mut Command) -> String {
+    let out = command.stderr(Stdio::piped()).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    said
 }
 
 #[test]
@@ -117,25 +137,20 @@ fn a_start_that_cannot_answer_leaves_nothing_behind() {
     let bundle = Bundle::new();
     let (unread, stdout) = std::io::pipe().unwrap();
     drop(unread);
-    let containerd = bundle.dir.path().join("containerd.sock");
-    let out = Command::new(env!("CARGO_BIN_EXE_containerd-shim-wasmhttp-v1"))
-        .args(["-namespace", "test", "-id", "c1", "-address"])
-        .arg(&containerd)
-        .arg("start")
-        .current_dir(bundle.dir.path())
-        .env(
-            "TTRPC_ADDRESS",
-            bundle.dir.path().join("containerd.sock.ttrpc"),
-        )
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{said}");
+    let said = fails_saying(
+        bundle
+            .shim()
+            .arg("start")
+            .env(
+                "TTRPC_ADDRESS",
+                bundle.dir.path().join("containerd.sock.ttrpc"),
+            )
+            .stdin(Stdio::null())
+            .stdout(stdout),
+    );
     assert!(said.contains("write the start reply"), "{said}");
-    let address = containerd_shim::socket_address(containerd.to_str().unwrap(), "test", "c1");
+    let address =
+        containerd_shim::socket_address(bundle.containerd().to_str().unwrap(), "test", "c1");
     let socket = address.trim_start_matches("unix://");
     assert!(!std::path::Path::new(socket).exists(), "{socket} is left");
     assert!(!bundle.dir.path().join("address").exists());
@@ -170,14 +185,7 @@ fn a_server_without_the_start_actions_socket_says_so() {
         Stdio::from(std::os::fd::OwnedFd::from(connected)),
     ];
     for stdin in inputs {
-        let out = bundle
-            .server()
-            .stdin(stdin)
-            .stderr(Stdio::piped())
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{said}");
+        let said = fails_saying(bundle.server().stdin(stdin));
         assert!(
             said.contains("stdin is not a listening unix socket")
                 && said.contains("started by the `start` action"),
