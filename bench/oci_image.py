@@ -7,7 +7,8 @@ as our wasm images (the issue's baseline: "a static native hello in a minimal im
 The end-to-end tests use it too, for critest's stand-in images (tests/critest.rs): one file at several paths,
 an image user.
 
-Usage: oci_image.py OUT.tar REF --entrypoint ARG [--entrypoint ARG]... [--user USER] HOST_PATH=IMAGE_PATH...
+Usage: oci_image.py OUT.tar REF --entrypoint ARG [--entrypoint ARG]... [--user USER] [--env KEY=VALUE]...
+       HOST_PATH=IMAGE_PATH...
 """
 
 import argparse
@@ -18,7 +19,7 @@ import sys
 import tarfile
 
 
-def build(path, ref, files, entrypoint, cmd=None, user=None):
+def build(path, ref, files, entrypoint, cmd=None, user=None, env=None):
     """Writes the image to `path`. `files` maps a host path to its path inside the image (a dict, or pairs when
     one host file goes to several paths)."""
     layer = io.BytesIO()
@@ -39,6 +40,8 @@ def build(path, ref, files, entrypoint, cmd=None, user=None):
         image_config["Cmd"] = cmd
     if user:
         image_config["User"] = user
+    if env:
+        image_config["Env"] = env
     config = json.dumps({
         "architecture": "amd64", "os": "linux", "config": image_config,
         "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
@@ -66,6 +69,7 @@ def main():
     parser.add_argument("ref")
     parser.add_argument("--entrypoint", action="append", required=True)
     parser.add_argument("--user")
+    parser.add_argument("--env", action="append", metavar="KEY=VALUE")
     parser.add_argument("files", nargs="+", metavar="HOST_PATH=IMAGE_PATH")
     args = parser.parse_args()
     files = []
@@ -74,7 +78,7 @@ def main():
         if not sep or not inside.startswith("/"):
             sys.exit(f"oci_image.py: {pair!r} is not HOST_PATH=/IMAGE_PATH")
         files.append((host, inside))
-    build(args.out, args.ref, files, args.entrypoint, user=args.user)
+    build(args.out, args.ref, files, args.entrypoint, user=args.user, env=args.env)
 
 
 if __name__ == "__main__":

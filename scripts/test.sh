@@ -43,8 +43,8 @@ cargo test --locked --no-fail-fast -p wasmhttp-tests || status=1
 # supported versions, each from its release tarball (scripts/containerd.sh: verified, unpacked once, never
 # downloaded; a missing tarball fails here). tests/platforms.rs covers all three itself.
 matrix=(
-  "2.3.4:containerd limits image cri crictl sandbox_api critest isolation confinement observability"
-  "1.7.34:containerd cri crictl image confinement"
+  "2.3.4:containerd exec limits image cri crictl sandbox_api critest isolation confinement observability"
+  "1.7.34:containerd exec cri crictl image confinement"
 )
 for entry in "${matrix[@]}"; do
   version=${entry%%:*}

@@ -1,9 +1,9 @@
 //! critest, cri-tools' CRI validation suite, against the `wasmhttp` runtime handler on containerd 2.x. Its
 //! images are served from the test's own registry, mirrored for `registry.k8s.io`, `k8s.gcr.io` and `gcr.io`
 //! through containerd's `hosts.toml`, and stand in for the Linux ones (see docs/critest.md):
-//! - busybox → `examples/applets` at `/bin/sh`, `/bin/echo`, `/bin/sleep`, `/bin/top`, `/bin/true`, `/bin/false`
-//!   (the applets critest's containers run);
-//! - nginx and httpd → the hello service on port 80;
+//! - busybox → `examples/applets` at `/bin/sh`, `/bin/echo`, `/bin/sleep`, `/bin/top`, `/bin/true`,
+//!   `/bin/false`, `/bin/ls` (the applets critest's containers run and exec);
+//! - nginx and httpd → the hello service on port 80, with the same applets beside it;
 //! - pause and cri-tools' `test-image-*` → hello images (distinct ones where critest needs different images,
 //!   with the image users its user specs read).
 //!
@@ -19,11 +19,15 @@ use wasmhttp_tests::registry::Registry;
 use wasmhttp_tests::{example, workspace};
 
 /// Specs that apply to a wasm runtime and pass (every one that passed when the suite was first run in full
-/// here, and attach since a command reads its stdin; docs/critest.md says why each other one cannot): a regression in any fails this test. Matched against
-/// the spec's full name.
+/// here, attach since a command reads its stdin, exec and volumes since a command can be exec'd;
+/// docs/critest.md says why each other one cannot): a regression in any fails this test. Matched against the
+/// spec's full name.
 const MUST_PASS: &[&str] = &[
     "[k8s.io] Container OOM runtime should output OOMKilled reason should terminate with exitCode 137 and reason OOMKilled",
+    "[k8s.io] Container runtime should support adding volume and device runtime should support starting container with volume [Conformance]",
+    "[k8s.io] Container runtime should support adding volume and device runtime should support starting container with volume when host path is a symlink [Conformance]",
     "[k8s.io] Container runtime should support basic operations on container runtime should support creating container [Conformance]",
+    "[k8s.io] Container runtime should support basic operations on container runtime should support execSync [Conformance]",
     "[k8s.io] Container runtime should support basic operations on container runtime should support listing container stats [Conformance]",
     "[k8s.io] Container runtime should support basic operations on container runtime should support listing stats for containers filtered by labels [Conformance]",
     "[k8s.io] Container runtime should support basic operations on container runtime should support listing stats for started containers [Conformance]",
@@ -58,6 +62,7 @@ const MUST_PASS: &[&str] = &[
     "[k8s.io] Image Manager public image without tag should be pulled and removed [Conformance] [Serial]",
     "[k8s.io] Image Manager removing image by one tag should remove all tags [Conformance] [Serial]",
     "[k8s.io] Image Manager removing image from one registry should remove all tags from other registries [Conformance] [Serial]",
+    "[k8s.io] Multiple Containers [Conformance] when running multiple containers in a pod should support container exec",
     "[k8s.io] Multiple Containers [Conformance] when running multiple containers in a pod should support network",
     "[k8s.io] Networking runtime should support networking runtime should support port mapping with host port and container port [Conformance]",
     "[k8s.io] Networking runtime should support networking runtime should support port mapping with only container port [Conformance]",
@@ -72,18 +77,21 @@ const MUST_PASS: &[&str] = &[
     "[k8s.io] Security Context bucket runtime should return error if RunAsGroup is set without RunAsUser",
     "[k8s.io] Security Context bucket runtime should support Privileged is false",
     "[k8s.io] Streaming runtime should support streaming interfaces runtime should support attach [Conformance]",
+    "[k8s.io] Streaming runtime should support streaming interfaces runtime should support exec with tty=false and stdin=false [Conformance]",
     "[k8s.io] Streaming runtime should support streaming interfaces runtime should support portforward [Conformance]",
 ];
 
 /// The upstream registries critest pulls from; each is mirrored to the test's registry.
 const UPSTREAMS: &[&str] = &["registry.k8s.io", "k8s.gcr.io", "gcr.io"];
 
-/// Builds an image with `bench/oci_image.py` (files at chosen paths, an entrypoint, a user) and pushes it.
+/// Builds an image with `bench/oci_image.py` (files at chosen paths, an entrypoint, environment variables, a
+/// user) and pushes it.
 fn push_files(
     registry: &Registry,
     dir: &Path,
     name: &str,
     files: &[(&Path, &str)],
+    env: &[&str],
     user: Option<&str>,
 ) {
     let tar = dir.join(format!("{}.tar", name.replace(['/', ':'], "_")));
@@ -96,6 +104,9 @@ fn push_files(
     if let Some(user) = user {
         command.args(["--user", user]);
     }
+    for var in env {
+        command.args(["--env", var]);
+    }
     for (host, inside) in files {
         command.arg(format!("{}={inside}", host.display()));
     }
@@ -106,8 +117,8 @@ fn push_files(
 /// Pushes critest's images, as their stand-ins, under the paths the mirrors serve.
 fn push_stand_ins(registry: &Registry, dir: &Path) {
     let applets = example("applets");
-    let paths =
-        ["sh", "echo", "sleep", "top", "true", "false"].map(|applet| format!("/bin/{applet}"));
+    let paths = ["sh", "echo", "sleep", "top", "true", "false", "ls"]
+        .map(|applet| format!("/bin/{applet}"));
     let busybox: Vec<(&Path, &str)> = paths
         .iter()
         .map(|path| (applets.as_path(), path.as_str()))
@@ -117,21 +128,23 @@ fn push_stand_ins(registry: &Registry, dir: &Path) {
         dir,
         "e2e-test-images/busybox:1.29-2",
         &busybox,
+        &[],
         None,
     );
 
-    let nginx = dir.join("nginx.tar");
-    wasmhttp_tests::succeed(
-        Command::new(wasmhttp_tests::binary("wasmhttp"))
-            .args(["image", "build"])
-            .arg(example("hello"))
-            .args(["-t", "nginx", "--port", "80", "-o"])
-            .arg(&nginx),
-    );
-    registry.push_oci_archive(&nginx, "e2e-test-images/nginx:1.14-2");
-    registry.push_oci_archive(&nginx, "e2e-test-images/httpd:2.4.39-4");
-
+    // A web server on port 80 with a few commands beside it, as the real images have (critest execs `echo`).
     let hello = example("hello");
+    let web: Vec<(&Path, &str)> = [(hello.as_path(), "/app.wasm")]
+        .into_iter()
+        .chain(busybox.iter().copied())
+        .collect();
+    for name in [
+        "e2e-test-images/nginx:1.14-2",
+        "e2e-test-images/httpd:2.4.39-4",
+    ] {
+        push_files(registry, dir, name, &web, &["PORT=80"], None);
+    }
+
     let cri_tools = "k8s-staging-cri-tools";
     for name in ["pause:3.9".to_string()].into_iter().chain(
         [
@@ -144,7 +157,7 @@ fn push_stand_ins(registry: &Registry, dir: &Path) {
         ]
         .map(|n| format!("{cri_tools}/{n}")),
     ) {
-        push_files(registry, dir, &name, &[(&hello, "/app.wasm")], None);
+        push_files(registry, dir, &name, &[(&hello, "/app.wasm")], &[], None);
     }
     // Different tags that must be different images: each holds a file of its own.
     for n in 1..=3 {
@@ -155,6 +168,7 @@ fn push_stand_ins(registry: &Registry, dir: &Path) {
             dir,
             &format!("{cri_tools}/test-image-{n}:latest"),
             &[(&hello, "/app.wasm"), (&marker, "/image-id")],
+            &[],
             None,
         );
     }
@@ -170,6 +184,7 @@ fn push_stand_ins(registry: &Registry, dir: &Path) {
             dir,
             &format!("{cri_tools}/{name}:latest"),
             &[(&hello, "/app.wasm")],
+            &[],
             Some(user),
         );
     }
@@ -220,7 +235,15 @@ fn critest_passes_what_applies_to_a_wasm_runtime() {
                 &registry.host,
             );
         }
-        cri_config(dir, &registry.host)
+        // critest's volumes are directories it makes under /tmp: the node lists them as it would list
+        // kubelet's, so that the confined shim may give them to guests.
+        let node = dir.join("node.toml");
+        std::fs::write(&node, "[security]\nhost-paths = [\"/tmp\"]\n").unwrap();
+        let options = format!(
+            "  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.wasmhttp.options]\n    ConfigPath = {:?}\n",
+            node.display().to_string()
+        );
+        cri_config(dir, &registry.host).map(|config| config + &options)
     });
     tag_sandbox_image(&containerd);
     let dir = containerd.dir.path();

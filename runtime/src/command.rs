@@ -2,6 +2,7 @@
 
 use crate::capabilities::Capabilities;
 use crate::classify::WasiVersion;
+use crate::cpu::CpuMeter;
 use crate::engine::{Code, Loaded, Runtime};
 use crate::instance::{
     Guarded, InstanceGuard, InstanceIo, InstanceState, P1State, finish, new_store,
@@ -10,6 +11,8 @@ use crate::knobs::Limits;
 use crate::metered::run_metered;
 use crate::output::GuestOutput;
 use crate::stats::{FailureCause, StatsSnapshot};
+use std::sync::Arc;
+use std::time::Instant;
 use wasmtime::Store;
 use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::cli::StdinStream;
@@ -61,13 +64,62 @@ impl CommandExit {
     }
 }
 
-/// Runs `app` to completion under `limits` with `caps`, returning its exit status.
+/// What a command run's CPU and memory count against: an account of its own, or one it shares with a running
+/// service or command, as processes share a cgroup. A command exec'd into a container shares the container's,
+/// so it takes from the container's CPU quota and memory limit rather than adding to them.
+#[derive(Clone)]
+pub struct Charge {
+    meter: Arc<CpuMeter>,
+    /// Whether another run or service owns the account: a shared run owes its own compile CPU when it
+    /// starts, and its failures are not the owner's to count.
+    shared: bool,
+}
+
+impl Charge {
+    /// An account of its own for running `app` under `limits`, owing the CPU its compile took.
+    pub fn new(runtime: &Runtime, limits: &Limits, app: &Loaded) -> Self {
+        Charge {
+            meter: runtime.meter_for(limits, app),
+            shared: false,
+        }
+    }
+
+    /// The same account, for a run beside its owner.
+    pub fn shared(&self) -> Self {
+        Charge {
+            meter: self.meter.clone(),
+            shared: true,
+        }
+    }
+
+    pub(crate) fn of_service(meter: Arc<CpuMeter>) -> Self {
+        Charge {
+            meter,
+            shared: true,
+        }
+    }
+}
+
+/// Runs `app` to completion under `limits` with `caps`, on an account of its own, returning its exit status.
 pub async fn run_command(
     runtime: &Runtime,
     app: &Loaded,
     limits: &Limits,
     caps: &Capabilities,
     io: CommandIo,
+) -> Result<CommandExit, crate::Error> {
+    let charge = Charge::new(runtime, limits, app);
+    run_command_charged(runtime, app, limits, caps, io, charge).await
+}
+
+/// [`run_command`], charged to `charge`. The exit's stats are the account's.
+pub async fn run_command_charged(
+    runtime: &Runtime,
+    app: &Loaded,
+    limits: &Limits,
+    caps: &Capabilities,
+    io: CommandIo,
+    charge: Charge,
 ) -> Result<CommandExit, crate::Error> {
     let link_error = |e: wasmtime::Error| crate::Error::Link {
         name: app.name().to_string(),
@@ -81,7 +133,10 @@ pub async fn run_command(
     }
     caps.validate()?;
     app.check_memory_minimum(limits)?;
-    let meter = runtime.meter_for(limits, app);
+    let meter = charge.meter;
+    if charge.shared {
+        meter.charge(app.load_cpu(), Instant::now());
+    }
     let mut guard = InstanceGuard::new(
         app.name().into(),
         meter.clone(),
@@ -153,7 +208,9 @@ pub async fn run_command(
     let (code, failure) = match outcome {
         Ok(code) => (code, None),
         Err((cause, detail)) => {
-            meter.stats().failed(cause);
+            if !charge.shared {
+                meter.stats().failed(cause);
+            }
             // After the store is gone, so the guest's own last lines come first.
             io.stderr.write_line(&format!(
                 "wasmhttp: {} stopped: {}: {detail}",

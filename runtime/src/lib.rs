@@ -53,7 +53,9 @@ pub use capabilities::{
     ALLOWED_HOST_FORM, Capabilities, Preopen, dedup_env, parse_allowed_host, parse_env_var,
 };
 pub use classify::{WasiVersion, WasmKind};
-pub use command::{CommandExit, CommandIo, EXIT_TIMEOUT, EXIT_TRAP, run_command};
+pub use command::{
+    Charge, CommandExit, CommandIo, EXIT_TIMEOUT, EXIT_TRAP, run_command, run_command_charged,
+};
 pub use engine::{EngineConfig, Loaded, Origin, Runtime};
 pub use error::Error;
 pub use host_memory::ChargingAllocator;

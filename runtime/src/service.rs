@@ -202,6 +202,12 @@ impl ServiceHandle {
         self.shared.limits()
     }
 
+    /// The service's account, for a command run beside it (an exec) that counts against its CPU quota and
+    /// memory limit.
+    pub fn charge(&self) -> crate::Charge {
+        crate::Charge::of_service(self.shared.meter.clone())
+    }
+
     /// Applies new limits to the requests admitted from now on; running instances keep the limits they
     /// started with, and reused ones take no new requests.
     pub fn update_limits(&self, limits: Limits) {

@@ -80,6 +80,9 @@ pub struct Workload {
     pub resolver_files: (Option<PathBuf>, Option<PathBuf>),
     /// What it asks of the pod's `/metrics` endpoint.
     pub metrics: crate::scrape::MetricsRequest,
+    /// The directories of its rootfs, topmost first, where exec'd commands are looked for (none for a pod
+    /// sandbox).
+    pub rootfs: Vec<PathBuf>,
 }
 
 impl Workload {
@@ -164,6 +167,7 @@ pub fn load(
             network,
             resolver_files: (None, None),
             metrics,
+            rootfs: Vec::new(),
         });
     }
     let process = spec
@@ -188,17 +192,7 @@ pub fn load(
             ));
         }
     };
-    let env = process
-        .env()
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(i, kv)| {
-            wasmhttp_runtime::parse_env_var(kv)
-                .map_err(|e| invalid(format!("process.env[{i}]: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let env = wasmhttp_runtime::dedup_env(env);
+    let env = guest_env(process.env().as_deref().unwrap_or_default()).map_err(invalid)?;
     let port = match (annotated.port, env.iter().find(|(k, _)| k == "PORT")) {
         (Some(port), _) => Ok(port),
         (None, None) => Ok(DEFAULT_PORT),
@@ -211,30 +205,23 @@ pub fn load(
             )
         }),
     };
+    let roots = rootfs_dirs(bundle, &spec, rootfs);
     let payload = match annotated.image {
         Some(image) => Payload::ImageLayer(ImageLayer {
             image: Some(image),
             name: entry.clone(),
             not_in_rootfs: None,
         }),
-        None => from_rootfs(bundle, &spec, rootfs, &entry, max_component_size).map_err(invalid)?,
+        None => from_rootfs(bundle, &roots, &spec, &entry, max_component_size).map_err(invalid)?,
     };
     let preopens = preopens(&spec).map_err(invalid)?;
-    let user = process.user();
-    // Root in the container has root's file rights, as under runc; anyone else has their own.
-    let file_user = (user.uid() != 0).then(|| {
-        Arc::new(FileUser {
-            uid: user.uid(),
-            gid: user.gid(),
-            groups: user.additional_gids().clone().unwrap_or_default(),
-        })
-    });
+    let file_user = file_user(process.user());
     let mut guest_args = if args.is_empty() {
         vec![entry.clone()]
     } else {
         args
     };
-    guest_args[0] = entry.rsplit('/').next().unwrap_or(&entry).to_string();
+    guest_args[0] = guest_name(&entry);
     Ok(Workload {
         payload,
         layers,
@@ -251,35 +238,55 @@ pub fn load(
         resolver_files: resolver_files(&spec, &network),
         network,
         metrics,
+        rootfs: roots,
     })
+}
+
+/// The guest's environment from a process's `env`, each entry checked; a later entry wins, as in a shell.
+pub fn guest_env(env: &[String]) -> std::result::Result<Vec<(String, String)>, String> {
+    let vars = env
+        .iter()
+        .enumerate()
+        .map(|(i, kv)| {
+            wasmhttp_runtime::parse_env_var(kv).map_err(|e| format!("process.env[{i}]: {e}"))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(wasmhttp_runtime::dedup_env(vars))
+}
+
+/// A process's file rights: root in the container has root's, as under runc; anyone else has their own.
+pub fn file_user(user: &oci_spec::runtime::User) -> Option<Arc<FileUser>> {
+    (user.uid() != 0).then(|| {
+        Arc::new(FileUser {
+            uid: user.uid(),
+            gid: user.gid(),
+            groups: user.additional_gids().clone().unwrap_or_default(),
+        })
+    })
+}
+
+/// What a guest sees as its `args[0]`: the file's name, as a shell would show it.
+pub fn guest_name(entry: &str) -> String {
+    entry.rsplit('/').next().unwrap_or(entry).to_string()
 }
 
 /// The wasm file `entry` from the rootfs; when it is not there, the container's image may still hold it as a
 /// layer of its own (a wasm artifact, which containerd does not unpack into the rootfs).
 fn from_rootfs(
     bundle: &Path,
+    roots: &[PathBuf],
     spec: &Spec,
-    rootfs: &[RootfsMount],
     entry: &str,
     max_bytes: u64,
 ) -> std::result::Result<Payload, String> {
-    let roots = rootfs_dirs(bundle, spec, rootfs);
-    for root in &roots {
+    for root in roots {
         let read = wasmhttp_runtime::confine::landlock::Access::Read;
         crate::confine::check_reachable(root, read, "a directory of the rootfs")
             .map_err(|e| e.to_string())?;
     }
-    let fs = RootFs::new(&roots);
-    let mut found = None;
-    for candidate in command_paths(entry, spec) {
-        if let Some(bytes) = fs
-            .read(&candidate, max_bytes)
-            .map_err(|e| format!("process.args[0] {e}"))?
-        {
-            found = Some((candidate, bytes));
-            break;
-        }
-    }
+    let spec_env = spec.process().as_ref().and_then(|p| p.env().as_deref());
+    let found = find_command(roots, entry, spec_env.unwrap_or_default(), max_bytes)
+        .map_err(|e| format!("process.args[0] {e}"))?;
     let Some((path, bytes)) = found else {
         return Ok(Payload::ImageLayer(ImageLayer {
             image: None,
@@ -301,26 +308,42 @@ fn from_rootfs(
         }));
     };
     // Signed precompiled code the image may ship is looked for only if the node trusts a signer.
-    let shipped = crate::rootfs::ShippedCode::new(roots, max_bytes);
+    let shipped = crate::rootfs::ShippedCode::new(roots.to_vec(), max_bytes);
     Ok(Payload::Wasm(
         Source::from_bytes(path, bytes).with_precompiled(std::sync::Arc::new(shipped)),
     ))
 }
 
+/// The first file `entry` names in the rootfs `roots` (see [`command_paths`]), with its path there and its
+/// bytes (at most `max_bytes`); `None` if there is none. The error says what is wrong with a file found.
+pub fn find_command(
+    roots: &[PathBuf],
+    entry: &str,
+    env: &[String],
+    max_bytes: u64,
+) -> std::result::Result<Option<(String, Vec<u8>)>, String> {
+    let fs = RootFs::new(roots);
+    for candidate in command_paths(entry, env) {
+        if let Some(bytes) = fs.read(&candidate, max_bytes)? {
+            return Ok(Some((candidate, bytes)));
+        }
+    }
+    Ok(None)
+}
+
 /// Where the container looks for `entry`: a path as it is; a bare name (Kubernetes' `command: ["server"]`)
-/// in each directory of the spec's `PATH`, as `execvp` in a runc container would, then at the root, where
-/// images built by `wasmhttp image build` keep it. Every candidate is still resolved inside the rootfs.
-fn command_paths(entry: &str, spec: &Spec) -> Vec<String> {
+/// in each directory of the process's `PATH` (from `env`), as `execvp` in a runc container would, then at
+/// the root, where images built by `wasmhttp image build` keep it. Every candidate is still resolved inside
+/// the rootfs.
+fn command_paths(entry: &str, env: &[String]) -> Vec<String> {
     if entry.contains('/') {
         return vec![entry.to_string()];
     }
-    let path = spec
-        .process()
-        .as_ref()
-        .and_then(|p| p.env().as_ref())
-        .and_then(|env| env.iter().rev().find_map(|kv| kv.strip_prefix("PATH=")))
-        .map(str::to_string)
-        .unwrap_or_else(|| DEFAULT_PATH.to_string());
+    let path = env
+        .iter()
+        .rev()
+        .find_map(|kv| kv.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH);
     path.split(':')
         .filter(|dir| dir.starts_with('/'))
         .take(MAX_PATH_DIRS)

@@ -9,19 +9,19 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
-use tokio::net::unix::pipe;
-use tokio::sync::watch;
+use std::time::Duration;
 use tokio::task::AbortHandle;
 use wasmhttp_runtime::telemetry::RequestTracer;
 use wasmhttp_runtime::{
-    Capabilities, CommandIo, GuestOutput, Layers, Limits, Loaded, Runtime, Service, ServiceHandle,
-    StatsSnapshot,
+    Charge, GuestOutput, Layers, Limits, Runtime, Service, ServiceHandle, StatsSnapshot,
 };
 
+mod exec;
 mod exit;
 mod limits;
-pub use exit::{EXIT_OOM, EXIT_START_FAILED, Exit, timestamp};
+use exec::{Command, Execs};
+pub use exec::{ExecBase, ExecRequest};
+pub use exit::{EXIT_OOM, EXIT_START_FAILED, Exit, ExitCell, timestamp};
 
 /// The task status containerd sees.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,20 +45,14 @@ enum Prepared {
         port: u16,
         network: Network,
     },
-    Command {
-        runtime: Runtime,
-        app: Loaded,
-        caps: Capabilities,
-        stdin: Option<pipe::Receiver>,
-        stdout: GuestOutput,
-        stderr: GuestOutput,
-    },
+    Command(Command),
 }
 
 enum Active {
     Sandbox,
     Service(Arc<ServiceHandle>),
-    Command(AbortHandle),
+    /// A command's task, and the account its execs share.
+    Command(AbortHandle, Charge),
 }
 
 enum State {
@@ -92,7 +86,7 @@ pub struct Container {
     limits: Mutex<(Layers, Limits)>,
     code_size: u64,
     killed_by: AtomicU32,
-    exit: watch::Sender<Option<Exit>>,
+    exit: ExitCell,
     events: Events,
     network: Network,
     /// A command's stdin fifo, for CloseIO.
@@ -100,11 +94,19 @@ pub struct Container {
     /// A service's counters as it stopped: exports keep reading them (a counter that dropped to zero would
     /// look like a restart to Prometheus).
     final_stats: Mutex<Option<StatsSnapshot>>,
+    /// What execs start from (none for a pod sandbox).
+    exec_base: Option<ExecBase>,
+    execs: Execs,
 }
 
 impl Container {
     /// Loads (compiles or fetches from the cache) and links the workload; nothing runs yet.
-    pub fn create(id: &str, workload: Workload, options: CreateOptions) -> Result<Self> {
+    pub fn create(
+        id: &str,
+        workload: Workload,
+        options: CreateOptions,
+        max_bytes: u64,
+    ) -> Result<Self> {
         let CreateOptions {
             runtime,
             stdin,
@@ -115,6 +117,13 @@ impl Container {
         } = options;
         let limits = workload.limits.clone();
         let network = workload.network.clone();
+        let exec_base = (!matches!(workload.payload, Payload::Sandbox)).then(|| ExecBase {
+            runtime: runtime.clone(),
+            caps: workload.capabilities.clone(),
+            rootfs: workload.rootfs.clone(),
+            max_bytes,
+            events: events.clone(),
+        });
         let (prepared, code_size) = match workload.payload {
             Payload::Sandbox => (Prepared::Sandbox, 0),
             Payload::ImageLayer(layer) => {
@@ -160,19 +169,19 @@ impl Container {
                             ))
                         })
                     });
-                    Prepared::Command {
+                    Prepared::Command(Command {
                         runtime,
                         app,
                         caps: workload.capabilities,
                         stdin: fifo.transpose()?,
                         stdout,
                         stderr,
-                    }
+                    })
                 };
                 (prepared, code_size)
             }
         };
-        let stdin = stdin.filter(|_| matches!(prepared, Prepared::Command { .. }));
+        let stdin = stdin.filter(|_| matches!(prepared, Prepared::Command(_)));
         Ok(Container {
             id: id.to_string(),
             stdin,
@@ -180,10 +189,12 @@ impl Container {
             limits: Mutex::new((workload.layers, limits)),
             code_size,
             killed_by: AtomicU32::new(0),
-            exit: watch::channel(None).0,
+            exit: ExitCell::default(),
             events,
             network,
             final_stats: Mutex::default(),
+            exec_base,
+            execs: Execs::default(),
         })
     }
 
@@ -196,11 +207,13 @@ impl Container {
             limits: Mutex::default(),
             code_size: 0,
             killed_by: AtomicU32::new(0),
-            exit: watch::channel(None).0,
+            exit: ExitCell::default(),
             events: Events::none(),
             network,
             stdin: None,
             final_stats: Mutex::default(),
+            exec_base: None,
+            execs: Execs::default(),
         }
     }
 
@@ -231,7 +244,7 @@ impl Container {
 
     /// The exit, once there is one.
     pub fn exit(&self) -> Option<Exit> {
-        *self.exit.borrow()
+        self.exit.get()
     }
 
     /// Starts serving or running. A service's listener is bound before this returns, so a port in use fails
@@ -290,65 +303,38 @@ impl Container {
                 });
                 Active::Service(handle)
             }
-            Prepared::Command {
-                runtime,
-                app,
-                caps,
-                stdin,
-                stdout,
-                stderr,
-            } => {
+            Prepared::Command(command) => {
                 let limits = self.limits();
-                let this = self.clone();
+                let charge = Charge::new(&command.runtime, &limits, &command.app);
+                let (this, shared) = (self.clone(), charge.shared());
                 let task = tokio::spawn(async move {
-                    let io = CommandIo {
-                        stdin: stdin.map(CommandIo::stdin_from),
-                        stdout,
-                        stderr,
-                    };
-                    let code = match wasmhttp_runtime::run_command(
-                        &runtime, &app, &limits, &caps, io,
-                    )
-                    .await
-                    {
-                        Ok(exit) if exit.ran_out_of_memory() => {
-                            // Kubernetes' contract for a process over its memory limit: a TaskOOM event
-                            // (CRI's reason "OOMKilled") and 137, as if the kernel had killed it.
-                            this.events.send(Event::Oom(TaskOOM {
-                                container_id: this.id.clone(),
-                                ..Default::default()
-                            }));
-                            EXIT_OOM
-                        }
-                        Ok(exit) => exit.code as u32,
-                        Err(e) => {
-                            tracing::error!(container = %this.id, "command failed to start: {e}");
-                            wasmhttp_runtime::EXIT_TRAP as u32
-                        }
-                    };
+                    let (code, out_of_memory) =
+                        exec::run_to_exit(command, limits, charge, &this.id).await;
+                    if out_of_memory {
+                        // Kubernetes' contract for a process over its memory limit: a TaskOOM event (CRI's
+                        // reason "OOMKilled") and 137, as if the kernel had killed it.
+                        this.events.send(Event::Oom(TaskOOM {
+                            container_id: this.id.clone(),
+                            ..Default::default()
+                        }));
+                    }
                     this.finish(code);
                 });
-                Active::Command(task.abort_handle())
+                Active::Command(task.abort_handle(), shared)
             }
         })
     }
 
     /// Records the exit once and publishes it; later calls are ignored.
     fn finish(&self, code: u32) {
-        let exit = Exit {
-            code,
-            at: SystemTime::now(),
-        };
-        let first = self
-            .exit
-            .send_if_modified(|current| current.is_none() && current.replace(exit).is_none());
-        if !first {
+        let Some(exit) = self.exit.record(code) else {
             return;
-        }
+        };
         let (last, ..) = self.usage();
         // Kept before the state changes, so a scrape in between never reads zeros.
         *self.final_stats.lock().unwrap_or_else(|e| e.into_inner()) = Some(last.clone());
         *self.lock() = State::Stopped;
+        self.kill_execs();
         // The same figures the task metrics, CRI stats and /metrics report, for whoever reads only logs.
         tracing::info!(
             container = %self.id,
@@ -413,7 +399,7 @@ impl Container {
                 let grace = if sigkill { Duration::ZERO } else { grace };
                 tokio::spawn(async move { handle.shutdown(grace).await });
             }
-            Active::Command(task) => {
+            Active::Command(task, _) => {
                 task.abort();
                 drop(state);
                 self.finish(128 + signal);
@@ -435,12 +421,7 @@ impl Container {
 
     /// Waits for the exit.
     pub async fn wait(&self) -> Exit {
-        let mut exit = self.exit.subscribe();
-        match exit.wait_for(Option::is_some).await {
-            Ok(exit) => exit.expect("waited for Some"),
-            // The sender lives in `self`, so it cannot be gone while we hold `&self`.
-            Err(_) => unreachable!("exit channel closed while the container exists"),
-        }
+        self.exit.wait().await
     }
 
     /// Stops or restarts admitting requests.
@@ -457,7 +438,7 @@ impl Container {
             }
         };
         match active {
-            Active::Command(_) => {
+            Active::Command(..) => {
                 return Err(ShimError::FailedPrecondition(format!(
                     "container {} runs a command, which cannot be paused",
                     self.id

@@ -1,7 +1,8 @@
 //! Task events to containerd, published (through the broker: [`crate::broker`]) in the order they happen.
 
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExit, TaskOOM, TaskPaused, TaskResumed, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskOOM, TaskPaused,
+    TaskResumed, TaskStart,
 };
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::protobuf::{self, Message};
@@ -25,6 +26,10 @@ pub enum Event {
     Paused(TaskPaused),
     /// `/tasks/resumed`
     Resumed(TaskResumed),
+    /// `/tasks/exec-added`
+    ExecAdded(TaskExecAdded),
+    /// `/tasks/exec-started`
+    ExecStarted(TaskExecStarted),
 }
 
 impl Event {
@@ -38,6 +43,8 @@ impl Event {
             Event::Delete(_) => TASK_DELETE_EVENT_TOPIC,
             Event::Paused(_) => TASK_PAUSED_EVENT_TOPIC,
             Event::Resumed(_) => TASK_RESUMED_EVENT_TOPIC,
+            Event::ExecAdded(_) => TASK_EXEC_ADDED_EVENT_TOPIC,
+            Event::ExecStarted(_) => TASK_EXEC_STARTED_EVENT_TOPIC,
         }
     }
 
@@ -52,6 +59,8 @@ impl Event {
             Event::Delete(e) => Box::new(e),
             Event::Paused(e) => Box::new(e),
             Event::Resumed(e) => Box::new(e),
+            Event::ExecAdded(e) => Box::new(e),
+            Event::ExecStarted(e) => Box::new(e),
         };
         (topic, message)
     }
@@ -66,6 +75,8 @@ impl Event {
             Event::Delete(e) => &e.container_id,
             Event::Paused(e) => &e.container_id,
             Event::Resumed(e) => &e.container_id,
+            Event::ExecAdded(e) => &e.container_id,
+            Event::ExecStarted(e) => &e.container_id,
         }
     }
 
@@ -79,6 +90,8 @@ impl Event {
             Event::Delete(e) => e.write_to_bytes(),
             Event::Paused(e) => e.write_to_bytes(),
             Event::Resumed(e) => e.write_to_bytes(),
+            Event::ExecAdded(e) => e.write_to_bytes(),
+            Event::ExecStarted(e) => e.write_to_bytes(),
         };
         // Encoding a message held in memory fails only past protobuf's 2 GiB limit, which no task event nears.
         (self.kind(), encoded.unwrap_or_default())
@@ -93,6 +106,8 @@ impl Event {
             Event::Delete(_) => 5,
             Event::Paused(_) => 6,
             Event::Resumed(_) => 7,
+            Event::ExecAdded(_) => 8,
+            Event::ExecStarted(_) => 9,
         }
     }
 
@@ -107,6 +122,8 @@ impl Event {
             5 => Event::Delete(TaskDelete::parse_from_bytes(bytes).map_err(failed)?),
             6 => Event::Paused(TaskPaused::parse_from_bytes(bytes).map_err(failed)?),
             7 => Event::Resumed(TaskResumed::parse_from_bytes(bytes).map_err(failed)?),
+            8 => Event::ExecAdded(TaskExecAdded::parse_from_bytes(bytes).map_err(failed)?),
+            9 => Event::ExecStarted(TaskExecStarted::parse_from_bytes(bytes).map_err(failed)?),
             other => return Err(format!("no task event has kind {other}")),
         })
     }

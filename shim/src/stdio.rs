@@ -8,6 +8,24 @@ use std::path::Path;
 use tokio::net::unix::pipe;
 use wasmhttp_runtime::GuestOutput;
 
+/// Refuses stdio the confined server could not open, naming the stream and the path, rather than failing
+/// later with a bare "permission denied".
+pub fn check_reachable(stdin: &str, stdout: &str, stderr: &str) -> crate::error::Result<()> {
+    use wasmhttp_runtime::confine::landlock::Access;
+    let stdio = [
+        ("stdin", stdin, Access::Read),
+        ("stdout", stdout, Access::ReadWrite),
+        ("stderr", stderr, Access::ReadWrite),
+    ];
+    for (name, uri, access) in stdio {
+        let path = uri.strip_prefix("file://").unwrap_or(uri);
+        if !path.is_empty() && !path.contains("://") {
+            crate::confine::check_reachable(Path::new(path), access, name)?;
+        }
+    }
+    Ok(())
+}
+
 /// Opens one output stream. Opening a fifo blocks until containerd's reader is there, so call it off the
 /// async executor.
 pub fn open_output(path: &str) -> std::io::Result<GuestOutput> {

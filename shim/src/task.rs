@@ -1,7 +1,7 @@
 //! The containerd Task service: each call checks its request, then asks the container.
 
 use crate::bundle::{self, ImageLayer, Network, Payload, RootfsMount};
-use crate::container::{Container, CreateOptions, Status};
+use crate::container::{Container, CreateOptions, ExecRequest, Status};
 use crate::engine::SharedRuntime;
 use crate::error::{Result, ShimError};
 use crate::events::{Event, Events};
@@ -123,16 +123,6 @@ impl TaskService {
     }
 }
 
-fn no_exec(exec_id: &str) -> Result<()> {
-    if exec_id.is_empty() {
-        Ok(())
-    } else {
-        Err(ShimError::Unimplemented(
-            "wasmhttp does not support exec; use an httpGet probe instead".into(),
-        ))
-    }
-}
-
 fn unsupported<T>(what: &str) -> TtrpcResult<T> {
     Err(ShimError::Unimplemented(format!("wasmhttp does not support {what}")).into())
 }
@@ -148,8 +138,14 @@ impl Task for TaskService {
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
-        no_exec(&req.exec_id)?;
         let container = self.get(&req.id)?;
+        if !req.exec_id.is_empty() {
+            container.start_exec(&req.exec_id)?;
+            return Ok(StartResponse {
+                pid: std::process::id(),
+                ..Default::default()
+            });
+        }
         // Published first, so containerd sees start before the exit of a command that ends at once.
         self.events.send(Event::Start(TaskStart {
             container_id: req.id.clone(),
@@ -164,15 +160,27 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
-        no_exec(&req.exec_id)?;
         let container = self.get(&req.id)?;
+        if !req.exec_id.is_empty() {
+            container.kill_exec(&req.exec_id, req.signal)?;
+            return Ok(Empty::new());
+        }
         container.kill(req.signal, container.drain_timeout())?;
         Ok(Empty::new())
     }
 
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
-        no_exec(&req.exec_id)?;
         let container = self.get(&req.id)?;
+        if !req.exec_id.is_empty() {
+            // runc's shim publishes no TaskDelete for an exec: containerd learns of its end from TaskExit.
+            let exit = container.delete_exec(&req.exec_id)?.exit();
+            return Ok(DeleteResponse {
+                pid: std::process::id(),
+                exit_status: exit.map_or(0, |e| e.code),
+                exited_at: exit.map(|e| e.timestamp()).into(),
+                ..Default::default()
+            });
+        }
         if matches!(container.status(), Status::Running | Status::Paused) {
             return Err(ShimError::FailedPrecondition(format!(
                 "container {} is running; kill it first",
@@ -205,8 +213,12 @@ impl Task for TaskService {
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
-        no_exec(&req.exec_id)?;
-        let exit = self.get(&req.id)?.wait().await;
+        let container = self.get(&req.id)?;
+        let exit = if req.exec_id.is_empty() {
+            container.wait().await
+        } else {
+            container.exec(&req.exec_id)?.wait().await
+        };
         Ok(WaitResponse {
             exit_status: exit.code,
             exited_at: Some(exit.timestamp()).into(),
@@ -215,23 +227,37 @@ impl Task for TaskService {
     }
 
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
-        no_exec(&req.exec_id)?;
         let container = self.get(&req.id)?;
-        let status = match container.status() {
+        let (status, exit, mut state) = if req.exec_id.is_empty() {
+            let state = StateResponse {
+                id: req.id,
+                ..Default::default()
+            };
+            (container.status(), container.exit(), state)
+        } else {
+            let exec = container.exec(&req.exec_id)?;
+            let [stdin, stdout, stderr] = exec.stdio().clone();
+            let state = StateResponse {
+                id: req.id,
+                exec_id: req.exec_id,
+                stdin,
+                stdout,
+                stderr,
+                ..Default::default()
+            };
+            (exec.status(), exec.exit(), state)
+        };
+        state.pid = std::process::id();
+        state.status = match status {
             Status::Created => TaskStatus::CREATED,
             Status::Running => TaskStatus::RUNNING,
             Status::Paused => TaskStatus::PAUSED,
             Status::Stopped => TaskStatus::STOPPED,
-        };
-        let exit = container.exit();
-        Ok(StateResponse {
-            id: req.id,
-            pid: std::process::id(),
-            status: status.into(),
-            exit_status: exit.map_or(0, |e| e.code),
-            exited_at: exit.map(|e| e.timestamp()).into(),
-            ..Default::default()
-        })
+        }
+        .into();
+        state.exit_status = exit.map_or(0, |e| e.code);
+        state.exited_at = exit.map(|e| e.timestamp()).into();
+        Ok(state)
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
@@ -316,8 +342,31 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn exec(&self, _ctx: &TtrpcContext, _req: ExecProcessRequest) -> TtrpcResult<Empty> {
-        unsupported("exec (there is no shell in a wasm container); use an httpGet probe instead")
+    async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        let container = self.get(&req.id)?;
+        let base = container.exec_base()?;
+        container.check_exec_room(&req.exec_id)?;
+        let request = ExecRequest {
+            spec: req
+                .spec
+                .as_ref()
+                .map(|any| any.value.clone())
+                .unwrap_or_default(),
+            terminal: req.terminal,
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+        };
+        let (id, exec_id) = (req.id, req.exec_id.clone());
+        if exec_id.is_empty() {
+            return Err(ShimError::InvalidArgument("exec: no exec id".into()).into());
+        }
+        // Reading the rootfs, compiling and opening fifos block: off the executor.
+        let exec = tokio::task::spawn_blocking(move || base.prepare(&id, &exec_id, request))
+            .await
+            .map_err(|e| ShimError::Internal(format!("exec failed: {e}")))??;
+        container.add_exec(exec)?;
+        Ok(Empty::new())
     }
 
     async fn checkpoint(
@@ -333,10 +382,11 @@ impl Task for TaskService {
     }
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
-        no_exec(&req.exec_id)?;
         let container = self.get(&req.id)?;
-        if req.stdin {
+        if req.stdin && req.exec_id.is_empty() {
             container.close_stdin();
+        } else if req.stdin {
+            container.exec(&req.exec_id)?.close_stdin();
         }
         Ok(Empty::new())
     }

@@ -2,9 +2,9 @@
 //! called by the name it is installed under (or, under another name, with the applet as its first argument,
 //! as `busybox APPLET …`): `sh -c SCRIPT` (commands separated by `;`, `&&` and `||`, and
 //! `while COMMAND; do …; done`), `sh` (the same, a line at a time from stdin), `echo [-n]`,
-//! `sleep N|infinity`, `top` (runs until stopped), `true`, `false`, `exit N`, `cat` (stdin to stdout) and
-//! `dd if=/dev/zero of=/dev/null bs=SIZE [count=N]` (which holds a buffer of SIZE, as busybox's does). It is
-//! what a wasm runtime runs in place of critest's busybox image; it is not a shell.
+//! `sleep N|infinity`, `top` (runs until stopped), `true`, `false`, `exit N`, `cat` (stdin to stdout),
+//! `ls [-A] DIR…` and `dd if=/dev/zero of=/dev/null bs=SIZE [count=N]` (which holds a buffer of SIZE, as
+//! busybox's does). It is what a wasm runtime runs in place of critest's busybox image; it is not a shell.
 
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ fn main() {
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let code = match name.as_str() {
         "sh" => sh(&args[1..]),
-        "echo" | "sleep" | "top" | "true" | "false" | "dd" | "cat" => run(&argv),
+        "echo" | "sleep" | "top" | "true" | "false" | "dd" | "cat" | "ls" => run(&argv),
         _ => match argv.get(1) {
             Some(&"sh") => sh(&args[2..]),
             _ => run(argv.get(1..).unwrap_or_default()),
@@ -87,6 +87,7 @@ fn run(argv: &[&str]) -> u8 {
             }
         },
         ["dd", operands @ ..] => dd(operands),
+        ["ls", operands @ ..] => ls(operands),
         ["cat"] => match std::io::copy(&mut std::io::stdin(), &mut std::io::stdout()) {
             Ok(_) => 0,
             Err(e) => {
@@ -96,11 +97,37 @@ fn run(argv: &[&str]) -> u8 {
         },
         [other, ..] => {
             eprintln!(
-                "sh: {other}: not found (this image has sh, echo, sleep, top, true, false, exit, cat, dd)"
+                "sh: {other}: not found (this image has sh, echo, sleep, top, true, false, exit, cat, dd, ls)"
             );
             127
         }
     }
+}
+
+/// `ls [-A] DIR…`: the names in each directory, sorted, one a line; dot files only with `-A`.
+fn ls(operands: &[&str]) -> u8 {
+    let all = operands.contains(&"-A");
+    let dirs: Vec<&str> = operands.iter().copied().filter(|o| *o != "-A").collect();
+    let mut status = 0;
+    for dir in if dirs.is_empty() { vec!["."] } else { dirs } {
+        match std::fs::read_dir(dir) {
+            Ok(entries) => {
+                let mut names: Vec<String> = entries
+                    .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                    .filter(|name| all || !name.starts_with('.'))
+                    .collect();
+                names.sort();
+                for name in names {
+                    println!("{name}");
+                }
+            }
+            Err(e) => {
+                eprintln!("ls: {dir}: {e}");
+                status = 2;
+            }
+        }
+    }
+    status
 }
 
 /// `dd if=/dev/zero of=/dev/null bs=SIZE [count=N]`: copies zeros through a buffer of SIZE bytes, forever

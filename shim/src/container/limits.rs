@@ -18,7 +18,7 @@ impl Container {
             )))
         };
         match &*state {
-            State::Running(Active::Command(_)) | State::Paused(Active::Command(_)) => {
+            State::Running(Active::Command(..)) | State::Paused(Active::Command(..)) => {
                 return refused(
                     "runs a command (wasi:cli/run), whose limits are fixed when it starts; a \
                      service applies new limits to its next requests",

@@ -1,6 +1,6 @@
 use super::*;
 use oci_spec::runtime::LinuxResources;
-use wasmhttp_runtime::EngineConfig;
+use wasmhttp_runtime::{Capabilities, EngineConfig};
 
 fn sandbox(events: Events) -> Arc<Container> {
     let workload = Workload {
@@ -12,6 +12,7 @@ fn sandbox(events: Events) -> Arc<Container> {
         network: Network::Host,
         resolver_files: (None, None),
         metrics: Default::default(),
+        rootfs: Vec::new(),
     };
     let runtime = Runtime::new(EngineConfig {
         max_instances: 4,
@@ -26,7 +27,7 @@ fn sandbox(events: Events) -> Arc<Container> {
         events,
         tracing: None,
     };
-    Arc::new(Container::create("pod-sandbox", workload, options).unwrap())
+    Arc::new(Container::create("pod-sandbox", workload, options, 1 << 20).unwrap())
 }
 
 #[tokio::test]
@@ -83,4 +84,59 @@ async fn the_pod_sandbox_runs_nothing_and_lives_until_killed() {
         matches!(sandbox.update(&resources), Err(ShimError::FailedPrecondition(e)) if e.ends_with("has stopped")),
         "no update of what has stopped"
     );
+}
+
+#[test]
+fn an_exec_the_shim_cannot_run_is_refused_naming_what_is_wrong() {
+    let rootfs = tempfile::tempdir().unwrap();
+    std::fs::create_dir(rootfs.path().join("bin")).unwrap();
+    std::fs::write(rootfs.path().join("bin/notwasm"), "#!/bin/sh\n").unwrap();
+    let base = ExecBase {
+        runtime: Runtime::new(EngineConfig::default()).unwrap(),
+        caps: Capabilities::default(),
+        rootfs: vec![rootfs.path().to_path_buf()],
+        max_bytes: 1 << 20,
+        events: Events::none(),
+    };
+    let refusal = |spec: &str, terminal: bool| {
+        let request = ExecRequest {
+            spec: spec.as_bytes().to_vec(),
+            terminal,
+            stdin: String::new(),
+            stdout: String::new(),
+            stderr: String::new(),
+        };
+        match base.prepare("c1", "e1", request) {
+            Err(ShimError::InvalidArgument(why)) => why,
+            Err(other) => panic!("{spec}: not InvalidArgument: {other}"),
+            Ok(_) => panic!("{spec} was accepted"),
+        }
+    };
+    let process = |args: &str| format!(r#"{{"cwd":"/","user":{{"uid":0,"gid":0}},"args":{args}}}"#);
+    for (spec, terminal, why) in [
+        (process(r#"["sh"]"#), true, "does not support terminals"),
+        ("{".to_string(), false, "is not OCI process JSON"),
+        (process("[]"), false, "process.args is empty"),
+        (
+            process(r#"["sh","a\u0000b"]"#),
+            false,
+            "process.args[1] holds a NUL byte",
+        ),
+        (
+            process(r#"["sh"]"#),
+            false,
+            "process.args[0] sh does not exist in the container's rootfs (at its root or on its PATH)",
+        ),
+        (
+            process(r#"["/bin/notwasm"]"#),
+            false,
+            "is not a WebAssembly",
+        ),
+    ] {
+        let said = refusal(&spec, terminal);
+        assert!(
+            said.starts_with("exec e1 in container c1: ") && said.contains(why),
+            "{spec}: {said}"
+        );
+    }
 }

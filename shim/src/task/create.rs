@@ -135,7 +135,7 @@ impl TaskService {
                 events,
                 tracing: traced,
             };
-            Container::create(&id, workload, options)
+            Container::create(&id, workload, options, max_component_size)
         })
         .await
         .map_err(|e| ShimError::Internal(format!("create task failed: {e}")))??;
@@ -196,17 +196,7 @@ fn check_reachable(
 ) -> Result<()> {
     use crate::confine::check_reachable as check;
     use wasmhttp_runtime::confine::landlock::Access;
-    let stdio = [
-        ("stdin", stdin, Access::Read),
-        ("stdout", stdout, Access::ReadWrite),
-        ("stderr", stderr, Access::ReadWrite),
-    ];
-    for (name, uri, access) in stdio {
-        let path = uri.strip_prefix("file://").unwrap_or(uri);
-        if !path.is_empty() && !path.contains("://") {
-            check(Path::new(path), access, name)?;
-        }
-    }
+    crate::stdio::check_reachable(stdin, stdout, stderr)?;
     for preopen in &workload.capabilities.preopens {
         let what = format!("the source of the mount at {}", preopen.guest);
         check(
