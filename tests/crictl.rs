@@ -235,6 +235,52 @@ fn an_operator_runs_a_wasm_pod_with_crictl() {
     );
     assert!(ps_line(&crictl, &oom).contains("Exited"));
 
+    // exec, as an operator debugs a container and as an exec probe checks one: a command from its image,
+    // through CRI's ExecSync and through its streaming Exec.
+    let mut shell = container_json("shell", &pushed[3], 0, serde_json::json!({}));
+    shell["command"] = serde_json::json!(["/app.wasm", "top"]);
+    let shell_config = write_json(dir, "shell.json", &shell);
+    let shell = crictl
+        .ok(&["create", &pod, &shell_config, &pod_config])
+        .trim()
+        .to_string();
+    crictl.ok(&["start", &shell]);
+    let echo = ["/app.wasm", "echo", "-n", "from crictl exec"];
+    for mode in [&["exec", "--sync"][..], &["exec"][..]] {
+        let said = crictl.ok(&[mode, &[shell.as_str()], &echo].concat());
+        assert_eq!(said.trim_end(), "from crictl exec", "crictl {mode:?}");
+    }
+    let sleep = ["/app.wasm", "sleep", "600"];
+    let timed_out = crictl
+        .command(
+            &[
+                &["exec", "--sync", "--timeout", "1", shell.as_str()][..],
+                &sleep,
+            ]
+            .concat(),
+        )
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&timed_out.stderr);
+    assert!(
+        !timed_out.status.success() && said.contains("timeout"),
+        "{said}"
+    );
+    // containerd killed the exec that outlived its timeout, and the shim ended it.
+    let killed = format!("exec exited container={shell}");
+    let started = Instant::now();
+    while !containerd
+        .log()
+        .lines()
+        .any(|l| l.contains(&killed) && l.contains("code=137"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the timed-out exec was not killed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // stop and rm one container; the others keep serving from the same shim.
     crictl.ok(&["stop", &logger]);
     wait_for_state(&crictl, &logger, "CONTAINER_EXITED");
