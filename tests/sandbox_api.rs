@@ -147,6 +147,34 @@ fn a_pod_made_by_the_sandbox_api_has_no_sandbox_container() {
         "{stats}"
     );
 
+    // exec reaches a container of such a pod as any other (tests/exec.rs).
+    let applets = import_example_in(&containerd, "k8s.io", "applets");
+    let shell_config = write_json(
+        dir,
+        "shell.json",
+        &serde_json::json!({
+            "metadata": {"name": "shell"},
+            "image": {"image": applets},
+            "command": ["/app.wasm", "top"],
+            "log_path": "shell.log"
+        }),
+    );
+    let shell = crictl
+        .ok(&["create", &pod, &shell_config, &pod_config])
+        .trim()
+        .to_string();
+    crictl.ok(&["start", &shell]);
+    let echoed = crictl.ok(&[
+        "exec",
+        "--sync",
+        &shell,
+        "/app.wasm",
+        "echo",
+        "-n",
+        "sandboxed",
+    ]);
+    assert_eq!(echoed.trim_end(), "sandboxed");
+
     // containerd's sandbox controller API answers from the shim. (It does not offer Platform; CRI calls the
     // shim's for every CreateContainer and stats call above, and reads Linux metrics only for "linux".)
     let mut controller = Controller::connect(&containerd);
