@@ -199,6 +199,7 @@ impl Exec {
             unreachable!()
         };
         limits.request_timeout = None;
+        tracing::info!(container = %self.container_id, exec = %self.id, "exec started");
         let this = self.clone();
         let task = tokio::spawn(async move {
             // An exec over its memory limit exits 137 as an OOM-killed process would, but publishes no
