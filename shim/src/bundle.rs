@@ -292,13 +292,9 @@ fn from_rootfs(
             image: None,
             name: entry.to_string(),
             not_in_rootfs: Some(format!(
-                "{}: process.args[0] {entry} does not exist in the container's rootfs{} ({})",
+                "{}: {} ({})",
                 bundle.join("config.json").display(),
-                if entry.contains('/') {
-                    ""
-                } else {
-                    " (at its root or on its PATH)"
-                },
+                not_in_rootfs(entry),
                 roots
                     .iter()
                     .map(|r| r.display().to_string())
@@ -329,6 +325,16 @@ pub fn find_command(
         }
     }
     Ok(None)
+}
+
+/// Why `entry` was not found by [`find_command`].
+pub fn not_in_rootfs(entry: &str) -> String {
+    let looked = if entry.contains('/') {
+        ""
+    } else {
+        " (at its root or on its PATH)"
+    };
+    format!("process.args[0] {entry} does not exist in the container's rootfs{looked}")
 }
 
 /// Where the container looks for `entry`: a path as it is; a bare name (Kubernetes' `command: ["server"]`)

@@ -106,14 +106,7 @@ impl ExecBase {
         let found = crate::bundle::find_command(&self.rootfs, entry, &env, self.max_bytes)
             .map_err(|e| invalid(format!("process.args[0] {e}")))?;
         let Some((path, bytes)) = found else {
-            return Err(invalid(format!(
-                "process.args[0] {entry} does not exist in the container's rootfs{}",
-                if entry.contains('/') {
-                    ""
-                } else {
-                    " (at its root or on its PATH)"
-                }
-            )));
+            return Err(invalid(crate::bundle::not_in_rootfs(entry)));
         };
         let source = Source::from_bytes(format!("{container_id} exec {exec_id} ({path})"), bytes);
         let app = self
@@ -357,9 +350,14 @@ impl Container {
 
     /// The exec `exec_id` of this container.
     pub fn exec(&self, exec_id: &str) -> Result<Arc<Exec>> {
-        self.execs().get(exec_id).cloned().ok_or_else(|| {
-            ShimError::NotFound(format!("exec {exec_id} not found in container {}", self.id))
-        })
+        self.execs()
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| self.no_such_exec(exec_id))
+    }
+
+    fn no_such_exec(&self, exec_id: &str) -> ShimError {
+        ShimError::NotFound(format!("exec {exec_id} not found in container {}", self.id))
     }
 
     /// Starts an exec under the container's limits in force, charged to the container's account as a
@@ -394,9 +392,9 @@ impl Container {
     /// Removes an exec that is not running, returning it.
     pub fn delete_exec(&self, exec_id: &str) -> Result<Arc<Exec>> {
         let mut execs = self.execs();
-        let exec = execs.get(exec_id).ok_or_else(|| {
-            ShimError::NotFound(format!("exec {exec_id} not found in container {}", self.id))
-        })?;
+        let exec = execs
+            .get(exec_id)
+            .ok_or_else(|| self.no_such_exec(exec_id))?;
         if exec.status() == Status::Running {
             return Err(ShimError::FailedPrecondition(format!(
                 "exec {exec_id} is running; kill it first"
