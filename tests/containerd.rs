@@ -196,12 +196,12 @@ fn bad_images_volumes_exec_and_signals_are_refused_with_the_reason() {
     let file = volumes.path().join("app.conf");
     std::fs::write(&file, "x").unwrap();
     let missing = volumes.path().join("missing");
-    for (source, destination, why, id) in [
-        (&file, "/etc/app.conf", "is not a directory", "bad3"),
-        (&missing, "/data", "No such file or directory", "bad4"),
+    for (source, destination, options, why, id) in [
+        (&file, "/etc/app.conf", "rw", "is a writable file", "bad3"),
+        (&missing, "/data", "ro", "No such file or directory", "bad4"),
     ] {
         let mount = format!(
-            "type=bind,src={},dst={destination},options=rbind:ro",
+            "type=bind,src={},dst={destination},options=rbind:{options}",
             source.display()
         );
         let said = refused_run(&containerd, &["--mount", &mount, &image], id);
@@ -467,5 +467,7 @@ fn the_start_action_answers_in_the_dialect_containerd_speaks() {
     assert_eq!(get(([127, 0, 0, 1], port).into(), "/").status, 200);
 }
 
+#[path = "containerd/file_mounts.rs"]
+mod file_mounts;
 #[path = "containerd/stdin.rs"]
 mod stdin;

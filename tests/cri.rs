@@ -45,6 +45,43 @@ async fn oci_wasm_image_runs_in_the_pod(
     assert_eq!(wait_for_200_at(addr, "/"), "Hello from wasmhttp!\n");
 }
 
+/// A ConfigMap key mounted with `subPath`, as the kubelet passes it (a read-only bind of one file): the guest
+/// reads it where it was mounted, and nothing else of the directory it came from.
+async fn a_subpath_file_reaches_the_guest(
+    containerd: &Containerd,
+    runtime: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    sandbox: &PodSandboxConfig,
+    ip: &str,
+) {
+    // The kubelet keeps volumes in /var/lib/kubelet, which the node configuration lets the shim reach by
+    // default; this test's containerd state directory is reachable too, and is its own.
+    let volume = containerd.dir.path().join("state/configmap-volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    std::fs::write(volume.join("app.conf"), "mode=pod").unwrap();
+    std::fs::write(volume.join("other-key"), "not mounted").unwrap();
+    let mut config = container_config(
+        "probe",
+        "docker.io/wasmhttp-test/probe:latest",
+        8087,
+        LinuxContainerResources::default(),
+    );
+    config.mounts = vec![Mount {
+        container_path: "/etc/app/app.conf".into(),
+        host_path: volume.join("app.conf").display().to_string(),
+        readonly: true,
+        ..Default::default()
+    }];
+    create_and_start(runtime, pod, sandbox, config).await;
+    let addr: SocketAddr = format!("{ip}:8087").parse().unwrap();
+    let body = wait_for_200_at(addr, "/?read=/etc/app/app.conf&read=/etc/app/other-key");
+    let lines: Vec<&str> = body.lines().collect();
+    assert!(
+        lines[0] == "read allowed: mode=pod" && lines[1].starts_with("read denied"),
+        "{body}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_lifecycle_through_cri() {
     let cleanup = PodNetworkCleanup {
@@ -53,7 +90,14 @@ async fn pod_lifecycle_through_cri() {
     let registry = Registry::start();
     let containerd = Containerd::start_with(|dir| cri_config(dir, &registry.host));
     tag_sandbox_image(&containerd);
-    for name in ["logger", "mem-hog", "cpu-burn", "hello-cli", "counter-p3"] {
+    for name in [
+        "logger",
+        "mem-hog",
+        "cpu-burn",
+        "hello-cli",
+        "counter-p3",
+        "probe",
+    ] {
         import_example_in(&containerd, "k8s.io", name);
     }
     let channel = containerd_client::connect(containerd.socket())
@@ -203,6 +247,7 @@ async fn pod_lifecycle_through_cri() {
         container_state(&mut runtime, &counter).await,
         ContainerState::ContainerRunning
     );
+    a_subpath_file_reaches_the_guest(&containerd, &mut runtime, &pod, &sandbox, &ip).await;
     if !is_1_6() {
         oci_wasm_image_runs_in_the_pod(
             &containerd,

@@ -356,12 +356,17 @@ fn a_containers_user_reads_and_writes_volumes_with_its_own_rights_as_under_runc(
             .as_array_mut()
             .unwrap()
             .retain(|ns| ns["type"] != "network");
-        spec["mounts"]
-            .as_array_mut()
-            .unwrap()
-            .push(serde_json::json!({
-                "destination": "/data", "type": "bind", "source": volume, "options": ["rbind", "rw"]
+        let mounts = spec["mounts"].as_array_mut().unwrap();
+        mounts.push(serde_json::json!({
+            "destination": "/data", "type": "bind", "source": volume, "options": ["rbind", "rw"]
+        }));
+        // Read-only file mounts (a subPath) are copies, readable as their sources are to the user.
+        for name in ["public", "secret"] {
+            mounts.push(serde_json::json!({
+                "destination": format!("/etc/app/{name}"), "type": "bind",
+                "source": volume.join(name), "options": ["rbind", "ro"]
             }));
+        }
         let path = dir.path().join(format!("{id}.json"));
         std::fs::write(&path, spec.to_string()).unwrap();
         let output = ctr_run(&containerd, "-d", &["--config", path.to_str().unwrap(), id]);
@@ -373,7 +378,8 @@ fn a_containers_user_reads_and_writes_volumes_with_its_own_rights_as_under_runc(
         let addr = ([127, 0, 0, 1], port).into();
         let body = wait_for_200_at(
             addr,
-            "/?read=/data/public&read=/data/secret&read=/data/team&write=/data/mine/out&write=/data/root-owned",
+            "/?read=/data/public&read=/data/secret&read=/data/team&write=/data/mine/out&write=/data/root-owned\
+             &read=/etc/app/public&read=/etc/app/secret",
         );
         kill_now(&containerd, id);
         body.lines().map(str::to_string).collect::<Vec<_>>()
@@ -387,8 +393,9 @@ fn a_containers_user_reads_and_writes_volumes_with_its_own_rights_as_under_runc(
     );
     assert_eq!(
         verdicts(&user),
-        [true, false, true, true, false],
-        "public, secret (root's), team (group 2000), mine/out (the user's directory), root-owned: {user:?}"
+        [true, false, true, true, false, true, false],
+        "public, secret (root's), team (group 2000), mine/out (the user's directory), root-owned, then \
+         public and secret as file mounts: {user:?}"
     );
     assert!(user[1].contains("denied"), "{user:?}");
     let written = std::fs::metadata(volume.join("mine/out")).unwrap();
@@ -404,7 +411,7 @@ fn a_containers_user_reads_and_writes_volumes_with_its_own_rights_as_under_runc(
 
     // Root in the container has root's rights, so the same probe can see everything.
     let root = run("root", serde_json::json!({"uid": 0, "gid": 0}));
-    assert_eq!(verdicts(&root), [true; 5], "{root:?}");
+    assert_eq!(verdicts(&root), [true; 7], "{root:?}");
     assert_eq!(
         std::fs::metadata(volume.join("root-owned")).unwrap().uid(),
         0

@@ -7,7 +7,7 @@ use crate::rootfs::RootFs;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use wasmhttp_runtime::{Capabilities, FileUser, Layers, Limits, Preopen, Source, fold};
+use wasmhttp_runtime::{Capabilities, FileUser, Layers, Limits, Source, fold};
 
 /// Annotation CRI puts on every container of a pod.
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
@@ -83,6 +83,9 @@ pub struct Workload {
     /// The directories of its rootfs, topmost first, where exec'd commands are looked for (none for a pod
     /// sandbox).
     pub rootfs: Vec<PathBuf>,
+    /// The read-only file mounts Create copies into the bundle before loading the guest (their directories
+    /// are among the preopens).
+    pub file_copies: Vec<file_mounts::FileCopy>,
 }
 
 impl Workload {
@@ -168,6 +171,7 @@ pub fn load(
             resolver_files: (None, None),
             metrics,
             rootfs: Vec::new(),
+            file_copies: Vec::new(),
         });
     }
     let process = spec
@@ -214,7 +218,7 @@ pub fn load(
         }),
         None => from_rootfs(bundle, &roots, &spec, &entry, max_component_size).map_err(invalid)?,
     };
-    let preopens = preopens(&spec).map_err(invalid)?;
+    let (preopens, file_copies) = mounts::guest_mounts(&spec, bundle).map_err(invalid)?;
     let file_user = file_user(process.user());
     let mut guest_args = if args.is_empty() {
         vec![entry.clone()]
@@ -239,6 +243,7 @@ pub fn load(
         network,
         metrics,
         rootfs: roots,
+        file_copies,
     })
 }
 
@@ -428,79 +433,8 @@ fn resolver_files(spec: &Spec, network: &Network) -> (Option<PathBuf>, Option<Pa
     (mounted("/etc/hosts"), mounted("/etc/resolv.conf"))
 }
 
-/// Files the runtime itself provides or uses (CRI binds them into every container): a guest reads none of
-/// them as a file, so their binds are no volume the guest is missing.
-const RUNTIME_FILES: [&str; 3] = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
-
-/// Bind mounts of directories become preopens; the kernel filesystems a container normally gets do not.
-/// A mount that cannot become one (a file, a missing source, a tmpfs) fails the container, naming it, as a
-/// mount runc cannot make would: a guest started without a volume it was given fails later and further from
-/// the cause.
-fn preopens(spec: &Spec) -> std::result::Result<Vec<Preopen>, String> {
-    let mounts = spec.mounts().clone().unwrap_or_default();
-    let mut preopens = Vec::new();
-    for mount in &mounts {
-        let destination = mount.destination();
-        if is_kernel_interface(destination) {
-            continue;
-        }
-        let Some((source, read_only)) = bind_mount(mount) else {
-            // Every default spec (ctr's, CRI's) mounts a tmpfs at /run, which holds nothing for a guest.
-            if destination == Path::new("/run") {
-                continue;
-            }
-            return Err(format!(
-                "the {} mount at {} cannot be given to a WASI guest, which sees host directories \
-                 only: use a bind mount (a Kubernetes volume)",
-                mount.typ().as_deref().unwrap_or("untyped"),
-                destination.display()
-            ));
-        };
-        let named = || {
-            format!(
-                "the mount at {} (source {})",
-                destination.display(),
-                source.display()
-            )
-        };
-        match std::fs::metadata(source) {
-            Ok(meta) if meta.is_dir() => preopens.push(Preopen {
-                host: source.clone(),
-                guest: destination.display().to_string(),
-                read_only,
-            }),
-            Ok(_) if RUNTIME_FILES.iter().any(|f| destination == Path::new(f)) => {}
-            Ok(_) => {
-                return Err(format!(
-                    "{} is not a directory: a WASI guest is given directories only, so mount the \
-                     directory that holds it (a Kubernetes volume without subPath)",
-                    named()
-                ));
-            }
-            Err(e) => return Err(format!("{}: {e}", named())),
-        }
-    }
-    Ok(preopens)
-}
-
-/// A bind mount's host source and whether it is read-only (`ro`); `None` for other mounts.
-pub fn bind_mount(mount: &oci_spec::runtime::Mount) -> Option<(&PathBuf, bool)> {
-    let options = mount.options().as_deref().unwrap_or_default();
-    let is_bind = mount.typ().as_deref() == Some("bind")
-        || options.iter().any(|o| o == "bind" || o == "rbind");
-    let source = mount.source().as_ref().filter(|_| is_bind)?;
-    Some((source, options.iter().any(|o| o == "ro")))
-}
-
-/// Whether `destination` is under `/dev`, `/proc` or `/sys`: the kernel's interfaces, which a WASI guest cannot
-/// use. CRI binds the pod's `/dev/shm` (POSIX shared memory) writable into every container; preopening it
-/// would give a guest a directory it has no use for, and refuse every container with a non-root
-/// `runAsUser`, since guest file I/O runs as root.
-fn is_kernel_interface(destination: &Path) -> bool {
-    ["/dev", "/proc", "/sys"]
-        .iter()
-        .any(|root| destination.starts_with(root))
-}
-
+pub mod file_mounts;
+mod mounts;
+pub use mounts::bind_mount;
 #[cfg(test)]
 mod tests;

@@ -28,6 +28,7 @@
 //! seccomp = "enforce"           # the shim server's syscall filter: "enforce", "log" (dmesg) or "off"
 //! landlock = "enforce"          # confine the shim server's file access (see crate::confine): or "off"
 //! host-paths = ["/var/lib/kubelet", "/run/containerd/fifo", "/var/log/wasmhttp"]  # host paths it may also use
+//! max-file-mounts-size = "16Mi" # read-only file mounts (a subPath) are copied: at most this much a container
 //!
 //! [metrics]                     # Prometheus /metrics in each pod's network namespace: see crate::scrape
 //! port = 9464
@@ -93,6 +94,10 @@ pub struct Security {
     /// own, such as kubelet's pod directories, `hostPath` volumes and log files; containers naming anything
     /// else are refused. Read when the shim process starts.
     pub host_paths: Vec<PathBuf>,
+    /// `max-file-mounts-size`: the most a container's read-only file mounts may hold together. A WASI guest
+    /// is given directories only, so such files are copied into the container's bundle (on containerd's
+    /// state directory, node memory when that is a tmpfs) at Create; see `crate::bundle::file_mounts`.
+    pub max_file_mounts_size: u64,
 }
 
 impl Default for Security {
@@ -103,6 +108,7 @@ impl Default for Security {
             seccomp: SeccompMode::default(),
             landlock: true,
             host_paths: DEFAULT_HOST_PATHS.iter().map(PathBuf::from).collect(),
+            max_file_mounts_size: DEFAULT_MAX_FILE_MOUNTS_SIZE,
         }
     }
 }
@@ -110,6 +116,9 @@ impl Default for Security {
 /// `host-paths` unless configured: kubelet's pod directories (volumes, `/etc/hosts`, termination logs),
 /// `ctr`'s default fifo directory and [`LOG_DIR`].
 pub const DEFAULT_HOST_PATHS: &[&str] = &["/var/lib/kubelet", "/run/containerd/fifo", LOG_DIR];
+
+/// `max-file-mounts-size` unless configured: room for a few ConfigMap and Secret keys (1 MiB at most each).
+pub const DEFAULT_MAX_FILE_MOUNTS_SIZE: u64 = 16 << 20;
 
 /// A directory for `ctr run --log-uri file://…` logs, which the shim creates when `host-paths` lists it.
 pub const LOG_DIR: &str = "/var/log/wasmhttp";
@@ -286,6 +295,10 @@ fn set_security(
                 })
                 .collect::<std::result::Result<_, _>>()?
         }
+        ("max-file-mounts-size", _) => {
+            security.max_file_mounts_size =
+                size::parse(value).map_err(|e| format!("{e}: expected {}", size::FORM.expected))?
+        }
         ("deny-outbound", _) => {
             security.deny_outbound = value
                 .split(',')
@@ -297,7 +310,7 @@ fn set_security(
         _ => {
             return Err(format!(
                 "unknown key `{key}` in [security] (keys: image-annotation, deny-outbound, seccomp, landlock, \
-                 host-paths)"
+                 host-paths, max-file-mounts-size)"
             ));
         }
     }

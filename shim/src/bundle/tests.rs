@@ -1,4 +1,5 @@
 use super::*;
+use wasmhttp_runtime::Preopen;
 
 fn bundle(config: &str, files: &[(&str, &[u8])]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
@@ -296,12 +297,12 @@ fn a_mount_that_cannot_be_a_guest_directory_fails_naming_it() {
     let file = host.path().join("app.conf");
     std::fs::write(&file, "x").unwrap();
     let missing = host.path().join("missing");
-    let with_mounts = |mounts: &[(&str, &std::path::Path)]| {
+    let with_options = |mounts: &[(&str, &std::path::Path)], options: &str| {
         let mounts: Vec<String> = mounts
             .iter()
             .map(|(destination, source)| {
                 format!(
-                    r#"{{"destination":"{destination}","type":"bind","source":"{}","options":["rbind","ro"]}}"#,
+                    r#"{{"destination":"{destination}","type":"bind","source":"{}","options":["rbind","{options}"]}}"#,
                     source.display()
                 )
             })
@@ -313,7 +314,14 @@ fn a_mount_that_cannot_be_a_guest_directory_fails_naming_it() {
             ),
             &[("a.wasm", b"x")],
         );
-        load(dir.path(), &[], &Layers::default(), 1 << 20).map(|w| w.capabilities.preopens)
+        load(dir.path(), &[], &Layers::default(), 1 << 20).map(|w| {
+            let copies = w.file_copies.iter();
+            let copies = copies.map(|c| (c.source.clone(), c.destination.clone()));
+            (w.capabilities.preopens, copies.collect::<Vec<_>>())
+        })
+    };
+    let with_mounts = |mounts: &[(&str, &std::path::Path)]| {
+        with_options(mounts, "ro").map(|(preopens, _)| preopens)
     };
     // The files CRI binds into every container, and the kernel's interfaces, are no guest volume.
     let preopens = with_mounts(&[
@@ -327,12 +335,28 @@ fn a_mount_that_cannot_be_a_guest_directory_fails_naming_it() {
     assert_eq!(preopens.len(), 1, "{preopens:?}");
     assert_eq!(preopens[0].guest, "/data");
 
-    let err = with_mounts(&[("/etc/app/app.conf", &file)])
+    // A read-only file is copied into a directory of the bundle's, which the guest sees where it is mounted.
+    let (preopens, copies) = with_options(&[("/etc/app/app.conf", &file)], "ro").unwrap();
+    assert_eq!(
+        (
+            preopens.len(),
+            preopens[0].guest.as_str(),
+            preopens[0].read_only
+        ),
+        (1, "/etc/app", true)
+    );
+    assert!(
+        preopens[0].host.ends_with("wasmhttp-files/0"),
+        "{preopens:?}"
+    );
+    assert_eq!(copies, [(file.clone(), "/etc/app/app.conf".to_string())]);
+    // A writable one would lose the guest's writes.
+    let err = with_options(&[("/etc/app/app.conf", &file)], "rw")
         .unwrap_err()
         .to_string();
     assert!(
         err.contains("config.json: the mount at /etc/app/app.conf (source ")
-            && err.contains("app.conf) is not a directory"),
+            && err.contains("app.conf) is a writable file: a WASI guest is given directories"),
         "{err}"
     );
     // ctr's and CRI's default tmpfs at /run is no volume either; a tmpfs elsewhere is one the guest would lack.

@@ -13,6 +13,7 @@ fn sandbox(events: Events) -> Arc<Container> {
         resolver_files: (None, None),
         metrics: Default::default(),
         rootfs: Vec::new(),
+        file_copies: Vec::new(),
     };
     let runtime = Runtime::new(EngineConfig {
         max_instances: 4,

@@ -49,12 +49,17 @@ fn a_file_sets_engine_defaults_and_ceilings() {
     assert_eq!(NodeConfig::default().security.seccomp, SeccompMode::Enforce);
     assert!(NodeConfig::default().security.landlock);
     let paths = parse(
-        "[security]\nlandlock = \"off\"\nhost-paths = [\"/srv/a\", \"/data\"]\n",
+        "[security]\nlandlock = \"off\"\nhost-paths = [\"/srv/a\", \"/data\"]\nmax-file-mounts-size = \"1Mi\"\n",
         "p.toml",
     )
     .unwrap()
     .security;
     assert!(!paths.landlock);
+    assert_eq!(paths.max_file_mounts_size, 1 << 20);
+    assert_eq!(
+        NodeConfig::default().security.max_file_mounts_size,
+        16 << 20
+    );
     assert_eq!(paths.host_paths, [Path::new("/srv/a"), Path::new("/data")]);
     assert_eq!(
         config.security.deny_outbound,

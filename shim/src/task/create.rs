@@ -83,6 +83,7 @@ impl TaskService {
             ..Default::default()
         };
         let max_component_size = node.engine.max_component_size;
+        let copies_dir = bundle_dir.clone();
         let bundle_started = std::time::Instant::now();
         let mut workload = tokio::task::spawn_blocking(move || {
             bundle::load(&bundle_dir, &rootfs, &node_layers, max_component_size)
@@ -123,6 +124,15 @@ impl TaskService {
                 })?;
             }
             workload.confine_outbound(node.security.deny_outbound.clone());
+            let max_copied = node.security.max_file_mounts_size;
+            let user = workload.capabilities.file_user.as_deref();
+            let copies = &workload.file_copies;
+            bundle::file_mounts::copy(&copies_dir, copies, user, max_copied).map_err(|e| {
+                ShimError::InvalidArgument(format!(
+                    "{}: {e}",
+                    copies_dir.join("config.json").display()
+                ))
+            })?;
             let open = |path: &str| {
                 crate::stdio::open_output(path)
                     .map_err(|e| ShimError::InvalidArgument(format!("cannot open {path}: {e}")))
@@ -197,6 +207,11 @@ fn check_reachable(
     use crate::confine::check_reachable as check;
     use wasmhttp_runtime::confine::landlock::Access;
     crate::stdio::check_reachable(stdin, stdout, stderr)?;
+    for copy in &workload.file_copies {
+        let what = format!("the source of the file mounted at {}", copy.destination);
+        check(&copy.source, Access::Read, &what)?;
+    }
+    // The copies' directories lie in the bundle, which the server always reaches.
     for preopen in &workload.capabilities.preopens {
         let what = format!("the source of the mount at {}", preopen.guest);
         check(
