@@ -27,6 +27,9 @@ pub struct Capabilities {
     pub env: Vec<(String, String)>,
     /// Arguments the guest sees, `args[0]` included.
     pub args: Vec<String>,
+    /// The working directory the guest starts in (`wasi:cli/environment.initial-cwd`), against which its C
+    /// library resolves relative paths; `None` for `/`.
+    pub cwd: Option<String>,
     /// Hosts (`name` or `name:port`, or `*` for any) the guest may send outbound HTTP requests to.
     pub allowed_outbound_hosts: Vec<String>,
     /// Address ranges no outbound request may reach, whatever its host resolves to (by default
@@ -45,6 +48,7 @@ impl Default for Capabilities {
             preopens: Vec::new(),
             env: Vec::new(),
             args: Vec::new(),
+            cwd: None,
             allowed_outbound_hosts: Vec::new(),
             denied_outbound: default_denied_ranges(),
             dialer: SharedDialer::default(),
@@ -93,6 +97,9 @@ impl Capabilities {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        if let Some(cwd) = &self.cwd {
+            builder.initial_cwd(cwd);
+        }
         // Path operations run on the polling thread, which has the file user's rights (crate::identity).
         builder.allow_blocking_current_thread(self.guest_file_user().is_some());
         for preopen in &self.preopens {

@@ -197,6 +197,7 @@ pub fn load(
         }
     };
     let env = guest_env(process.env().as_deref().unwrap_or_default()).map_err(invalid)?;
+    let cwd = guest_cwd(process.cwd()).map_err(invalid)?;
     let port = match (annotated.port, env.iter().find(|(k, _)| k == "PORT")) {
         (Some(port), _) => Ok(port),
         (None, None) => Ok(DEFAULT_PORT),
@@ -234,6 +235,7 @@ pub fn load(
             preopens,
             env,
             args: guest_args,
+            cwd,
             allowed_outbound_hosts: annotated.allowed_outbound_hosts,
             file_user,
             ..Capabilities::default()
@@ -257,6 +259,18 @@ pub fn guest_env(env: &[String]) -> std::result::Result<Vec<(String, String)>, S
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(wasmhttp_runtime::dedup_env(vars))
+}
+
+/// The guest's working directory from a process's `cwd`, which must be absolute as the runtime spec
+/// requires; `None` for `/`, where a guest starts anyway, and for an empty one (some exec clients send none).
+pub fn guest_cwd(cwd: &Path) -> std::result::Result<Option<String>, String> {
+    match cwd.to_str() {
+        Some("" | "/") => Ok(None),
+        Some(text) if cwd.is_absolute() => Ok(Some(text.to_string())),
+        _ => Err(format!(
+            "process.cwd {cwd:?} is not an absolute path, as the runtime spec requires"
+        )),
+    }
 }
 
 /// A process's file rights: root in the container has root's, as under runc; anyone else has their own.

@@ -1,11 +1,12 @@
 //! Read-only file mounts (a Kubernetes `subPath`, `ctr run --mount` of a file): the guest reads the file where
 //! it was mounted and nothing beside it, cannot write it, and the copy the shim made goes with the bundle.
+//! The process's working directory (a Kubernetes `workingDir`) is the guest's `initial-cwd`.
 
 use super::*;
 use std::os::unix::fs::PermissionsExt;
 
 #[test]
-fn a_read_only_file_mount_reaches_the_guest_alone_and_goes_with_the_bundle() {
+fn a_read_only_file_mount_reaches_the_guest_alone_and_goes_with_the_bundle_and_cwd_is_passed_on() {
     let containerd = Containerd::start();
     let image = import_example(&containerd, "probe");
     let host = tempfile::tempdir().unwrap();
@@ -32,13 +33,15 @@ fn a_read_only_file_mount_reaches_the_guest_alone_and_goes_with_the_bundle() {
         mount(&token, "/etc/app/token", "ro"),
         mount(volume.path(), "/etc/app/volume", "ro"),
     ];
-    let extra: Vec<&str> = mounts.iter().flat_map(|m| ["--mount", m]).collect();
+    let mut extra: Vec<&str> = mounts.iter().flat_map(|m| ["--mount", m]).collect();
+    // The process's working directory (a Kubernetes workingDir) is the guest's initial-cwd.
+    extra.extend(["--cwd", "/etc/app"]);
     run_service(&containerd, &image, "files1", port, &extra);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let probe = |target: &str| wait_for_200_at(addr, target);
     let body = probe(
         "/?read=/etc/app/app.conf&read=/etc/app/token&read=/etc/app/volume/data.txt\
-         &read=/etc/app/neighbour&write=/etc/app/app.conf&write=/etc/app/new",
+         &read=/etc/app/neighbour&write=/etc/app/app.conf&write=/etc/app/new&cwd",
     );
     let lines: Vec<&str> = body.lines().collect();
     assert_eq!(
@@ -52,9 +55,10 @@ fn a_read_only_file_mount_reaches_the_guest_alone_and_goes_with_the_bundle() {
     );
     assert!(
         lines[3].starts_with("read denied")
-            && lines[4..].iter().all(|l| l.starts_with("write denied")),
+            && lines[4..6].iter().all(|l| l.starts_with("write denied")),
         "the source's neighbour is not there, and nothing can be written: {body}"
     );
+    assert_eq!(lines[6..], ["initial-cwd: /etc/app"], "{body}");
     // The copy was taken at Create: a later change of the source is not seen, as with a ConfigMap's subPath.
     std::fs::write(&config, "greeting=changed").unwrap();
     assert_eq!(

@@ -382,3 +382,20 @@ fn a_mount_that_cannot_be_a_guest_directory_fails_naming_it() {
         "{err}"
     );
 }
+
+#[test]
+fn the_processs_cwd_is_the_guests_initial_cwd_and_must_be_absolute() {
+    let load_cwd = |cwd: &str| {
+        let spec =
+            config(r#"["/a.wasm"]"#, "").replace(r#""cwd":"/""#, &format!(r#""cwd":"{cwd}""#));
+        let dir = bundle(&spec, &[("a.wasm", b"x")]);
+        load(dir.path(), &[], &Layers::default(), 1 << 20).map(|w| w.capabilities.cwd)
+    };
+    assert_eq!(load_cwd("/srv/app").unwrap().as_deref(), Some("/srv/app"));
+    assert_eq!(load_cwd("/").unwrap(), None);
+    let err = load_cwd("srv/app").unwrap_err().to_string();
+    assert!(
+        err.contains("config.json: process.cwd \"srv/app\" is not an absolute path"),
+        "{err}"
+    );
+}

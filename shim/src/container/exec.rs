@@ -123,6 +123,7 @@ impl ExecBase {
         let caps = Capabilities {
             args: guest_args,
             env: crate::bundle::guest_env(&env).map_err(invalid)?,
+            cwd: crate::bundle::guest_cwd(process.cwd()).map_err(invalid)?,
             file_user: crate::bundle::file_user(process.user()),
             ..self.caps.clone()
         };
