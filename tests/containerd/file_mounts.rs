@@ -19,8 +19,19 @@ fn a_read_only_file_mount_reaches_the_guest_alone_and_goes_with_the_bundle_and_c
     let config = write("app.conf", "greeting=hi", 0o644);
     let token = write("token", "t0ken", 0o600);
     write("neighbour", "not mounted", 0o644);
+    // A directory volume laid out as the kubelet writes a ConfigMap's: each key a link into `..data`, itself
+    // a link to the current version's directory, swapped whole on an update.
     let volume = tempfile::tempdir().unwrap();
-    std::fs::write(volume.path().join("data.txt"), "in the volume").unwrap();
+    let version = |name: &str, text: &str| {
+        let dir = volume.path().join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("data.txt"), text).unwrap();
+        let link = volume.path().join("..data_tmp");
+        std::os::unix::fs::symlink(name, &link).unwrap();
+        std::fs::rename(&link, volume.path().join("..data")).unwrap();
+    };
+    version("..2026_01_01_00_00_00.1", "in the volume");
+    std::os::unix::fs::symlink("..data/data.txt", volume.path().join("data.txt")).unwrap();
     let mount = |source: &std::path::Path, destination: &str, options: &str| {
         format!(
             "type=bind,src={},dst={destination},options=rbind:{options}",
@@ -59,8 +70,14 @@ fn a_read_only_file_mount_reaches_the_guest_alone_and_goes_with_the_bundle_and_c
         "the source's neighbour is not there, and nothing can be written: {body}"
     );
     assert_eq!(lines[6..], ["initial-cwd: /etc/app"], "{body}");
-    // The copy was taken at Create: a later change of the source is not seen, as with a ConfigMap's subPath.
+    // The copy was taken at Create: a later change of the source is not seen, as with a ConfigMap's subPath;
+    // a directory volume is the host's own, so an update of the ConfigMap is.
     std::fs::write(&config, "greeting=changed").unwrap();
+    version("..2026_01_01_00_00_00.2", "updated");
+    assert_eq!(
+        probe("/?read=/etc/app/volume/data.txt"),
+        "read allowed: updated\n"
+    );
     assert_eq!(
         probe("/?read=/etc/app/app.conf"),
         "read allowed: greeting=hi\n"
