@@ -1,5 +1,6 @@
 //! A registry that sends more of a blob than its manifest declares: `wasmhttp image pull` refuses it as the
-//! surplus arrives, rather than holding all of it before the digest check fails, and writes nothing.
+//! surplus arrives, rather than holding all of it before the digest check fails, and writes nothing. A
+//! registry that accepts connections and never answers is given up on after `--timeout`.
 
 use super::*;
 
@@ -33,6 +34,47 @@ fn a_blob_longer_than_its_manifest_declares_is_refused_as_it_arrives() {
         "{said}"
     );
     assert!(!out.exists(), "nothing written when the pull fails");
+}
+
+#[test]
+fn a_registry_that_never_answers_is_given_up_on_after_the_timeout() {
+    // Accepts every connection and holds it, saying nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let reference = format!("{}/hello:v1", listener.local_addr().unwrap());
+    let held = std::thread::spawn(move || {
+        listener
+            .incoming()
+            .take(2)
+            .map(|c| c.unwrap())
+            .collect::<Vec<_>>()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("hello.tar");
+    build("hello", "example.com/hello:v1", "layer", &tar);
+    let out = dir.path().join("pulled.tar");
+    let timeout = ["--timeout", "1s"];
+    for (command, args) in [
+        (
+            "pull",
+            vec![reference.as_str(), "-o", out.to_str().unwrap()],
+        ),
+        ("push", vec![tar.to_str().unwrap(), reference.as_str()]),
+    ] {
+        let started = std::time::Instant::now();
+        let all = [&["image", command, "--plain-http"], &args[..], &timeout].concat();
+        let said = fails(wasmhttp_with(&all, &[]));
+        assert!(
+            said.contains("operation timed out (no answer within --timeout 1s)"),
+            "{command}: {said}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "{command} gave up after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(!out.exists(), "nothing written when the pull fails");
+    drop(held.join().unwrap());
 }
 
 /// Every file under `dir`.

@@ -14,6 +14,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference, RegistryOperation};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 use wasmhttp_oci::{Document, choose_entry};
 
 /// How to reach the registry.
@@ -22,6 +23,9 @@ pub struct RegistryArgs {
     /// Speak plain HTTP instead of HTTPS (a loopback or lab registry).
     #[arg(long, visible_alias = "insecure")]
     plain_http: bool,
+    /// Give up on a registry that accepts no connection, or sends nothing, for this long (e.g. 30s, 2m).
+    #[arg(long, default_value = "60s", value_parser = wasmhttp_runtime::knobs::value::duration::parse)]
+    timeout: Duration,
 }
 
 #[derive(Args)]
@@ -153,6 +157,7 @@ struct Session {
     reference: Reference,
     auth: RegistryAuth,
     registry: String,
+    timeout: Duration,
 }
 
 impl Session {
@@ -166,11 +171,15 @@ impl Session {
         Ok(Session {
             client: Client::new(ClientConfig {
                 protocol,
+                // Without them a registry that stalls holds the command forever.
+                connect_timeout: Some(args.timeout),
+                read_timeout: Some(args.timeout),
                 ..Default::default()
             }),
             reference: reference.clone(),
             auth: super::credentials::for_registry(&registry)?,
             registry,
+            timeout: args.timeout,
         })
     }
 
@@ -262,7 +271,12 @@ impl Session {
                     "digest mismatch: registry {registry} sent content that does not match its digest ({e})"
                 )
             }
-            OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
+            OciDistributionError::RequestError(e) if e.is_timeout() => anyhow!(
+                "cannot reach registry {registry}: {} (no answer within --timeout {}s)",
+                root_cause(&e),
+                self.timeout.as_secs_f64()
+            ),
+            OciDistributionError::RequestError(e) if e.is_connect() => {
                 anyhow!("cannot reach registry {registry}: {}", root_cause(&e))
             }
             other => anyhow!("registry {registry}: {}", root_cause(&other)),
