@@ -226,7 +226,6 @@ fn set_engine(
     key: &str,
     value: &str,
 ) -> std::result::Result<(), String> {
-    let expected = |e: String| format!("{e}: expected {}", size::FORM.expected);
     let kebab = key.replace('_', "-");
     match kebab.as_str() {
         "max-instances" => {
@@ -236,13 +235,11 @@ fn set_engine(
                 .filter(|n| *n > 0)
                 .ok_or_else(|| format!("{value:?}: expected a positive integer"))?
         }
-        "max-instance-memory" => {
-            engine.max_instance_memory = size::parse(value).map_err(expected)?
-        }
-        "cache-max-size" => engine.cache_max_bytes = size::parse(value).map_err(expected)?,
+        "max-instance-memory" => engine.max_instance_memory = parse_size(value)?,
+        "cache-max-size" => engine.cache_max_bytes = parse_size(value)?,
         "cache-dir" => engine.cache_dir = Some(PathBuf::from(value)),
-        "slot-keep-resident" => engine.slot_keep_resident = size::parse(value).map_err(expected)?,
-        "max-component-size" => engine.max_component_size = size::parse(value).map_err(expected)?,
+        "slot-keep-resident" => engine.slot_keep_resident = parse_size(value)?,
+        "max-component-size" => engine.max_component_size = parse_size(value)?,
         "precompiled-signers" => {
             engine.precompiled_signers = value
                 .split(',')
@@ -266,6 +263,11 @@ fn set_engine(
         warn_deprecated("", "engine", key, &kebab);
     }
     Ok(())
+}
+
+/// A byte size, its error saying the form expected.
+fn parse_size(value: &str) -> std::result::Result<u64, String> {
+    size::parse(value).map_err(|e| format!("{e}: expected {}", size::FORM.expected))
 }
 
 fn set_security(
@@ -295,10 +297,7 @@ fn set_security(
                 })
                 .collect::<std::result::Result<_, _>>()?
         }
-        ("max-file-mounts-size", _) => {
-            security.max_file_mounts_size =
-                size::parse(value).map_err(|e| format!("{e}: expected {}", size::FORM.expected))?
-        }
+        ("max-file-mounts-size", _) => security.max_file_mounts_size = parse_size(value)?,
         ("deny-outbound", _) => {
             security.deny_outbound = value
                 .split(',')

@@ -39,14 +39,12 @@ pub struct FileCopy {
     pub copy: PathBuf,
 }
 
-impl FileCopy {
-    fn named(&self) -> String {
-        format!(
-            "the file mounted at {} (source {})",
-            self.destination,
-            self.source.display()
-        )
-    }
+/// How errors name a file mount.
+fn mount_name(destination: impl std::fmt::Display, source: &Path) -> String {
+    format!(
+        "the file mounted at {destination} (source {})",
+        source.display()
+    )
 }
 
 /// The read-only preopens of the container directories that `files` are mounted in, and the copies that
@@ -61,13 +59,7 @@ pub fn plan(
     let mut directories: Vec<String> = Vec::new();
     let mut copies: Vec<FileCopy> = Vec::new();
     for file in files {
-        let named = || {
-            format!(
-                "the file mounted at {} (source {})",
-                file.destination.display(),
-                file.source.display()
-            )
-        };
+        let named = || mount_name(file.destination.display(), &file.source);
         let (directory, name) = split(&file.destination).ok_or_else(|| {
             format!(
                 "{}: the destination is not an absolute path to a file without `..`",
@@ -158,7 +150,7 @@ pub fn copy(
 fn copy_all(copies: &[FileCopy], user: Option<&FileUser>, max_bytes: u64) -> Result<(), String> {
     let mut left = max_bytes;
     for copy in copies {
-        let named = copy.named();
+        let named = mount_name(&copy.destination, &copy.source);
         let directory = copy.copy.parent().unwrap_or(Path::new("/"));
         std::fs::DirBuilder::new()
             .recursive(true)
