@@ -1,6 +1,7 @@
 //! A registry that sends more of a blob than its manifest declares: `wasmhttp image pull` refuses it as the
 //! surplus arrives, rather than holding all of it before the digest check fails, and writes nothing. A
-//! registry that accepts connections and never answers is given up on after `--timeout`.
+//! registry that accepts connections and never answers is given up on after `--timeout`. An image that
+//! declares more than `--max-size` is refused before any blob is pulled.
 
 use super::*;
 
@@ -34,6 +35,36 @@ fn a_blob_longer_than_its_manifest_declares_is_refused_as_it_arrives() {
         "{said}"
     );
     assert!(!out.exists(), "nothing written when the pull fails");
+}
+
+#[test]
+fn an_image_declaring_more_than_max_size_is_refused_before_its_blobs_are_pulled() {
+    let registry = Registry::start();
+    let (reference, _) = build_and_push(&registry, "hello", "hello", "layer");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pulled.tar");
+    let path = out.to_str().unwrap();
+    let said = fails(wasmhttp(&[
+        "image",
+        "pull",
+        &reference,
+        "-o",
+        path,
+        "--plain-http",
+        "--max-size",
+        "1Ki",
+    ]));
+    assert!(
+        said.contains("bytes of config and layers, more than --max-size allows (1024 bytes)"),
+        "{said}"
+    );
+    assert!(!out.exists(), "nothing written when the pull is refused");
+    // The default leaves room for it.
+    ok(
+        image_pull(&reference, &out, &[]),
+        "pull with the default --max-size",
+    );
+    assert!(out.exists());
 }
 
 #[test]

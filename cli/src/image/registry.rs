@@ -45,6 +45,11 @@ pub struct PullArgs {
     /// Output tar (an OCI image layout, for `ctr image import`).
     #[arg(short = 'o', long = "output")]
     output: PathBuf,
+    /// Refuse an image whose manifest declares more than this many bytes of config and layers, before
+    /// pulling any of them (they are held in memory until written; e.g. 512Mi, 4Gi).
+    #[arg(long, value_name = "SIZE", default_value = "1Gi",
+          value_parser = wasmhttp_runtime::knobs::value::size::parse)]
+    max_size: u64,
     #[command(flatten)]
     registry: RegistryArgs,
 }
@@ -106,10 +111,18 @@ pub fn pull(args: PullArgs) -> anyhow::Result<()> {
         session.authenticate(RegistryOperation::Pull).await?;
         let manifest = session.manifest(&reference).await?;
         let (_, config, layers) = layout::parse_manifest(&manifest)?;
-        let progress = progress_bar(
-            config.size + layers.iter().map(|l| l.size).sum::<u64>(),
-            "pull",
-        );
+        // Summed without overflow: the sizes are the registry's word.
+        let total = std::iter::once(&config)
+            .chain(&layers)
+            .fold(0u64, |sum, d| sum.saturating_add(d.size));
+        if total > args.max_size {
+            bail!(
+                "{} declares {total} bytes of config and layers, more than --max-size allows ({} bytes)",
+                args.reference,
+                args.max_size
+            );
+        }
+        let progress = progress_bar(total, "pull");
         let mut blobs = HashMap::new();
         for d in std::iter::once(&config).chain(&layers) {
             let mut out = ProgressWriter {
