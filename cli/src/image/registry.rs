@@ -111,9 +111,10 @@ pub fn pull(args: PullArgs) -> anyhow::Result<()> {
         session.authenticate(RegistryOperation::Pull).await?;
         let manifest = session.manifest(&reference).await?;
         let (_, config, layers) = layout::parse_manifest(&manifest)?;
+        let wanted: Vec<&Descriptor> = std::iter::once(&config).chain(&layers).collect();
         // Summed without overflow: the sizes are the registry's word.
-        let total = std::iter::once(&config)
-            .chain(&layers)
+        let total = wanted
+            .iter()
             .fold(0u64, |sum, d| sum.saturating_add(d.size));
         if total > args.max_size {
             bail!(
@@ -124,7 +125,7 @@ pub fn pull(args: PullArgs) -> anyhow::Result<()> {
         }
         let progress = progress_bar(total, "pull");
         let mut blobs = HashMap::new();
-        for d in std::iter::once(&config).chain(&layers) {
+        for d in wanted {
             let mut out = ProgressWriter {
                 // Sized by what arrives: the descriptor's size is the registry's word.
                 bytes: Vec::with_capacity(d.size.min(PREALLOCATED_AT_MOST) as usize),
