@@ -381,6 +381,58 @@ fn a_corrupted_blob_or_a_non_wasm_image_is_refused_and_nothing_is_written() {
     assert!(leftovers.is_empty(), "no temp files left: {leftovers:?}");
 }
 
+#[test]
+fn an_image_index_is_pulled_as_the_manifest_it_lists_for_wasm() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Two images in the registry; an index lists the one for this host's platform first, the wasm one second.
+    let mut entries = Vec::new();
+    for (wasm, os, architecture) in [("echo", "linux", "amd64"), ("hello", "wasip2", "wasm")] {
+        let reference = format!("{}/multi:{wasm}", registry.host);
+        let tar = dir.path().join(format!("{wasm}.tar"));
+        build(wasm, &reference, "layer", &tar);
+        let pushed = ok(image_push(&tar, &reference, &[]), "image push");
+        let digest = pushed.trim().rsplit('@').next().unwrap().to_string();
+        let size = skopeo_inspect(&format!("docker://{reference}")).len();
+        entries.push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": size,
+            "platform": {"os": os, "architecture": architecture},
+        }));
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    });
+    let index_file = dir.path().join("index.json");
+    std::fs::write(&index_file, index.to_string()).unwrap();
+    let url = format!("http://{}/v2/multi/manifests/v1", registry.host);
+    let put = Command::new("curl")
+        .args(["-sSf", "-X", "PUT", "-H"])
+        .arg("Content-Type: application/vnd.oci.image.index.v1+json")
+        .arg("--data-binary")
+        .arg(format!("@{}", index_file.display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+
+    let out = dir.path().join("pulled.tar");
+    let reference = format!("{}/multi:v1", registry.host);
+    let said = ok(image_pull(&reference, &out, &[]), "image pull of an index");
+    let wasm_entry = index["manifests"][1]["digest"].as_str().unwrap();
+    assert!(said.contains(&format!("@{wasm_entry} to")), "{said}");
+    let pulled = skopeo_inspect(&format!("oci-archive:{}", out.display()));
+    let hello = skopeo_inspect(&format!("docker://{}/multi:hello", registry.host));
+    assert_eq!(pulled, hello, "the wasm entry's manifest, byte for byte");
+}
+
 #[path = "image/readme.rs"]
 mod readme;
 

@@ -1,6 +1,8 @@
 //! `wasmhttp image push` and `pull`: an OCI layout tar to and from a registry, through `oci-client`.
 //! Plain HTTP only when asked; credentials from the Docker `config.json`; every failure one line that names
-//! the registry, and a pull writes nothing until every blob has been fetched and checked.
+//! the registry, and a pull writes nothing until every blob has been fetched and checked. What the registry
+//! sends is bounded: manifests by [`MAX_MANIFEST_SIZE`], blobs by what their manifest declares and
+//! `--max-size`.
 
 use super::layout::{self, Descriptor, Image};
 use anyhow::{Context, anyhow, bail};
@@ -60,7 +62,7 @@ const CHUNK: usize = 1 << 20;
 pub fn push(args: PushArgs) -> anyhow::Result<()> {
     let reference = parse_reference(&args.reference)?;
     let image = layout::read(&args.image)?;
-    let session = Session::new(&reference, &args.registry)?;
+    let mut session = Session::new(&reference, &args.registry)?;
     block_on(async {
         session.authenticate(RegistryOperation::Push).await?;
         let total = image.descriptors().map(|d| d.size).sum();
@@ -106,7 +108,7 @@ pub fn push(args: PushArgs) -> anyhow::Result<()> {
 
 pub fn pull(args: PullArgs) -> anyhow::Result<()> {
     let reference = parse_reference(&args.reference)?;
-    let session = Session::new(&reference, &args.registry)?;
+    let mut session = Session::new(&reference, &args.registry)?;
     let image = block_on(async {
         session.authenticate(RegistryOperation::Pull).await?;
         let manifest = session.manifest(&reference).await?;
@@ -165,24 +167,43 @@ fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> 
         .block_on(future)
 }
 
+/// The largest manifest or index a pull takes: the size registries commonly accept for one. Without a bound
+/// a registry could make the command hold whatever it sends before any check.
+const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+
 /// A client bound to one registry, with the credentials found for it.
 struct Session {
     client: Client,
+    /// Manifests are fetched with this client rather than `client`, which reads a manifest whole however
+    /// large it is.
+    http: reqwest::Client,
+    scheme: &'static str,
     reference: Reference,
     auth: RegistryAuth,
+    /// The bearer token [`Session::authenticate`] obtained, if the registry asked for one.
+    token: Option<String>,
     registry: String,
     timeout: Duration,
 }
 
 impl Session {
     fn new(reference: &Reference, args: &RegistryArgs) -> anyhow::Result<Self> {
-        let protocol = if args.plain_http {
-            ClientProtocol::Http
+        let (protocol, scheme) = if args.plain_http {
+            (ClientProtocol::Http, "http")
         } else {
-            ClientProtocol::Https
+            (ClientProtocol::Https, "https")
         };
         let registry = reference.resolve_registry().to_string();
+        let http = reqwest::Client::builder()
+            .connect_timeout(args.timeout)
+            .read_timeout(args.timeout)
+            .user_agent(concat!("wasmhttp/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("setting up the HTTP client")?;
         Ok(Session {
+            http,
+            scheme,
+            token: None,
             client: Client::new(ClientConfig {
                 protocol,
                 // Without them a registry that stalls holds the command forever.
@@ -197,26 +218,23 @@ impl Session {
         })
     }
 
-    async fn authenticate(&self, operation: RegistryOperation) -> anyhow::Result<()> {
-        self.client
+    async fn authenticate(&mut self, operation: RegistryOperation) -> anyhow::Result<()> {
+        self.token = self
+            .client
             .auth(&self.reference, &self.auth, operation)
             .await
-            .map(drop)
-            .map_err(|e| self.explain(e))
+            .map_err(|e| self.explain(e))?;
+        Ok(())
     }
 
     /// The image manifest's bytes; an index is resolved to the entry for wasm or this host.
     async fn manifest(&self, reference: &Reference) -> anyhow::Result<Vec<u8>> {
         let accepted = wasmhttp_oci::MANIFEST_TYPES;
-        let (bytes, _) = self
-            .client
-            .pull_manifest_raw(reference, &self.auth, &accepted)
-            .await
-            .map_err(|e| self.explain(e))?;
+        let bytes = self.fetch_manifest(reference, &accepted).await?;
         let index =
             match Document::parse(&bytes).map_err(|e| anyhow!("the registry's manifest is {e}"))? {
                 Document::Index(index) => index,
-                Document::Manifest(_) => return Ok(bytes.to_vec()),
+                Document::Manifest(_) => return Ok(bytes),
             };
         let digest = choose_entry(&index)
             .with_context(|| format!("{} is an empty index", self.reference))?
@@ -228,15 +246,86 @@ impl Session {
             reference.repository().to_string(),
             digest.to_string(),
         );
-        let (bytes, _) = self
-            .client
-            .pull_manifest_raw(&by_digest, &self.auth, &accepted[..2])
-            .await
-            .map_err(|e| self.explain(e))?;
-        if layout::digest_of(&bytes) != digest {
-            bail!("digest mismatch: the manifest fetched for {digest} has another digest");
+        self.fetch_manifest(&by_digest, &accepted[..2]).await
+    }
+
+    /// The bytes of the manifest `reference` names, no more than [`MAX_MANIFEST_SIZE`] of them, checked
+    /// against the digest the reference or the registry gives.
+    async fn fetch_manifest(
+        &self,
+        reference: &Reference,
+        accepted: &[&str],
+    ) -> anyhow::Result<Vec<u8>> {
+        let registry = &self.registry;
+        let url = format!(
+            "{}://{registry}/v2/{}/manifests/{}",
+            self.scheme,
+            reference.repository(),
+            reference
+                .digest()
+                .unwrap_or_else(|| reference.tag().unwrap_or("latest"))
+        );
+        let request = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, accepted.join(", "));
+        let request = match (&self.token, &self.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        };
+        let request_failed = |e| self.explain(OciDistributionError::RequestError(e));
+        let mut response = request.send().await.map_err(request_failed)?;
+        let status = response.status();
+        match status.as_u16() {
+            200 => {}
+            code @ (401 | 403) => {
+                return Err(self.explain(OciDistributionError::ServerError {
+                    code,
+                    url,
+                    message: String::new(),
+                }));
+            }
+            404 => bail!("{} not found in registry {registry}", self.reference),
+            _ => bail!("registry {registry} answered {status} for the manifest of {reference}"),
         }
-        Ok(bytes.to_vec())
+        let too_large = || {
+            anyhow!(
+                "registry {registry} sent a manifest for {reference} larger than {MAX_MANIFEST_SIZE} bytes, \
+                 the most a pull takes"
+            )
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_MANIFEST_SIZE)
+        {
+            return Err(too_large());
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(request_failed)? {
+            if (bytes.len() + chunk.len()) as u64 > MAX_MANIFEST_SIZE {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let header = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok());
+        // A digest in the reference is the user's word and always checked; the registry's header only when
+        // it is one this command computes.
+        let expected = reference
+            .digest()
+            .or(header.filter(|h| h.starts_with("sha256:")));
+        if let Some(expected) = expected
+            && layout::digest_of(&bytes) != expected
+        {
+            bail!(
+                "digest mismatch: registry {registry} sent a manifest for {reference} that does not match \
+                 its digest {expected}"
+            );
+        }
+        Ok(bytes)
     }
 
     /// One line that says what went wrong with which registry.
