@@ -2,7 +2,8 @@
 //! surplus arrives, rather than holding all of it before the digest check fails, and writes nothing. A
 //! registry that accepts connections and never answers is given up on after `--timeout`. An image that
 //! declares more than `--max-size` is refused before any blob is pulled. A manifest larger than a pull takes
-//! (4 MiB) is refused, whether the registry says its length or streams it.
+//! (4 MiB) is refused, whether the registry says its length or streams it; so is a token service's answer
+//! past 1 MiB, and a token it gives is used.
 
 use super::*;
 
@@ -111,23 +112,29 @@ fn a_registry_that_never_answers_is_given_up_on_after_the_timeout() {
 
 /// The most a pull takes of a manifest.
 const MAX_MANIFEST_SIZE: usize = 4 << 20;
-/// The most [`manifest_server`] sends of one.
+/// The most a pull takes of a token service's answer.
+const MAX_TOKEN_SIZE: usize = 1 << 20;
+/// The most [`fake_registry`] sends of a body of spaces.
 const STREAMED_AT_MOST: usize = 64 << 20;
 
 #[test]
 fn a_manifest_larger_than_a_pull_takes_is_refused_as_it_arrives() {
     for chunked in [false, true] {
-        let (reference, server) = manifest_server(chunked);
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("pulled.tar");
-        let said = fails(image_pull(&reference, &out, &[]));
+        let (host, server) = fake_registry(move |_, head| {
+            if head.contains("/manifests/") {
+                Reply::Spaces { chunked }
+            } else {
+                Reply::Answer(answer("200 OK", "", ""))
+            }
+        });
+        let reference = format!("{host}/hello:v1");
+        let said = pull_fails(&reference);
         assert!(
             said.contains(&format!(
                 "sent a manifest for {reference} larger than {MAX_MANIFEST_SIZE} bytes"
             )),
             "chunked {chunked}: {said}"
         );
-        assert!(!out.exists(), "nothing written when the pull fails");
         // The client stopped reading at the bound (or, told the length, before reading); what the server
         // got rid of beyond it sat in socket buffers.
         let sent = server.join().unwrap();
@@ -138,33 +145,109 @@ fn a_manifest_larger_than_a_pull_takes_is_refused_as_it_arrives() {
     }
 }
 
-/// A registry that answers `/v2/`, then sends a manifest of spaces up to [`STREAMED_AT_MOST`] bytes or until
-/// the client goes away, chunked or with its length declared; its thread returns how much it sent.
-fn manifest_server(chunked: bool) -> (String, std::thread::JoinHandle<usize>) {
+#[test]
+fn a_pull_asks_the_token_service_the_registry_names_uses_the_token_and_bounds_the_answer() {
+    for endless_token in [false, true] {
+        // The registry names a token service on itself. A manifest request that carries the token is
+        // answered 404, so that "not found" shows the token was sent; anything else gets the challenge.
+        let (host, server) = fake_registry(move |host, head| {
+            let has = |text: &str| head.to_ascii_lowercase().contains(text);
+            let for_token = head.starts_with("GET /token?");
+            if for_token && endless_token {
+                Reply::Spaces { chunked: true }
+            } else if for_token && has("scope=repository%3ahello%3apull") && has("service=fake") {
+                Reply::Answer(answer("200 OK", "", r#"{"token":"t0ken"}"#))
+            } else if head.contains("/manifests/") && has("authorization: bearer t0ken") {
+                Reply::Last(answer("404 Not Found", "", ""))
+            } else {
+                let challenge = format!(
+                    "WWW-Authenticate: Bearer realm=\"http://{host}/token\",service=\"fake\"\r\n"
+                );
+                Reply::Answer(answer("401 Unauthorized", &challenge, ""))
+            }
+        });
+        let reference = format!("{host}/hello:v1");
+        let said = pull_fails(&reference);
+        let sent = server.join().unwrap();
+        if endless_token {
+            assert!(
+                said.contains(&format!(
+                    "token service sent more than {MAX_TOKEN_SIZE} bytes"
+                )),
+                "{said}"
+            );
+            assert!(sent < STREAMED_AT_MOST, "the client read all {sent} bytes");
+        } else {
+            assert!(
+                said.contains(&format!("{reference} not found in registry {host}")),
+                "{said}"
+            );
+        }
+    }
+}
+
+/// `wasmhttp image pull REFERENCE`, which must fail: its one line, once checked that it wrote nothing.
+fn pull_fails(reference: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("pulled.tar");
+    let said = fails(image_pull(reference, &out, &[]));
+    assert!(!out.exists(), "nothing written when the pull fails");
+    said
+}
+
+/// What [`fake_registry`] answers a request with.
+enum Reply {
+    /// A whole answer, head and body.
+    Answer(String),
+    /// The same, and the registry stops.
+    Last(String),
+    /// A 200 whose body is spaces, up to [`STREAMED_AT_MOST`] bytes or until the client goes away, chunked or
+    /// with that length declared; then the registry stops.
+    Spaces { chunked: bool },
+}
+
+/// An HTTP/1.1 answer of `status` with `headers` (each line ending in CRLF) and `body`, its connection
+/// closed after it.
+fn answer(status: &str, headers: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A registry on a thread of its own that answers each request with `reply(its host, the request's head)`,
+/// a connection per request, until a reply stops it (or 8 requests); the thread returns how many bytes of
+/// spaces it sent.
+fn fake_registry(
+    reply: impl Fn(&str, &str) -> Reply + Send + 'static,
+) -> (String, std::thread::JoinHandle<usize>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let reference = format!("{}/hello:v1", listener.local_addr().unwrap());
+    let host = listener.local_addr().unwrap().to_string();
+    let server_host = host.clone();
     let server = std::thread::spawn(move || {
         use std::io::{BufRead, Write};
-        for connection in listener.incoming().take(4) {
+        for connection in listener.incoming().take(8) {
             let mut connection = std::io::BufReader::new(connection.unwrap());
             let mut head = String::new();
             while connection.read_line(&mut head).unwrap() > 2 {}
             let stream = connection.get_mut();
-            if !head.contains("/manifests/") {
-                stream
-                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    .unwrap();
-                continue;
-            }
+            let chunked = match reply(&server_host, &head) {
+                Reply::Answer(text) => {
+                    stream.write_all(text.as_bytes()).unwrap();
+                    continue;
+                }
+                Reply::Last(text) => {
+                    stream.write_all(text.as_bytes()).unwrap();
+                    return 0;
+                }
+                Reply::Spaces { chunked } => chunked,
+            };
             let framing = if chunked {
                 "Transfer-Encoding: chunked".to_string()
             } else {
                 format!("Content-Length: {STREAMED_AT_MOST}")
             };
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n\
-                 {framing}\r\nConnection: close\r\n\r\n"
-            );
+            let head = format!("HTTP/1.1 200 OK\r\n{framing}\r\nConnection: close\r\n\r\n");
             stream.write_all(head.as_bytes()).unwrap();
             let spaces = [b' '; 0x10000];
             let chunk = if chunked {
@@ -178,9 +261,9 @@ fn manifest_server(chunked: bool) -> (String, std::thread::JoinHandle<usize>) {
             }
             return sent;
         }
-        panic!("no manifest request");
+        0
     });
-    (reference, server)
+    (host, server)
 }
 
 /// Every file under `dir`.

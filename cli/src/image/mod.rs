@@ -3,6 +3,7 @@
 mod build;
 mod credentials;
 mod layout;
+mod pull;
 mod registry;
 
 use clap::Subcommand;
@@ -14,7 +15,7 @@ pub enum ImageCommand {
     /// Push an image-layout tar to a registry.
     Push(registry::PushArgs),
     /// Pull an image from a registry into an image-layout tar (for `ctr image import`).
-    Pull(registry::PullArgs),
+    Pull(pull::PullArgs),
     /// Make an Ed25519 key to sign precompiled code with (`build --sign`); prints the public key.
     Keygen(build::KeygenArgs),
 }
@@ -23,7 +24,7 @@ pub fn run(command: ImageCommand) -> anyhow::Result<()> {
     match command {
         ImageCommand::Build(args) => build::build(args),
         ImageCommand::Push(args) => registry::push(args),
-        ImageCommand::Pull(args) => registry::pull(args),
+        ImageCommand::Pull(args) => pull::pull(args),
         ImageCommand::Keygen(args) => build::keygen(args),
     }
 }
