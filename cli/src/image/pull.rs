@@ -11,6 +11,7 @@ use clap::Args;
 use oci_client::Reference;
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
+use reqwest::RequestBuilder;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use wasmhttp_oci::{Document, choose_entry};
@@ -80,17 +81,11 @@ pub fn pull(args: PullArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A session that may read from the repository: with the credentials, or the token, the registry wants.
+/// A session that may read from the repository: with the token the registry's token service gave, else
+/// with the user's credentials for the registry, if any.
 struct Puller<'a> {
     session: &'a Session,
-    credentials: Credentials,
-}
-
-/// What every request of a pull shows the registry.
-enum Credentials {
-    None,
-    Basic(String, String),
-    Bearer(String),
+    token: Option<String>,
 }
 
 impl<'a> Puller<'a> {
@@ -109,14 +104,10 @@ impl<'a> Puller<'a> {
             .get(reqwest::header::WWW_AUTHENTICATE)
             .and_then(|v| v.to_str().ok())
             .and_then(bearer_challenge);
-        let basic = match &session.auth {
-            RegistryAuth::Basic(user, password) => Some((user.clone(), password.clone())),
-            _ => None,
-        };
         let Some(challenge) = challenge else {
             return Ok(Puller {
                 session,
-                credentials: basic.map_or(Credentials::None, |(u, p)| Credentials::Basic(u, p)),
+                token: None,
             });
         };
         let scope = format!("repository:{}:pull", session.reference.repository());
@@ -127,10 +118,10 @@ impl<'a> Puller<'a> {
         if let Some(service) = &challenge.service {
             request = request.query(&[("service", service)]);
         }
-        if let Some((user, password)) = &basic {
-            request = request.basic_auth(user, Some(password));
-        }
-        let response = request.send().await.map_err(|e| failed(session, e))?;
+        let response = with_basic_auth(session, request)
+            .send()
+            .await
+            .map_err(|e| failed(session, e))?;
         let what = format!("a token (from {})", challenge.realm);
         let response = check_status(session, response, &what)?;
         let too_large = || {
@@ -154,7 +145,7 @@ impl<'a> Puller<'a> {
             })?;
         Ok(Puller {
             session,
-            credentials: Credentials::Bearer(token.to_string()),
+            token: Some(token.to_string()),
         })
     }
 
@@ -164,10 +155,9 @@ impl<'a> Puller<'a> {
         if let Some(accept) = accept {
             request = request.header(reqwest::header::ACCEPT, accept);
         }
-        request = match &self.credentials {
-            Credentials::None => request,
-            Credentials::Basic(user, password) => request.basic_auth(user, Some(password)),
-            Credentials::Bearer(token) => request.bearer_auth(token),
+        request = match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => with_basic_auth(self.session, request),
         };
         request.send().await.map_err(|e| failed(self.session, e))
     }
@@ -316,6 +306,14 @@ async fn read_bounded(
         progress(chunk.len() as u64);
     }
     Ok(bytes)
+}
+
+/// `request` with the user's Basic credentials for the registry, when `config.json` has some.
+fn with_basic_auth(session: &Session, request: RequestBuilder) -> RequestBuilder {
+    match &session.auth {
+        RegistryAuth::Basic(user, password) => request.basic_auth(user, Some(password)),
+        _ => request,
+    }
 }
 
 /// A request that got no answer, in the words [`Session::explain`] uses for every registry error.
