@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The cost of tenant isolation (SECURITY.md) on the shim, through a private containerd, same run:
 #   1. `ctr run -d` of hello to its first 200 (warm compile cache)
-#   2. hello req/s through the shim (`wrk -t1 -c50`, the service on the host network), and the shim's CPU
-#      per request (its utime + stime over the requests wrk counted). The shim's threads are pinned to the
+#   2. hello req/s through the shim (`wrk -t1 -c50`, the service on the host network, a fresh one every round),
+#      and the shim's CPU per request (its utime + stime over the requests wrk counted). The shim's threads are pinned to the
 #      last core and wrk to the first: unpinned, the two sharing both cores made one binary's runs differ by
 #      up to a third, more than any effect measured here
 # for the shims:
@@ -91,40 +91,46 @@ for i in $(seq 1 "$runs"); do
   done
 done
 
-# 2: req/s and CPU per request, the services running side by side and measured in turns.
+# 2: req/s and CPU per request. Every round starts each kind's service anew and removes it after its run: a
+# shim process kept for all rounds carries its own lasting bias (where its memory and threads landed), which
+# showed as two identical shims (off2/off) several percent apart; fresh shims spread that over the rounds.
 shim_core=$(($(nproc) - 1))
 wrk=(taskset -c 0 wrk -t1 -c50)
-declare -A service_port=([before]=19301 [enforce]=19302 [off]=19303 [off2]=19304 [bare]=19305) shim_pid
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-for kind in "${kinds[@]}"; do
-  service "$kind" "rps-$kind" "${service_port[$kind]}"
+start_pinned() { # KIND ID PORT: runs the service, pins its shim, warms it; sets $shim
+  service "$@"
   ctr_ run -d "${args[@]}" >/dev/null
-  for _ in $(seq 1 400); do http_200 "${service_port[$kind]}" && break; sleep 0.05; done
-  shim_pid[$kind]=$(pgrep -f "containerd-shim-wasmhttp.*-id rps-$kind " | head -1)
-  taskset -a -cp "$shim_core" "${shim_pid[$kind]}" >/dev/null
-  "${wrk[@]}" -d1s "http://127.0.0.1:${service_port[$kind]}/" >/dev/null
-done
+  for _ in $(seq 1 400); do http_200 "$3" && break; sleep 0.05; done
+  shim=$(pgrep -f "containerd-shim-wasmhttp.*-id $2 " | head -1)
+  taskset -a -cp "$shim_core" "$shim" >/dev/null
+  "${wrk[@]}" -d1s "http://127.0.0.1:$3/" >/dev/null
+}
 ticks_per_s=$(getconf CLK_TCK)
 for i in $(seq 1 "$runs"); do
   for kind in $(rotated "$i"); do
-    t0=$(cpu_ticks "${shim_pid[$kind]}")
-    report=$("${wrk[@]}" -d"$duration" "http://127.0.0.1:${service_port[$kind]}/")
-    t1=$(cpu_ticks "${shim_pid[$kind]}")
+    port=$((port + 1))
+    start_pinned "$kind" "rps-$kind-$i" "$port"
+    t0=$(cpu_ticks "$shim")
+    report=$("${wrk[@]}" -d"$duration" "http://127.0.0.1:$port/")
+    t1=$(cpu_ticks "$shim")
+    remove "rps-$kind-$i"
     echo "$report" | awk '/Requests\/sec/ {print $2}' >>"$work/rps-$kind"
     requests=$(echo "$report" | awk '/requests in/ {print $1}')
     echo "($t1 - $t0) * 1000000 / $ticks_per_s / $requests" | bc -l >>"$work/cpu-$kind"
   done
 done
 # 4: system calls per request of the enforce shim, counted by strace over one bounded wrk run.
-timeout 30 strace -f -c -p "${shim_pid[enforce]}" -o "$work/strace" 2>/dev/null &
+port=$((port + 1))
+start_pinned enforce syscalls "$port"
+timeout 30 strace -f -c -p "$shim" -o "$work/strace" 2>/dev/null &
 strace_pid=$!
 sleep 1
-syscall_requests=$("${wrk[@]}" -d2s "http://127.0.0.1:${service_port[enforce]}/" | awk '/requests in/ {print $1}')
+syscall_requests=$("${wrk[@]}" -d2s "http://127.0.0.1:$port/" | awk '/requests in/ {print $1}')
 sleep 0.5
 kill -INT "$strace_pid" 2>/dev/null || true
 wait "$strace_pid" 2>/dev/null || true
 syscalls=$(awk '$NF == "total" {print $4}' "$work/strace")
-for kind in "${kinds[@]}"; do remove "rps-$kind"; done
+remove syscalls
 
 # 3: each call's cost with and without the filter, in turns.
 for i in $(seq 1 "$runs"); do
@@ -157,13 +163,21 @@ done
   # A round's kinds ran within seconds of each other, sharing the machine's drift, which the medians of each
   # side taken apart do not cancel.
   paired() { paste "$work/$1-$2" "$work/$1-$3" | awk '{print $1 / $2}' | median_of; }
-  echo "the median of each round's own ratio:"
-  printf '%-40s %12s %12s %12s %12s\n' measure enforce/off enforce/bare off/bare off2/off
+  # The 95% confidence interval of that median, from the order statistics of the rounds' ratios (no
+  # assumption about their distribution): a target is met only when the whole interval is inside it.
+  paired_ci() {
+    paste "$work/$1-$2" "$work/$1-$3" | awk '{print $1 / $2}' | sort -g | awk '{v[NR]=$1} END {
+      half = 0.98 * sqrt(NR); lo = int(NR / 2 - half); hi = int(NR / 2 + 1 + half + 0.999)
+      if (lo < 1) lo = 1; if (hi > NR) hi = NR
+      printf "%.3f-%.3f\n", v[lo], v[hi] }'
+  }
+  echo "the median of each round's own ratio [its 95% confidence interval]:"
+  printf '%-10s %24s %24s %24s %24s\n' measure enforce/off enforce/bare off/bare off2/off
   for measure in start rps cpu; do
-    printf '%-40s' "$measure"
+    printf '%-10s' "$measure"
     for pair in "enforce off" "enforce bare" "off bare" "off2 off"; do
       # shellcheck disable=SC2086 # the pair is two words on purpose
-      printf ' %11.3fx' "$(paired "$measure" $pair)"
+      printf ' %9.3fx [%11s]' "$(paired "$measure" $pair)" "$(paired_ci "$measure" $pair)"
     done
     echo
   done
