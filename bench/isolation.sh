@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The cost of tenant isolation (SECURITY.md) on the shim, through a private containerd, same run:
 #   1. `ctr run -d` of hello to its first 200 (warm compile cache)
-#   2. hello req/s through the shim (`wrk -t1 -c50`, the service on the host network, a fresh one every round),
-#      and the shim's CPU per request (its utime + stime over the requests wrk counted). The shim's threads are pinned to the
-#      last core and wrk to the first: unpinned, the two sharing both cores made one binary's runs differ by
-#      up to a third, more than any effect measured here
+#   2. hello req/s through the shim (`wrk -t1 -c50`, the service on the host network, a fresh one every
+#      round), and the shim's CPU per request (its utime + stime over the requests wrk counted). The shim's
+#      threads are pinned to the last core and wrk to the first: unpinned, the two sharing both cores made
+#      one binary's runs differ by up to a third, more than any effect measured here
 # for the shims:
 #   enforce — this tree's shim as shipped: capabilities dropped, seccomp filter and Landlock file rules on
 #   off     — this tree's shim with `[security] seccomp = "off"` and `landlock = "off"` (capabilities are still
