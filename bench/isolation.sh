@@ -162,11 +162,12 @@ done
   echo
   # A round's kinds ran within seconds of each other, sharing the machine's drift, which the medians of each
   # side taken apart do not cancel.
-  paired() { paste "$work/$1-$2" "$work/$1-$3" | awk '{print $1 / $2}' | median_of; }
+  ratios() { paste "$work/$1-$2" "$work/$1-$3" | awk '{print $1 / $2}'; } # MEASURE A B: each round's A/B
+  paired() { ratios "$@" | median_of; }
   # The 95% confidence interval of that median, from the order statistics of the rounds' ratios (no
   # assumption about their distribution): a target is met only when the whole interval is inside it.
   paired_ci() {
-    paste "$work/$1-$2" "$work/$1-$3" | awk '{print $1 / $2}' | sort -g | awk '{v[NR]=$1} END {
+    ratios "$@" | sort -g | awk '{v[NR]=$1} END {
       half = 0.98 * sqrt(NR); lo = int(NR / 2 - half); hi = int(NR / 2 + 1 + half + 0.999)
       if (lo < 1) lo = 1; if (hi > NR) hi = NR
       printf "%.3f-%.3f\n", v[lo], v[hi] }'
