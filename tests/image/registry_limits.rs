@@ -3,7 +3,8 @@
 //! registry that accepts connections and never answers is given up on after `--timeout`. An image that
 //! declares more than `--max-size` is refused before any blob is pulled. A manifest larger than a pull takes
 //! (4 MiB) is refused, whether the registry says its length or streams it; so is a token service's answer
-//! past 1 MiB, and a token it gives is used.
+//! past 1 MiB, and a token it gives is used. `wasmhttp image push` reads an error's body only up to a bound,
+//! shows the registry's reason, and sends the user's credentials to the registry alone.
 
 use super::*;
 
@@ -122,7 +123,10 @@ fn a_manifest_larger_than_a_pull_takes_is_refused_as_it_arrives() {
     for chunked in [false, true] {
         let (host, server) = fake_registry(move |_, head| {
             if head.contains("/manifests/") {
-                Reply::Spaces { chunked }
+                Reply::Spaces {
+                    chunked,
+                    status: "200 OK",
+                }
             } else {
                 Reply::Answer(answer("200 OK", "", ""))
             }
@@ -154,7 +158,10 @@ fn a_pull_asks_the_token_service_the_registry_names_uses_the_token_and_bounds_th
             let has = |text: &str| head.to_ascii_lowercase().contains(text);
             let for_token = head.starts_with("GET /token?");
             if for_token && endless_token {
-                Reply::Spaces { chunked: true }
+                Reply::Spaces {
+                    chunked: true,
+                    status: "200 OK",
+                }
             } else if for_token && has("scope=repository%3ahello%3apull") && has("service=fake") {
                 Reply::Answer(answer("200 OK", "", r#"{"token":"t0ken"}"#))
             } else if head.contains("/manifests/") && has("authorization: bearer t0ken") {
@@ -186,6 +193,82 @@ fn a_pull_asks_the_token_service_the_registry_names_uses_the_token_and_bounds_th
     }
 }
 
+#[test]
+fn a_push_bounds_an_error_shows_the_registrys_reason_and_sends_credentials_to_the_registry_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let docker_config = dir.path().join("docker");
+    std::fs::create_dir_all(&docker_config).unwrap();
+    let env = [("DOCKER_CONFIG", docker_config.as_path())];
+    let push = |host: &str| {
+        let reference = format!("{host}/hello:v1");
+        let auth = STANDARD.encode("ci:s3cret");
+        std::fs::write(
+            docker_config.join("config.json"),
+            format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+        )
+        .unwrap();
+        let tar = dir.path().join("hello.tar");
+        build("hello", &reference, "layer", &tar);
+        image_push(&tar, &reference, &env)
+    };
+    let credentials = format!("authorization: basic {}", STANDARD.encode("ci:s3cret"));
+    let carries = move |head: &str| {
+        head.to_ascii_lowercase()
+            .contains(&credentials.to_lowercase())
+    };
+
+    // Blobs are missing only to a client with the credentials (so the upload shows they were sent); the
+    // upload goes to the same server under another name, where credentials must not go.
+    let (host, server) = fake_registry(move |host, head| {
+        let port = host.rsplit(':').next().unwrap();
+        if head.starts_with("HEAD ") && carries(head) {
+            Reply::Answer(answer("404 Not Found", "", ""))
+        } else if head.starts_with("POST ") && carries(head) {
+            let location = format!("Location: http://localhost:{port}/upload/1?_state=x\r\n");
+            Reply::Answer(answer("202 Accepted", &location, ""))
+        } else if head.starts_with("PUT /upload/1?_state=x&digest=sha256%3A") && !carries(head) {
+            Reply::Answer(answer("201 Created", "", ""))
+        } else if head.starts_with("PUT /v2/hello/manifests/v1 ") && carries(head) {
+            let reason =
+                r#"{"errors":[{"code":"MANIFEST_INVALID","message":"manifest\ninvalid"}]}"#;
+            Reply::Last(answer("400 Bad Request", "", reason))
+        } else if head.starts_with("GET /v2/ ") {
+            Reply::Answer(answer("200 OK", "", ""))
+        } else {
+            Reply::Last(answer("418 I'm a teapot", "", ""))
+        }
+    });
+    let said = fails(push(&host));
+    server.join().unwrap();
+    assert!(
+        said.contains(&format!(
+            "registry {host} answered 400 Bad Request for the manifest: MANIFEST_INVALID: manifest\\ninvalid"
+        )),
+        "{said}"
+    );
+
+    // An error whose body never ends is read up to a bound, then reported by its status.
+    let (host, server) = fake_registry(|_, head| {
+        if head.starts_with("GET /v2/ ") {
+            Reply::Answer(answer("200 OK", "", ""))
+        } else {
+            Reply::Spaces {
+                chunked: true,
+                status: "500 Internal Server Error",
+            }
+        }
+    });
+    let said = fails(push(&host));
+    let sent = server.join().unwrap();
+    assert!(
+        said.contains(&format!(
+            "registry {host} answered 500 Internal Server Error for blob sha256:"
+        )),
+        "{said}"
+    );
+    assert!(sent < STREAMED_AT_MOST, "the client read all {sent} bytes");
+}
+
 /// `wasmhttp image pull REFERENCE`, which must fail: its one line, once checked that it wrote nothing.
 fn pull_fails(reference: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
@@ -201,9 +284,9 @@ enum Reply {
     Answer(String),
     /// The same, and the registry stops.
     Last(String),
-    /// A 200 whose body is spaces, up to [`STREAMED_AT_MOST`] bytes or until the client goes away, chunked or
-    /// with that length declared; then the registry stops.
-    Spaces { chunked: bool },
+    /// An answer of `status` whose body is spaces, up to [`STREAMED_AT_MOST`] bytes or until the client goes
+    /// away, chunked or with that length declared; then the registry stops.
+    Spaces { chunked: bool, status: &'static str },
 }
 
 /// An HTTP/1.1 answer of `status` with `headers` (each line ending in CRLF) and `body`, its connection
@@ -215,9 +298,9 @@ fn answer(status: &str, headers: &str, body: &str) -> String {
     )
 }
 
-/// A registry on a thread of its own that answers each request with `reply(its host, the request's head)`,
-/// a connection per request, until a reply stops it (or 8 requests); the thread returns how many bytes of
-/// spaces it sent.
+/// A registry on a thread of its own that answers each request with `reply(its host, the request's head)`
+/// once it has read the request's body (its declared length), a connection per request, until a reply stops
+/// it (or 16 requests); the thread returns how many bytes of spaces it sent.
 fn fake_registry(
     reply: impl Fn(&str, &str) -> Reply + Send + 'static,
 ) -> (String, std::thread::JoinHandle<usize>) {
@@ -226,12 +309,22 @@ fn fake_registry(
     let server_host = host.clone();
     let server = std::thread::spawn(move || {
         use std::io::{BufRead, Write};
-        for connection in listener.incoming().take(8) {
+        for connection in listener.incoming().take(16) {
             let mut connection = std::io::BufReader::new(connection.unwrap());
             let mut head = String::new();
             while connection.read_line(&mut head).unwrap() > 2 {}
+            let length = head
+                .lines()
+                .filter_map(|line| line.split_once(':'))
+                .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+                .map_or(0, |(_, value)| value.trim().parse::<u64>().unwrap());
+            std::io::copy(
+                &mut std::io::Read::take(&mut connection, length),
+                &mut std::io::sink(),
+            )
+            .unwrap();
             let stream = connection.get_mut();
-            let chunked = match reply(&server_host, &head) {
+            let (chunked, status) = match reply(&server_host, &head) {
                 Reply::Answer(text) => {
                     stream.write_all(text.as_bytes()).unwrap();
                     continue;
@@ -240,14 +333,14 @@ fn fake_registry(
                     stream.write_all(text.as_bytes()).unwrap();
                     return 0;
                 }
-                Reply::Spaces { chunked } => chunked,
+                Reply::Spaces { chunked, status } => (chunked, status),
             };
             let framing = if chunked {
                 "Transfer-Encoding: chunked".to_string()
             } else {
                 format!("Content-Length: {STREAMED_AT_MOST}")
             };
-            let head = format!("HTTP/1.1 200 OK\r\n{framing}\r\nConnection: close\r\n\r\n");
+            let head = format!("HTTP/1.1 {status}\r\n{framing}\r\nConnection: close\r\n\r\n");
             stream.write_all(head.as_bytes()).unwrap();
             let spaces = [b' '; 0x10000];
             let chunk = if chunked {

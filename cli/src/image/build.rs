@@ -109,7 +109,7 @@ pub fn build(args: BuildArgs) -> anyhow::Result<()> {
     if !wasm.starts_with(b"\0asm") {
         bail!("{} is not a WebAssembly binary", args.app.display());
     }
-    oci_client::Reference::try_from(args.tag.as_str())
+    oci_spec::distribution::Reference::try_from(args.tag.as_str())
         .with_context(|| format!("invalid image reference {:?}", args.tag))?;
     for kv in &args.env {
         wasmhttp_runtime::parse_env_var(kv).map_err(|e| anyhow::anyhow!("--env {e}"))?;

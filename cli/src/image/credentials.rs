@@ -5,8 +5,25 @@
 
 use anyhow::{Context, bail};
 use docker_credential::{CredentialRetrievalError, DockerCredential};
-use oci_client::secrets::RegistryAuth;
 use std::path::PathBuf;
+
+/// The user's credentials for one registry.
+pub enum Credentials {
+    /// None found: requests go without.
+    Anonymous,
+    /// A user name and a password (or access token), sent as HTTP Basic or to the registry's token service.
+    Basic(String, String),
+}
+
+/// Names the user, never the password: a debug print must not leak it.
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Anonymous => f.write_str("Anonymous"),
+            Credentials::Basic(user, _) => write!(f, "Basic({user:?}, <password>)"),
+        }
+    }
+}
 
 /// Where the Docker config is looked for.
 pub fn config_path() -> Option<PathBuf> {
@@ -34,25 +51,25 @@ pub fn hint(registry: &str) -> String {
 }
 
 /// The credentials for `registry` (host[:port]).
-pub fn for_registry(registry: &str) -> anyhow::Result<RegistryAuth> {
+pub fn for_registry(registry: &str) -> anyhow::Result<Credentials> {
     let Some(path) = config_path().filter(|p| p.exists()) else {
-        return Ok(RegistryAuth::Anonymous);
+        return Ok(Credentials::Anonymous);
     };
     let file =
         std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
     from_reader(std::io::BufReader::new(file), registry).with_context(|| path.display().to_string())
 }
 
-fn from_reader(reader: impl std::io::Read, registry: &str) -> anyhow::Result<RegistryAuth> {
+fn from_reader(reader: impl std::io::Read, registry: &str) -> anyhow::Result<Credentials> {
     match docker_credential::get_credential_from_reader(reader, registry) {
         Ok(DockerCredential::UsernamePassword(user, password)) => {
-            Ok(RegistryAuth::Basic(user, password))
+            Ok(Credentials::Basic(user, password))
         }
         Ok(DockerCredential::IdentityToken(_)) => bail!(
             "the credentials for {registry} are an identity token (an OAuth refresh token), which \
              wasmhttp cannot use: log in with a username and password or an access token"
         ),
-        Err(CredentialRetrievalError::NoCredentialConfigured) => Ok(RegistryAuth::Anonymous),
+        Err(CredentialRetrievalError::NoCredentialConfigured) => Ok(Credentials::Anonymous),
         Err(CredentialRetrievalError::ConfigReadError) => bail!("not a Docker config.json"),
         Err(CredentialRetrievalError::CredentialDecodingError) => {
             bail!("the auths entry for {registry} is not base64 of user:password")
@@ -65,13 +82,13 @@ fn from_reader(reader: impl std::io::Read, registry: &str) -> anyhow::Result<Reg
 mod tests {
     use super::*;
 
-    fn auth(config: &serde_json::Value, registry: &str) -> anyhow::Result<RegistryAuth> {
+    fn auth(config: &serde_json::Value, registry: &str) -> anyhow::Result<Credentials> {
         from_reader(config.to_string().as_bytes(), registry)
     }
 
     fn basic(config: &serde_json::Value, registry: &str) -> Option<(String, String)> {
         match auth(config, registry).unwrap() {
-            RegistryAuth::Basic(user, password) => Some((user, password)),
+            Credentials::Basic(user, password) => Some((user, password)),
             _ => None,
         }
     }

@@ -1,0 +1,125 @@
+//! `wasmhttp image push`: an OCI layout tar into a registry, spoken to it directly (`client.rs`). Blobs the
+//! repository already has are skipped; each other one is uploaded whole (a `POST` to open the upload, one
+//! `PUT` with its bytes and digest), then the manifest is put under the reference's tag or digest.
+
+use super::client::{Authorized, expect};
+use super::layout::{self, Descriptor};
+use super::registry::{RegistryArgs, Session, block_on, parse_reference, progress_bar};
+use anyhow::{Context, anyhow};
+use bytes::Bytes;
+use clap::Args;
+use indicatif::ProgressBar;
+use reqwest::{Method, StatusCode, Url, header};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct PushArgs {
+    /// The image layout tar (from `wasmhttp image build` or `pull`).
+    image: PathBuf,
+    /// Where to push it, e.g. localhost:5000/hello:v1.
+    reference: String,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+/// Chunk size of blob uploads: the progress bar moves per chunk.
+const CHUNK: usize = 1 << 20;
+
+pub fn push(args: PushArgs) -> anyhow::Result<()> {
+    let reference = parse_reference(&args.reference)?;
+    let image = layout::read(&args.image)?;
+    let session = Session::new(&reference, &args.registry)?;
+    block_on(async {
+        let registry = Authorized::new(&session, "pull,push").await?;
+        let total = image.descriptors().map(|d| d.size).sum();
+        let progress = progress_bar(total, "push");
+        for d in image.descriptors() {
+            if has_blob(&registry, d).await? {
+                progress.inc(d.size);
+                continue;
+            }
+            let bytes = Bytes::from(image.blobs[&d.digest].clone());
+            upload(&registry, d, bytes, &progress)
+                .await
+                .with_context(|| format!("pushing blob {}", d.digest))?;
+        }
+        let target = reference
+            .digest()
+            .unwrap_or_else(|| reference.tag().unwrap_or("latest"));
+        let put = registry
+            .request(Method::PUT, &registry.url(&format!("manifests/{target}")))
+            .header(header::CONTENT_TYPE, &image.manifest_type)
+            .body(image.manifest.bytes.clone());
+        let answer = registry.send(put).await?;
+        expect(&session, answer, "the manifest", StatusCode::CREATED)
+            .await
+            .context("pushing the manifest")?;
+        progress.finish_and_clear();
+        eprintln!(
+            "wasmhttp: pushed {}@{}",
+            args.reference, image.manifest.digest
+        );
+        Ok(())
+    })
+}
+
+/// Whether the repository holds the blob `d` describes (`HEAD`): 200 yes, 404 no, anything else an error.
+async fn has_blob(registry: &Authorized<'_>, d: &Descriptor) -> anyhow::Result<bool> {
+    let head = registry.request(Method::HEAD, &registry.url(&format!("blobs/{}", d.digest)));
+    let answer = registry.send(head).await?;
+    if answer.status() == StatusCode::NOT_FOUND {
+        return Ok(false);
+    }
+    let what = format!("blob {}", d.digest);
+    expect(registry.session, answer, &what, StatusCode::OK).await?;
+    Ok(true)
+}
+
+/// Uploads `bytes` as the blob `d` describes: opens an upload, then puts them all with their digest.
+async fn upload(
+    registry: &Authorized<'_>,
+    d: &Descriptor,
+    bytes: Bytes,
+    progress: &ProgressBar,
+) -> anyhow::Result<()> {
+    let session = registry.session;
+    let open = registry.request(Method::POST, &registry.url("blobs/uploads/"));
+    let answer = registry.send(open).await?;
+    let answer = expect(session, answer, "a new upload", StatusCode::ACCEPTED).await?;
+    let location = answer
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            anyhow!(
+                "registry {} opened an upload without saying where (no Location header)",
+                session.registry
+            )
+        })?;
+    // The location may be absolute or a path on the registry, and may carry a query of its own.
+    let base = Url::parse(&format!("{}://{}/", session.scheme, session.registry))?;
+    let mut url = base.join(location).with_context(|| {
+        format!(
+            "registry {} gave an upload location that is no URL: {location:?}",
+            session.registry
+        )
+    })?;
+    url.query_pairs_mut().append_pair("digest", &d.digest);
+    let chunks: Vec<Bytes> = (0..bytes.len())
+        .step_by(CHUNK)
+        .map(|at| bytes.slice(at..bytes.len().min(at + CHUNK)))
+        .collect();
+    let bar = progress.clone();
+    let stream = futures::stream::iter(chunks.into_iter().map(move |chunk| {
+        bar.inc(chunk.len() as u64);
+        Ok::<_, std::io::Error>(chunk)
+    }));
+    let put = registry
+        .request(Method::PUT, url.as_str())
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, bytes.len())
+        .body(reqwest::Body::wrap_stream(stream));
+    let answer = registry.send(put).await?;
+    expect(session, answer, "the upload", StatusCode::CREATED).await?;
+    Ok(())
+}
