@@ -7,7 +7,7 @@
 use super::credentials::Credentials;
 use super::registry::Session;
 use anyhow::{Context, anyhow};
-use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use reqwest::{Method, RequestBuilder, Response};
 
 /// The largest answer of a registry's token service taken: a token is a few kilobytes.
 const MAX_TOKEN_SIZE: u64 = 1 << 20;
@@ -61,7 +61,7 @@ impl<'a> Authorized<'a> {
             .await
             .map_err(|e| session.unreachable(e))?;
         let what = format!("a token (from {})", challenge.realm);
-        let response = expect(session, response, &what, StatusCode::OK).await?;
+        let response = successful(session, response, &what).await?;
         let too_large = || {
             anyhow!(
                 "registry {}'s token service sent more than {MAX_TOKEN_SIZE} bytes",
@@ -134,16 +134,15 @@ impl<'a> Authorized<'a> {
     }
 }
 
-/// `response` if its status is `wanted`; else one line naming the status, with the registry's reason when
-/// the first [`MAX_ERROR_SIZE`] bytes of its body hold one.
-pub(super) async fn expect(
+/// `response` if it succeeded (2xx: registries answer writes with 201 or 202); else one line naming the
+/// status, with the registry's reason when the first [`MAX_ERROR_SIZE`] bytes of its body hold one.
+pub(super) async fn successful(
     session: &Session,
     response: Response,
     what: &str,
-    wanted: StatusCode,
 ) -> anyhow::Result<Response> {
     let status = response.status();
-    if status == wanted {
+    if status.is_success() {
         return Ok(response);
     }
     if matches!(status.as_u16(), 401 | 403) {

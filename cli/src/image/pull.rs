@@ -3,7 +3,7 @@
 //! a blob by what its manifest declares and `--max-size` (a token and an error's body by the client's).
 //! Nothing is written until every blob has been fetched and checked.
 
-use super::client::{Authorized, expect, read_bounded};
+use super::client::{Authorized, read_bounded, successful};
 use super::layout::{self, Descriptor, Image};
 use super::registry::{RegistryArgs, Session, block_on, parse_reference, progress_bar};
 use anyhow::{Context, anyhow, bail};
@@ -126,7 +126,7 @@ impl Puller<'_> {
         if response.status() == StatusCode::NOT_FOUND {
             bail!("{} not found in registry {registry}", session.reference);
         }
-        let response = expect(session, response, "the manifest", StatusCode::OK).await?;
+        let response = successful(session, response, "the manifest").await?;
         let header = response
             .headers()
             .get("docker-content-digest")
@@ -163,7 +163,7 @@ impl Puller<'_> {
             .get(&self.0.url(&format!("blobs/{}", d.digest)), None)
             .await?;
         let what = format!("blob {}", d.digest);
-        let response = expect(session, response, &what, StatusCode::OK).await?;
+        let response = successful(session, response, &what).await?;
         let too_large = || {
             anyhow!(
                 "the registry sent more than the {} bytes the manifest declares",

@@ -2,7 +2,7 @@
 //! repository already has are skipped; each other one is uploaded whole (a `POST` to open the upload, one
 //! `PUT` with its bytes and digest), then the manifest is put under the reference's tag or digest.
 
-use super::client::{Authorized, expect};
+use super::client::{Authorized, successful};
 use super::layout::{self, Descriptor};
 use super::registry::{RegistryArgs, Session, block_on, parse_reference, progress_bar};
 use anyhow::{Context, anyhow};
@@ -51,7 +51,7 @@ pub fn push(args: PushArgs) -> anyhow::Result<()> {
             .header(header::CONTENT_TYPE, &image.manifest_type)
             .body(image.manifest.bytes.clone());
         let answer = registry.send(put).await?;
-        expect(&session, answer, "the manifest", StatusCode::CREATED)
+        successful(&session, answer, "the manifest")
             .await
             .context("pushing the manifest")?;
         progress.finish_and_clear();
@@ -71,7 +71,7 @@ async fn has_blob(registry: &Authorized<'_>, d: &Descriptor) -> anyhow::Result<b
         return Ok(false);
     }
     let what = format!("blob {}", d.digest);
-    expect(registry.session, answer, &what, StatusCode::OK).await?;
+    successful(registry.session, answer, &what).await?;
     Ok(true)
 }
 
@@ -85,7 +85,7 @@ async fn upload(
     let session = registry.session;
     let open = registry.request(Method::POST, &registry.url("blobs/uploads/"));
     let answer = registry.send(open).await?;
-    let answer = expect(session, answer, "a new upload", StatusCode::ACCEPTED).await?;
+    let answer = successful(session, answer, "a new upload").await?;
     let location = answer
         .headers()
         .get(header::LOCATION)
@@ -120,6 +120,6 @@ async fn upload(
         .header(header::CONTENT_LENGTH, bytes.len())
         .body(reqwest::Body::wrap_stream(stream));
     let answer = registry.send(put).await?;
-    expect(session, answer, "the upload", StatusCode::CREATED).await?;
+    successful(session, answer, "the upload").await?;
     Ok(())
 }
