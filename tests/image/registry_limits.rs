@@ -4,7 +4,8 @@
 //! declares more than `--max-size` is refused before any blob is pulled. A manifest larger than a pull takes
 //! (4 MiB) is refused, whether the registry says its length or streams it; so is a token service's answer
 //! past 1 MiB, and a token it gives is used. `wasmhttp image push` reads an error's body only up to a bound,
-//! shows the registry's reason, and sends the user's credentials to the registry alone.
+//! shows the registry's reason, sends the user's credentials to the registry alone, and pushes with the
+//! token a registry's token service gives for pull and push.
 
 use super::*;
 
@@ -194,7 +195,7 @@ fn a_pull_asks_the_token_service_the_registry_names_uses_the_token_and_bounds_th
 }
 
 #[test]
-fn a_push_bounds_an_error_shows_the_registrys_reason_and_sends_credentials_to_the_registry_alone() {
+fn a_push_uses_the_token_bounds_errors_and_keeps_credentials_on_the_registry() {
     let dir = tempfile::tempdir().unwrap();
     let docker_config = dir.path().join("docker");
     std::fs::create_dir_all(&docker_config).unwrap();
@@ -211,11 +212,12 @@ fn a_push_bounds_an_error_shows_the_registrys_reason_and_sends_credentials_to_th
         build("hello", &reference, "layer", &tar);
         image_push(&tar, &reference, &env)
     };
-    let credentials = format!("authorization: basic {}", STANDARD.encode("ci:s3cret"));
-    let carries = move |head: &str| {
+    // Whether a request carries the user's credentials.
+    fn carries(head: &str) -> bool {
+        let credentials = format!("authorization: basic {}", STANDARD.encode("ci:s3cret"));
         head.to_ascii_lowercase()
-            .contains(&credentials.to_lowercase())
-    };
+            .contains(&credentials.to_ascii_lowercase())
+    }
 
     // Blobs are missing only to a client with the credentials (so the upload shows they were sent); the
     // upload goes to the same server under another name, where credentials must not go.
@@ -246,6 +248,30 @@ fn a_push_bounds_an_error_shows_the_registrys_reason_and_sends_credentials_to_th
         )),
         "{said}"
     );
+
+    // A registry with a token service: the push asks it for pull and push rights with the user's
+    // credentials and sends the registry the token instead; a blob the registry has is not uploaded.
+    let (host, server) = fake_registry(|host, head| {
+        let bearer = head
+            .to_ascii_lowercase()
+            .contains("authorization: bearer t0ken");
+        if head.starts_with("GET /token?scope=repository%3Ahello%3Apull%2Cpush&service=fake ")
+            && carries(head)
+        {
+            Reply::Answer(answer("200 OK", "", r#"{"token":"t0ken"}"#))
+        } else if head.starts_with("HEAD /v2/hello/blobs/sha256:") && bearer && !carries(head) {
+            Reply::Answer(answer("200 OK", "", ""))
+        } else if head.starts_with("PUT /v2/hello/manifests/v1 ") && bearer && !carries(head) {
+            Reply::Last(answer("201 Created", "", ""))
+        } else {
+            let challenge = format!(
+                "WWW-Authenticate: Bearer realm=\"http://{host}/token\",service=\"fake\"\r\n"
+            );
+            Reply::Answer(answer("401 Unauthorized", &challenge, ""))
+        }
+    });
+    ok(push(&host), "push through a token service");
+    server.join().unwrap();
 
     // An error whose body never ends is read up to a bound, then reported by its status.
     let (host, server) = fake_registry(|_, head| {
