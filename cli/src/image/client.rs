@@ -7,6 +7,7 @@
 use super::credentials::Credentials;
 use super::registry::Session;
 use anyhow::{Context, anyhow};
+use oci_spec::distribution::Reference;
 use reqwest::{Method, RequestBuilder, Response};
 
 /// The largest answer of a registry's token service taken: a token is a few kilobytes.
@@ -27,13 +28,8 @@ impl<'a> Authorized<'a> {
     /// Asks the registry how to authenticate (`GET /v2/`) and, when it names a token service, gets a token
     /// for `actions` (`pull`, `pull,push`) on the repository, with the user's credentials if there are any.
     pub(super) async fn new(session: &'a Session, actions: &str) -> anyhow::Result<Authorized<'a>> {
-        let ping = format!("{}://{}/v2/", session.scheme, session.registry);
-        let response = session
-            .http
-            .get(&ping)
-            .send()
-            .await
-            .map_err(|e| session.unreachable(e))?;
+        let ping = session.origin.join("v2/")?;
+        let response = session.send(session.http.get(ping)).await?;
         let challenge = response
             .headers()
             .get(reqwest::header::WWW_AUTHENTICATE)
@@ -56,10 +52,9 @@ impl<'a> Authorized<'a> {
         if let Some(service) = &challenge.service {
             url.query_pairs_mut().append_pair("service", service);
         }
-        let response = with_basic_auth(session, session.http.get(url))
-            .send()
-            .await
-            .map_err(|e| session.unreachable(e))?;
+        let response = session
+            .send(with_basic_auth(session, session.http.get(url)))
+            .await?;
         let what = format!("a token (from {})", challenge.realm);
         let response = successful(session, response, &what).await?;
         let too_large = || {
@@ -89,12 +84,17 @@ impl<'a> Authorized<'a> {
 
     /// The URL of `path` under the repository's API (`/v2/NAME/PATH`).
     pub(super) fn url(&self, path: &str) -> String {
-        format!(
-            "{}://{}/v2/{}/{path}",
-            self.session.scheme,
-            self.session.registry,
-            self.session.reference.repository()
-        )
+        let repository = self.session.reference.repository();
+        format!("{}v2/{repository}/{path}", self.session.origin)
+    }
+
+    /// The URL of the manifest `reference` names in the repository: by its digest, else its tag
+    /// (`latest` when it has neither).
+    pub(super) fn manifest_url(&self, reference: &Reference) -> String {
+        let target = reference
+            .digest()
+            .unwrap_or_else(|| reference.tag().unwrap_or("latest"));
+        self.url(&format!("manifests/{target}"))
     }
 
     /// A request for `url` with this session's credentials: the token as `Bearer`, else the user's Basic
@@ -113,24 +113,7 @@ impl<'a> Authorized<'a> {
 
     /// Whether `url` is on the registry itself: its scheme, host and port.
     fn is_registry(&self, url: &str) -> bool {
-        let origin = |url: &str| {
-            let url = reqwest::Url::parse(url).ok()?;
-            Some((
-                url.scheme().to_string(),
-                url.host_str()?.to_ascii_lowercase(),
-                url.port_or_known_default(),
-            ))
-        };
-        let registry = format!("{}://{}/", self.session.scheme, self.session.registry);
-        origin(url).is_some_and(|o| Some(o) == origin(&registry))
-    }
-
-    /// Sends `request`; a registry that cannot be reached or does not answer is one line naming it.
-    pub(super) async fn send(&self, request: RequestBuilder) -> anyhow::Result<Response> {
-        request
-            .send()
-            .await
-            .map_err(|e| self.session.unreachable(e))
+        reqwest::Url::parse(url).is_ok_and(|url| url.origin() == self.session.origin.origin())
     }
 }
 

@@ -85,7 +85,7 @@ impl Puller<'_> {
         if let Some(accept) = accept {
             request = request.header(reqwest::header::ACCEPT, accept);
         }
-        self.0.send(request).await
+        self.0.session.send(request).await
     }
 
     /// The image manifest's bytes; an index is resolved to the entry for wasm or this host.
@@ -118,10 +118,7 @@ impl Puller<'_> {
     ) -> anyhow::Result<Vec<u8>> {
         let session = self.0.session;
         let registry = &session.registry;
-        let target = reference
-            .digest()
-            .unwrap_or_else(|| reference.tag().unwrap_or("latest"));
-        let url = self.0.url(&format!("manifests/{target}"));
+        let url = self.0.manifest_url(reference);
         let response = self.get(&url, Some(accepted.join(", "))).await?;
         if response.status() == StatusCode::NOT_FOUND {
             bail!("{} not found in registry {registry}", session.reference);

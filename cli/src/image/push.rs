@@ -9,7 +9,7 @@ use anyhow::{Context, anyhow};
 use bytes::Bytes;
 use clap::Args;
 use indicatif::ProgressBar;
-use reqwest::{Method, StatusCode, Url, header};
+use reqwest::{Method, StatusCode, header};
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -43,14 +43,11 @@ pub fn push(args: PushArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("pushing blob {}", d.digest))?;
         }
-        let target = reference
-            .digest()
-            .unwrap_or_else(|| reference.tag().unwrap_or("latest"));
         let put = registry
-            .request(Method::PUT, &registry.url(&format!("manifests/{target}")))
+            .request(Method::PUT, &registry.manifest_url(&reference))
             .header(header::CONTENT_TYPE, &image.manifest_type)
             .body(image.manifest.bytes.clone());
-        let answer = registry.send(put).await?;
+        let answer = registry.session.send(put).await?;
         successful(&session, answer, "the manifest")
             .await
             .context("pushing the manifest")?;
@@ -66,7 +63,7 @@ pub fn push(args: PushArgs) -> anyhow::Result<()> {
 /// Whether the repository holds the blob `d` describes (`HEAD`): 200 yes, 404 no, anything else an error.
 async fn has_blob(registry: &Authorized<'_>, d: &Descriptor) -> anyhow::Result<bool> {
     let head = registry.request(Method::HEAD, &registry.url(&format!("blobs/{}", d.digest)));
-    let answer = registry.send(head).await?;
+    let answer = registry.session.send(head).await?;
     if answer.status() == StatusCode::NOT_FOUND {
         return Ok(false);
     }
@@ -84,7 +81,7 @@ async fn upload(
 ) -> anyhow::Result<()> {
     let session = registry.session;
     let open = registry.request(Method::POST, &registry.url("blobs/uploads/"));
-    let answer = registry.send(open).await?;
+    let answer = registry.session.send(open).await?;
     let answer = successful(session, answer, "a new upload").await?;
     let location = answer
         .headers()
@@ -97,8 +94,7 @@ async fn upload(
             )
         })?;
     // The location may be absolute or a path on the registry, and may carry a query of its own.
-    let base = Url::parse(&format!("{}://{}/", session.scheme, session.registry))?;
-    let mut url = base.join(location).with_context(|| {
+    let mut url = session.origin.join(location).with_context(|| {
         format!(
             "registry {} gave an upload location that is no URL: {location:?}",
             session.registry
@@ -119,7 +115,7 @@ async fn upload(
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, bytes.len())
         .body(reqwest::Body::wrap_stream(stream));
-    let answer = registry.send(put).await?;
+    let answer = registry.session.send(put).await?;
     successful(session, answer, "the upload").await?;
     Ok(())
 }

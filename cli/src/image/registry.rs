@@ -38,7 +38,9 @@ pub(super) fn block_on<T>(
 /// A client bound to one registry, with the credentials found for it.
 pub(super) struct Session {
     pub(super) http: reqwest::Client,
-    pub(super) scheme: &'static str,
+    /// `SCHEME://REGISTRY/`: what every URL of the registry is built on, and the one origin that gets the
+    /// user's credentials.
+    pub(super) origin: reqwest::Url,
     pub(super) reference: Reference,
     pub(super) auth: Credentials,
     pub(super) registry: String,
@@ -55,9 +57,11 @@ impl Session {
             .user_agent(concat!("wasmhttp/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("setting up the HTTP client")?;
+        let origin = reqwest::Url::parse(&format!("{scheme}://{registry}/"))
+            .with_context(|| format!("registry {registry:?} is no host[:port]"))?;
         Ok(Session {
             http,
-            scheme,
+            origin,
             reference: reference.clone(),
             auth: super::credentials::for_registry(&registry)?,
             registry,
@@ -72,6 +76,14 @@ impl Session {
             "registry {registry} answered {status}: {}",
             super::credentials::hint(registry)
         )
+    }
+
+    /// Sends `request`; a registry that cannot be reached or does not answer is one line naming it.
+    pub(super) async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
+        request.send().await.map_err(|e| self.unreachable(e))
     }
 
     /// A request that got no answer.
