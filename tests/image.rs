@@ -80,6 +80,19 @@ fn image_pull(reference: &str, out: &Path, env: &[(&str, &Path)]) -> Output {
     )
 }
 
+/// `umoci ARGS`, which must succeed.
+fn umoci(args: &[&str]) {
+    let output = Command::new("umoci")
+        .args(args)
+        .output()
+        .expect("umoci is installed by scripts/test.sh");
+    assert!(
+        output.status.success(),
+        "umoci {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn skopeo_inspect(target: &str) -> String {
     let output = Command::new("skopeo")
         .args(["inspect", "--raw", "--tls-verify=false", target])
@@ -338,17 +351,6 @@ fn a_corrupted_blob_or_a_non_wasm_image_is_refused_and_nothing_is_written() {
         "nothing written for a port nobody could reach"
     );
     let linux = dir.path().join("linux-layout");
-    let umoci = |args: &[&str]| {
-        let output = Command::new("umoci")
-            .args(args)
-            .output()
-            .expect("umoci is installed by scripts/test.sh");
-        assert!(
-            output.status.success(),
-            "umoci {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    };
     let layout = linux.to_str().unwrap();
     umoci(&["init", "--layout", layout]);
     umoci(&["new", "--image", &format!("{layout}:v1")]);
@@ -431,6 +433,53 @@ fn an_image_index_is_pulled_as_the_manifest_it_lists_for_wasm() {
     let pulled = skopeo_inspect(&format!("oci-archive:{}", out.display()));
     let hello = skopeo_inspect(&format!("docker://{}/multi:hello", registry.host));
     assert_eq!(pulled, hello, "the wasm entry's manifest, byte for byte");
+}
+
+#[test]
+fn an_image_repeating_a_layer_is_pulled_and_pushed_again_unchanged() {
+    // Builders repeat identical layers: umoci gives the same file inserted twice the same layer digest.
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let image = format!("{}:v1", layout.display());
+    let hello = example("hello");
+    umoci(&["init", "--layout", layout.to_str().unwrap()]);
+    umoci(&["new", "--image", &image]);
+    for _ in 0..2 {
+        umoci(&[
+            "insert",
+            "--image",
+            &image,
+            hello.to_str().unwrap(),
+            "/app.wasm",
+        ]);
+    }
+    umoci(&[
+        "config",
+        "--image",
+        &image,
+        "--config.entrypoint",
+        "/app.wasm",
+    ]);
+    let reference = registry.push(&format!("oci:{image}"), "twice:v1");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&skopeo_inspect(&format!("docker://{reference}"))).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    assert_eq!(
+        layers[0]["digest"], layers[1]["digest"],
+        "one layer, named twice"
+    );
+
+    let tar = dir.path().join("twice.tar");
+    ok(image_pull(&reference, &tar, &[]), "image pull");
+    let again = format!("{}/twice-again:v1", registry.host);
+    ok(image_push(&tar, &again, &[]), "image push");
+    assert_eq!(
+        skopeo_inspect(&format!("docker://{again}")),
+        skopeo_inspect(&format!("docker://{reference}")),
+        "the same manifest, byte for byte"
+    );
 }
 
 #[path = "image/readme.rs"]

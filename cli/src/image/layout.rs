@@ -256,7 +256,11 @@ pub fn write(output: &Path, reference: &str, image: &Image) -> anyhow::Result<()
         .unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot write to {}", dir.display()))?;
-    tmp.write_all(&tar_of(&files)?)?;
+    // Written as it is made: the image is in memory once already.
+    let mut writer = std::io::BufWriter::new(tmp.as_file_mut());
+    tar_into(&mut writer, &files)?;
+    writer.flush()?;
+    drop(writer);
     tmp.persist(output)
         .with_context(|| format!("cannot write {}", output.display()))?;
     Ok(())
@@ -267,6 +271,7 @@ pub fn read(path: &Path) -> anyhow::Result<Image> {
     let what = || format!("{} is not an OCI image layout tar", path.display());
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file_len = file.metadata().map_or(0, |m| m.len());
     let mut files = HashMap::new();
     let mut archive = tar::Archive::new(file);
     for entry in archive.entries().with_context(what)? {
@@ -276,7 +281,8 @@ pub fn read(path: &Path) -> anyhow::Result<Image> {
             .to_string_lossy()
             .trim_start_matches("./")
             .to_string();
-        let mut bytes = Vec::new();
+        // Sized up front (no doubling while it grows), but never past the file: the header may lie.
+        let mut bytes = Vec::with_capacity(entry.size().min(file_len) as usize);
         entry.read_to_end(&mut bytes).with_context(what)?;
         files.insert(name, bytes);
     }
@@ -290,13 +296,13 @@ pub fn read(path: &Path) -> anyhow::Result<Image> {
             index.manifests().len()
         );
     };
-    let blob = |digest: &str| {
+    // Each blob moves out of the tar's files, so the image is held once.
+    let mut blob = |digest: &str| {
         files
-            .get(&format!(
+            .remove(&format!(
                 "blobs/sha256/{}",
                 digest.trim_start_matches("sha256:")
             ))
-            .cloned()
             .with_context(|| format!("{}: blob {digest} is missing", path.display()))
     };
     let manifest_digest = manifest.digest().to_string();
@@ -312,7 +318,10 @@ pub fn read(path: &Path) -> anyhow::Result<Image> {
         parse_manifest(&manifest_bytes).with_context(|| path.display().to_string())?;
     let mut blobs = HashMap::new();
     for d in std::iter::once(&config).chain(&layers) {
-        blobs.insert(d.digest.clone(), blob(&d.digest)?);
+        // A digest named twice was taken the first time.
+        if !blobs.contains_key(&d.digest) {
+            blobs.insert(d.digest.clone(), blob(&d.digest)?);
+        }
     }
     Image::new(manifest_bytes, blobs).with_context(|| path.display().to_string())
 }
@@ -320,7 +329,20 @@ pub fn read(path: &Path) -> anyhow::Result<Image> {
 /// A deterministic tar of regular files and their parent directories (fixed mtime, owner and mode), so the same
 /// input gives the same digest.
 pub fn tar_of<P: AsRef<str>>(files: &[(P, &[u8])]) -> anyhow::Result<Vec<u8>> {
-    let mut builder = tar::Builder::new(Vec::new());
+    // At most: a 512-byte header per file and per parent directory, contents padded to 512, two zero
+    // blocks at the end. Sized up front, the tar is never copied while it grows.
+    let capacity = files.iter().fold(1024, |sum, (path, bytes)| {
+        let headers = 512 * (1 + path.as_ref().matches('/').count());
+        sum + headers + bytes.len().div_ceil(512) * 512
+    });
+    let mut tar = Vec::with_capacity(capacity);
+    tar_into(&mut tar, files)?;
+    Ok(tar)
+}
+
+/// [`tar_of`], written to `out` as it is made.
+fn tar_into<P: AsRef<str>>(out: impl Write, files: &[(P, &[u8])]) -> anyhow::Result<()> {
+    let mut builder = tar::Builder::new(out);
     let mut dirs = std::collections::BTreeSet::new();
     let mut append = |path: &str, kind, mode, bytes: &[u8]| {
         let mut header = tar::Header::new_ustar();
@@ -347,7 +369,8 @@ pub fn tar_of<P: AsRef<str>>(files: &[(P, &[u8])]) -> anyhow::Result<Vec<u8>> {
         }
         append(path, tar::EntryType::Regular, 0o644, bytes)?;
     }
-    Ok(builder.into_inner()?)
+    builder.finish()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -379,5 +402,59 @@ mod tests {
         .map(|&(p, d)| (p.to_string(), d))
         .collect();
         assert_eq!(entries, expected);
+    }
+
+    #[test]
+    fn a_tar_entry_claiming_more_than_the_file_holds_is_refused_not_allocated() {
+        // A header saying 1 TiB, followed by two bytes: reading it must fail on the short entry.
+        let mut header = tar::Header::new_ustar();
+        header.set_path("index.json").unwrap();
+        header.set_size(1 << 40);
+        header.set_mode(0o644);
+        header.set_cksum();
+        let mut tar = header.as_bytes().to_vec();
+        tar.extend_from_slice(b"{}");
+        tar.resize(4096, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lying.tar");
+        std::fs::write(&path, tar).unwrap();
+        let error = format!("{:#}", super::read(&path).err().unwrap());
+        assert!(error.contains("is not an OCI image layout tar"), "{error}");
+    }
+
+    #[test]
+    fn an_image_naming_one_layer_twice_is_written_and_read_back() {
+        // Builders repeat identical layers (an empty one, say): the blob is stored once and named twice.
+        let layer =
+            super::Blob::new(super::tar_of(&[("app.wasm", &b"\0asm\x01\0\0\0"[..])]).unwrap());
+        let config = super::Blob::new(
+            serde_json::to_vec(&serde_json::json!({
+                "architecture": "amd64", "os": "linux",
+                "config": { "Entrypoint": ["/app.wasm"] },
+                "rootfs": { "type": "layers", "diff_ids": [layer.digest, layer.digest] },
+            }))
+            .unwrap(),
+        );
+        let layer_descriptor = layer.descriptor(wasmhttp_oci::TAR_LAYER_TYPE);
+        let manifest = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": super::MANIFEST_TYPE,
+            "config": config.descriptor(super::CONFIG_TYPE),
+            "layers": [layer_descriptor, layer_descriptor],
+        }))
+        .unwrap();
+        let blobs = std::collections::HashMap::from([
+            (config.digest, config.bytes),
+            (layer.digest.clone(), layer.bytes),
+        ]);
+        let image = super::Image::new(manifest, blobs).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("twice.tar");
+        super::write(&path, "example.com/twice:1", &image).unwrap();
+        let read = super::read(&path).unwrap();
+        assert_eq!(read.manifest.digest, image.manifest.digest);
+        assert_eq!(read.layers.len(), 2);
+        assert_eq!(read.blobs.len(), 2);
+        assert_eq!(read.blobs[&layer.digest], image.blobs[&layer.digest]);
     }
 }

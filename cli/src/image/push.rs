@@ -27,19 +27,25 @@ const CHUNK: usize = 1 << 20;
 
 pub fn push(args: PushArgs) -> anyhow::Result<()> {
     let reference = parse_reference(&args.reference)?;
-    let image = layout::read(&args.image)?;
+    let mut image = layout::read(&args.image)?;
+    // Each blob's bytes move out of the image as it is uploaded, so none is held twice.
+    let descriptors: Vec<Descriptor> = image.descriptors().cloned().collect();
     let session = Session::new(&reference, &args.registry)?;
     block_on(async {
         let registry = Authorized::new(&session, "pull,push").await?;
-        let total = image.descriptors().map(|d| d.size).sum();
+        let total = descriptors.iter().map(|d| d.size).sum();
         let progress = progress_bar(total, "push");
-        for d in image.descriptors() {
+        for d in &descriptors {
+            // Gone from the image: a blob the manifest names twice, uploaded already by this push.
+            let Some(bytes) = image.blobs.remove(&d.digest) else {
+                progress.inc(d.size);
+                continue;
+            };
             if has_blob(&registry, d).await? {
                 progress.inc(d.size);
                 continue;
             }
-            let bytes = Bytes::from(image.blobs[&d.digest].clone());
-            upload(&registry, d, bytes, &progress)
+            upload(&registry, d, Bytes::from(bytes), &progress)
                 .await
                 .with_context(|| format!("pushing blob {}", d.digest))?;
         }
