@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Image benchmark, same run, side by side:
 #   1. push and pull of a 10 MiB component (hello padded with a custom section) to a loopback docker-registry:
-#      `wasmhttp image push/pull` vs `skopeo copy` of the same OCI archive
+#      `wasmhttp image push/pull` vs `skopeo copy` of the same OCI archive, wall time and peak RSS (GNU time)
 #   2. `ctr run -d` → first 200 of the first container of a pulled image (compiles) vs the second (compile
 #      cache hit), through a private containerd
 # Usage: bench/image.sh [RUNS]   (default 5; results also land in bench-out/image.txt)
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 runs="${1:-5}"
 out=bench-out; mkdir -p "$out"
 
-bash scripts/setup.sh containerd docker-registry skopeo curl bc python3
+bash scripts/setup.sh containerd docker-registry skopeo curl bc python3 time
 bash examples/build.sh >/dev/null
 cargo build --release --locked -q -p containerd-shim-wasmhttp -p wasmhttp-cli -p wasmhttp-bench
 bin=$PWD/target/release
@@ -43,18 +43,29 @@ open(sys.argv[2], "wb").write(wasm + b"\x00" + bytes(leb) + payload)
 PY
 }
 
-declare -A ms
+# timed NAME CMD...: runs CMD (its output discarded) under GNU time; its milliseconds go to $work/NAME, its peak
+# RSS in MiB to $work/NAME.rss.
+timed() {
+  local name=$1; shift
+  local t0=${EPOCHREALTIME/./}
+  /usr/bin/time -f %M -o "$work/rss-kib" "$@" >/dev/null 2>&1
+  ms_since "$t0" >>"$work/$name"
+  echo "$(cat "$work/rss-kib") / 1024" | bc -l >>"$work/$name.rss"
+}
+declare -A ms rss
 for i in $(seq 1 "$runs"); do
   big_component "$i" "$work/big.wasm"
   "$bin/wasmhttp" image build "$work/big.wasm" -t "$registry/big:1" -o "$work/big.tar" 2>/dev/null
-  t0=${EPOCHREALTIME/./}; "$bin/wasmhttp" image push "$work/big.tar" "$registry/wasmhttp-$i:1" --plain-http 2>/dev/null; ms_since "$t0" >>"$work/push-wasmhttp"
-  t0=${EPOCHREALTIME/./}; skopeo copy -q --dest-tls-verify=false "oci-archive:$work/big.tar" "docker://$registry/skopeo-$i:1" >/dev/null; ms_since "$t0" >>"$work/push-skopeo"
-  t0=${EPOCHREALTIME/./}; "$bin/wasmhttp" image pull "$registry/wasmhttp-$i:1" -o "$work/pulled-$i.tar" --plain-http 2>/dev/null; ms_since "$t0" >>"$work/pull-wasmhttp"
-  t0=${EPOCHREALTIME/./}; skopeo copy -q --src-tls-verify=false "docker://$registry/skopeo-$i:1" "oci-archive:$work/skopeo-$i.tar" >/dev/null; ms_since "$t0" >>"$work/pull-skopeo"
+  timed push-wasmhttp "$bin/wasmhttp" image push "$work/big.tar" "$registry/wasmhttp-$i:1" --plain-http
+  timed push-skopeo skopeo copy -q --dest-tls-verify=false "oci-archive:$work/big.tar" "docker://$registry/skopeo-$i:1"
+  timed pull-wasmhttp "$bin/wasmhttp" image pull "$registry/wasmhttp-$i:1" -o "$work/pulled-$i.tar" --plain-http
+  timed pull-skopeo skopeo copy -q --src-tls-verify=false "docker://$registry/skopeo-$i:1" "oci-archive:$work/skopeo-$i.tar"
   rm -f "$work/pulled-$i.tar" "$work/skopeo-$i.tar"
 done
 size_mib=$(echo "$(stat -c %s "$work/big.wasm") / 1048576" | bc -l)
-for f in push-wasmhttp push-skopeo pull-wasmhttp pull-skopeo; do ms[$f]=$(median <"$work/$f"); done
+for f in push-wasmhttp push-skopeo pull-wasmhttp pull-skopeo; do
+  ms[$f]=$(median <"$work/$f"); rss[$f]=$(median <"$work/$f.rss")
+done
 
 # First container of an image (compiles) vs the second (cache hit); the cache is emptied before each pair.
 "$bin/wasmhttp" image build examples/wasm/hello.wasm -t "$registry/hello:1" -o "$work/hello.tar" 2>/dev/null
@@ -78,6 +89,8 @@ first=$(median <"$work/start-first"); second=$(median <"$work/start-second")
   for op in push pull; do
     printf '%-48s %9.1f ms %9.1f ms %7.2fx\n' "$op (loopback registry)" "${ms[$op-wasmhttp]}" "${ms[$op-skopeo]}" \
       "$(echo "${ms[$op-wasmhttp]} / ${ms[$op-skopeo]}" | bc -l)"
+    printf '%-48s %8.1f MiB %8.1f MiB %7.2fx\n' "$op, peak RSS" "${rss[$op-wasmhttp]}" "${rss[$op-skopeo]}" \
+      "$(echo "${rss[$op-wasmhttp]} / ${rss[$op-skopeo]}" | bc -l)"
   done
   printf '%-48s %12s %12s %8s\n' "ctr run -d to first 200 (hello)" "second" "first" ratio
   printf '%-48s %9.1f ms %9.1f ms %7.2fx\n' "second container (cache hit) vs first (compiles)" "$second" "$first" \
