@@ -276,6 +276,11 @@ pub fn read(path: &Path) -> anyhow::Result<Image> {
     let mut archive = tar::Archive::new(file);
     for entry in archive.entries().with_context(what)? {
         let mut entry = entry.with_context(what)?;
+        // A layout's files are regular ones. Not reading others also keeps a sparse entry from expanding a
+        // small tar into any size of zeros.
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
         let name = entry
             .path()?
             .to_string_lossy()
@@ -418,6 +423,29 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lying.tar");
         std::fs::write(&path, tar).unwrap();
+        let error = format!("{:#}", super::read(&path).err().unwrap());
+        assert!(error.contains("is not an OCI image layout tar"), "{error}");
+    }
+
+    #[test]
+    fn a_sparse_entry_is_not_expanded() {
+        // 512 bytes of header that a tar reader would expand to 64 MiB of zeros named index.json.
+        let mut header = tar::Header::new_gnu();
+        header.set_path("index.json").unwrap();
+        header.set_entry_type(tar::EntryType::GNUSparse);
+        header.set_size(0);
+        header.set_mode(0o644);
+        let gnu = header.as_gnu_mut().unwrap();
+        gnu.set_real_size(64 << 20);
+        gnu.sparse[0].set_offset(64 << 20);
+        gnu.sparse[0].set_length(0);
+        header.set_cksum();
+        let mut tar = header.as_bytes().to_vec();
+        tar.resize(2048, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.tar");
+        std::fs::write(&path, tar).unwrap();
+        // Read as the regular file it is not, it would be an index.json of zeros: "not an OCI image index".
         let error = format!("{:#}", super::read(&path).err().unwrap());
         assert!(error.contains("is not an OCI image layout tar"), "{error}");
     }
