@@ -43,12 +43,15 @@ open(sys.argv[2], "wb").write(wasm + b"\x00" + bytes(leb) + payload)
 PY
 }
 
-# timed NAME CMD...: runs CMD (its output discarded) under GNU time; its milliseconds go to $work/NAME, its peak
-# RSS in MiB to $work/NAME.rss.
+# timed NAME CMD...: runs CMD (its output shown only if it fails) under GNU time; its milliseconds go to
+# $work/NAME, its peak RSS in MiB to $work/NAME.rss.
 timed() {
   local name=$1; shift
   local t0=${EPOCHREALTIME/./}
-  /usr/bin/time -f %M -o "$work/rss-kib" "$@" >/dev/null 2>&1
+  if ! /usr/bin/time -f %M -o "$work/rss-kib" "$@" >"$work/output" 2>&1; then
+    cat "$work/output" >&2
+    return 1
+  fi
   ms_since "$t0" >>"$work/$name"
   echo "$(cat "$work/rss-kib") / 1024" | bc -l >>"$work/$name.rss"
 }

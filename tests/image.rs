@@ -80,30 +80,29 @@ fn image_pull(reference: &str, out: &Path, env: &[(&str, &Path)]) -> Output {
     )
 }
 
-/// `umoci ARGS`, which must succeed.
-fn umoci(args: &[&str]) {
-    let output = Command::new("umoci")
+/// The output of `program ARGS`, a tool scripts/test.sh installs, which must succeed.
+fn tool(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
         .args(args)
         .output()
-        .expect("umoci is installed by scripts/test.sh");
+        .unwrap_or_else(|e| panic!("{program} is installed by scripts/test.sh: {e}"));
     assert!(
         output.status.success(),
-        "umoci {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn skopeo_inspect(target: &str) -> String {
-    let output = Command::new("skopeo")
-        .args(["inspect", "--raw", "--tls-verify=false", target])
-        .output()
-        .expect("skopeo is installed by scripts/test.sh");
-    assert!(
-        output.status.success(),
-        "skopeo inspect {target}: {}",
+        "{program} {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn umoci(args: &[&str]) {
+    tool("umoci", args);
+}
+
+fn skopeo_inspect(target: &str) -> String {
+    tool(
+        "skopeo",
+        &["inspect", "--raw", "--tls-verify=false", target],
+    )
 }
 
 #[test]

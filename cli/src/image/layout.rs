@@ -334,8 +334,8 @@ pub fn read(path: &Path) -> anyhow::Result<Image> {
 /// A deterministic tar of regular files and their parent directories (fixed mtime, owner and mode), so the same
 /// input gives the same digest.
 pub fn tar_of<P: AsRef<str>>(files: &[(P, &[u8])]) -> anyhow::Result<Vec<u8>> {
-    // At most: a 512-byte header per file and per parent directory, contents padded to 512, two zero
-    // blocks at the end. Sized up front, the tar is never copied while it grows.
+    // A 512-byte header per file and per parent directory, contents padded to 512, two zero blocks at the
+    // end: enough unless a path is longer than a header holds (100 bytes), when the tar grows as it must.
     let capacity = files.iter().fold(1024, |sum, (path, bytes)| {
         let headers = 512 * (1 + path.as_ref().matches('/').count());
         sum + headers + bytes.len().div_ceil(512) * 512
@@ -409,6 +409,14 @@ mod tests {
         assert_eq!(entries, expected);
     }
 
+    /// The error of reading `tar` as a layout, with its causes.
+    fn read_error(tar: Vec<u8>) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("layout.tar");
+        std::fs::write(&path, tar).unwrap();
+        format!("{:#}", super::read(&path).err().unwrap())
+    }
+
     #[test]
     fn a_tar_entry_claiming_more_than_the_file_holds_is_refused_not_allocated() {
         // A header saying 1 TiB, followed by two bytes: reading it must fail on the short entry.
@@ -420,10 +428,7 @@ mod tests {
         let mut tar = header.as_bytes().to_vec();
         tar.extend_from_slice(b"{}");
         tar.resize(4096, 0);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("lying.tar");
-        std::fs::write(&path, tar).unwrap();
-        let error = format!("{:#}", super::read(&path).err().unwrap());
+        let error = read_error(tar);
         assert!(error.contains("is not an OCI image layout tar"), "{error}");
     }
 
@@ -442,11 +447,8 @@ mod tests {
         header.set_cksum();
         let mut tar = header.as_bytes().to_vec();
         tar.resize(2048, 0);
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sparse.tar");
-        std::fs::write(&path, tar).unwrap();
         // Read as the regular file it is not, it would be an index.json of zeros: "not an OCI image index".
-        let error = format!("{:#}", super::read(&path).err().unwrap());
+        let error = read_error(tar);
         assert!(error.contains("is not an OCI image layout tar"), "{error}");
     }
 
