@@ -3,11 +3,11 @@
 # each server pinned to the last core and `wrk -t1 -c50` to the first (bench/lib.sh), the two builds taking
 # turns for ROUNDS rounds. Prints, per guest, the median over rounds of the paired ratios (this build over
 # the baseline, same round) of req/s and of the server's CPU time per request, with the quartiles of those
-# ratios. The baseline is a wasmhttp binary, or a git revision, built once into target/ab/<commit> (a clean
-# release build the first time). With ARGS set, this build runs with those extra `wasmhttp run` flags and the
-# baseline without them, and with ENV set, with those extra environment variables (NAME=VALUE, separated by
-# spaces): `ARGS="--max-instance-concurrency 64" bench/ab.sh 8 target/release/wasmhttp` compares a knob's
-# value with its default on one binary.
+# ratios. The baseline is a wasmhttp binary, or a git revision (bench/lib.sh's baseline_cli builds it). With
+# ARGS set, this build runs with those extra `wasmhttp run` flags and the baseline without them, and with ENV
+# set, with those extra environment variables (NAME=VALUE, separated by spaces):
+# `ARGS="--max-instance-concurrency 64" bench/ab.sh 8 target/release/wasmhttp` compares a knob's value with
+# its default on one binary.
 # Usage: [ARGS=...] [ENV=...] bench/ab.sh [ROUNDS] [BASELINE] [DURATION]   (default 7, HEAD, 3s; results in
 # bench-out/ab.txt)
 set -euo pipefail
@@ -25,19 +25,7 @@ bash scripts/setup.sh wrk curl bc
 bash examples/build.sh >/dev/null
 cargo build --release --locked -q -p wasmhttp-cli
 
-if [ -x "$baseline" ]; then
-  base_bin=$baseline
-else
-  commit=$(git rev-parse --verify "$baseline^{commit}")
-  tree="target/ab/$commit"
-  if [ ! -x "$tree/bin/wasmhttp" ]; then
-    rm -rf "$tree/src" && mkdir -p "$tree/src"
-    git archive "$commit" | tar -x -C "$tree/src"
-    (cd "$tree/src" && CARGO_TARGET_DIR=../../target cargo build --release --locked -q -p wasmhttp-cli)
-    mkdir -p "$tree/bin" && cp target/ab/target/release/wasmhttp "$tree/bin/wasmhttp"
-  fi
-  base_bin="$tree/bin/wasmhttp"
-fi
+base_bin=$(baseline_cli "$baseline")
 
 limits=(--memory 128Mi --cpus 2 --max-concurrency 256 --queue-depth 1024 --request-timeout 5s
   --fuel-per-request 100000000)

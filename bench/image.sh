@@ -4,7 +4,9 @@
 #      `wasmhttp image push/pull` vs `skopeo copy` of the same OCI archive, wall time and peak RSS (GNU time)
 #   2. `ctr run -d` → first 200 of the first container of a pulled image (compiles) vs the second (compile
 #      cache hit), through a private containerd
-# Usage: bench/image.sh [RUNS]   (default 5; results also land in bench-out/image.txt)
+# With BASELINE set (a wasmhttp binary or a git revision, built by bench/lib.sh's baseline_cli), that CLI's push
+# and pull are timed in the same runs too, and a second table gives this tree's against it.
+# Usage: [BASELINE=...] bench/image.sh [RUNS]   (default 5; results also land in bench-out/image.txt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-5}"
@@ -14,6 +16,13 @@ bash scripts/setup.sh containerd docker-registry skopeo curl bc python3 time
 bash examples/build.sh >/dev/null
 cargo build --release --locked -q -p containerd-shim-wasmhttp -p wasmhttp-cli -p wasmhttp-bench
 bin=$PWD/target/release
+source bench/lib.sh # baseline_cli; its median is replaced by containerd.sh's below
+declare -A exe=([wasmhttp]=$bin/wasmhttp)
+clis=(wasmhttp)
+if [ -n "${BASELINE:-}" ]; then
+  exe[before]=$(realpath "$(baseline_cli "$BASELINE")")
+  clis=(wasmhttp before)
+fi
 
 source bench/containerd.sh # $work, ctr_, a private containerd with the shim on its PATH, cleanup on exit
 
@@ -59,15 +68,24 @@ declare -A ms rss
 for i in $(seq 1 "$runs"); do
   big_component "$i" "$work/big.wasm"
   "$bin/wasmhttp" image build "$work/big.wasm" -t "$registry/big:1" -o "$work/big.tar" 2>/dev/null
-  timed push-wasmhttp "$bin/wasmhttp" image push "$work/big.tar" "$registry/wasmhttp-$i:1" --plain-http
+  # The two CLIs take turns going first.
+  order=("${clis[@]}"); [ $((i % 2)) = 0 ] && order=("${clis[@]:1}" "${clis[0]}")
+  for cli in "${order[@]}"; do
+    timed "push-$cli" "${exe[$cli]}" image push "$work/big.tar" "$registry/$cli-$i:1" --plain-http
+  done
   timed push-skopeo skopeo copy -q --dest-tls-verify=false "oci-archive:$work/big.tar" "docker://$registry/skopeo-$i:1"
-  timed pull-wasmhttp "$bin/wasmhttp" image pull "$registry/wasmhttp-$i:1" -o "$work/pulled-$i.tar" --plain-http
+  for cli in "${order[@]}"; do
+    timed "pull-$cli" "${exe[$cli]}" image pull "$registry/$cli-$i:1" -o "$work/pulled-$i.tar" --plain-http
+    rm -f "$work/pulled-$i.tar"
+  done
   timed pull-skopeo skopeo copy -q --src-tls-verify=false "docker://$registry/skopeo-$i:1" "oci-archive:$work/skopeo-$i.tar"
-  rm -f "$work/pulled-$i.tar" "$work/skopeo-$i.tar"
+  rm -f "$work/skopeo-$i.tar"
 done
 size_mib=$(echo "$(stat -c %s "$work/big.wasm") / 1048576" | bc -l)
-for f in push-wasmhttp push-skopeo pull-wasmhttp pull-skopeo; do
-  ms[$f]=$(median <"$work/$f"); rss[$f]=$(median <"$work/$f.rss")
+for op in push pull; do
+  for f in "${clis[@]}" skopeo; do
+    ms[$op-$f]=$(median <"$work/$op-$f"); rss[$op-$f]=$(median <"$work/$op-$f.rss")
+  done
 done
 
 # First container of an image (compiles) vs the second (cache hit); the cache is emptied before each pair.
@@ -86,16 +104,24 @@ for i in $(seq 1 "$runs"); do
 done
 first=$(median <"$work/start-first"); second=$(median <"$work/start-second")
 
+# side_by_side A B: push and pull, A's time and peak RSS beside B's, with A/B.
+side_by_side() {
+  printf '%-48s %12s %12s %8s\n' "measure ($(printf %.1f "$size_mib") MiB component)" "$1" "$2" ratio
+  for op in push pull; do
+    printf '%-48s %9.1f ms %9.1f ms %7.2fx\n' "$op (loopback registry)" "${ms[$op-$1]}" "${ms[$op-$2]}" \
+      "$(echo "${ms[$op-$1]} / ${ms[$op-$2]}" | bc -l)"
+    printf '%-48s %8.1f MiB %8.1f MiB %7.2fx\n' "$op, peak RSS" "${rss[$op-$1]}" "${rss[$op-$2]}" \
+      "$(echo "${rss[$op-$1]} / ${rss[$op-$2]}" | bc -l)"
+  done
+}
 {
   echo "wasmhttp image benchmark, medians of $runs ($(nproc) cores, docker-registry on loopback, containerd $(containerd --version | awk '{print $3}'))"
-  printf '%-48s %12s %12s %8s\n' "measure ($(printf %.1f "$size_mib") MiB component)" wasmhttp skopeo ratio
-  for op in push pull; do
-    printf '%-48s %9.1f ms %9.1f ms %7.2fx\n' "$op (loopback registry)" "${ms[$op-wasmhttp]}" "${ms[$op-skopeo]}" \
-      "$(echo "${ms[$op-wasmhttp]} / ${ms[$op-skopeo]}" | bc -l)"
-    printf '%-48s %8.1f MiB %8.1f MiB %7.2fx\n' "$op, peak RSS" "${rss[$op-wasmhttp]}" "${rss[$op-skopeo]}" \
-      "$(echo "${rss[$op-wasmhttp]} / ${rss[$op-skopeo]}" | bc -l)"
-  done
+  side_by_side wasmhttp skopeo
   printf '%-48s %12s %12s %8s\n' "ctr run -d to first 200 (hello)" "second" "first" ratio
   printf '%-48s %9.1f ms %9.1f ms %7.2fx\n' "second container (cache hit) vs first (compiles)" "$second" "$first" \
     "$(echo "$second / $first" | bc -l)"
+  if [ -n "${BASELINE:-}" ]; then
+    echo "this tree's wasmhttp (wasmhttp) against BASELINE=$BASELINE (before), same runs"
+    side_by_side wasmhttp before
+  fi
 } | tee "$out/image.txt"

@@ -1,5 +1,6 @@
-# Shared by the HTTP benchmarks (sourced, not run): the wasmtime-cli baseline, a readiness wait, and one
-# measured wrk run with the server's peak RSS and PSS. Expects $out (output directory) to be set.
+# Shared by the HTTP benchmarks (sourced, not run): the wasmtime-cli baseline, a baseline wasmhttp CLI built
+# from a git revision, a readiness wait, and one measured wrk run with the server's peak RSS and PSS. Expects
+# $out (output directory) to be set.
 
 # The baseline `wasmtime serve`: the newest wasmtime-cli published (wasmhttp may run a later patch release of
 # the engine, which `engines` names).
@@ -20,6 +21,25 @@ install_wasmtime() {
     echo "bench: installing wasmtime-cli $wasmtime_version (takes a while, once)" >&2
     cargo install -q wasmtime-cli --version "$wasmtime_version" --locked --root "$tools"
   fi
+}
+
+# baseline_cli BASELINE: the path of a `wasmhttp` CLI to compare this tree's with. BASELINE is a wasmhttp
+# binary, or a git revision, built once into target/ab/<commit> (a clean release build the first time).
+baseline_cli() {
+  if [ -x "$1" ]; then
+    echo "$1"
+    return
+  fi
+  local commit tree
+  commit=$(git rev-parse --verify "$1^{commit}")
+  tree="target/ab/$commit"
+  if [ ! -x "$tree/bin/wasmhttp" ]; then
+    rm -rf "$tree/src" && mkdir -p "$tree/src"
+    git archive "$commit" | tar -x -C "$tree/src"
+    (cd "$tree/src" && CARGO_TARGET_DIR=../../target cargo build --release --locked -q -p wasmhttp-cli) >&2
+    mkdir -p "$tree/bin" && cp target/ab/target/release/wasmhttp "$tree/bin/wasmhttp"
+  fi
+  echo "$tree/bin/wasmhttp"
 }
 
 # wait_for PORT [TRIES]: until GET / answers (any status), 50 ms apart.
