@@ -20,7 +20,8 @@ source bench/lib.sh # baseline_cli; its median is replaced by containerd.sh's be
 declare -A exe=([wasmhttp]=$bin/wasmhttp)
 clis=(wasmhttp)
 if [ -n "${BASELINE:-}" ]; then
-  exe[before]=$(realpath "$(baseline_cli "$BASELINE")")
+  before=$(baseline_cli "$BASELINE")
+  exe[before]=$(realpath "$before")
   clis=(wasmhttp before)
 fi
 

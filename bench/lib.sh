@@ -30,14 +30,14 @@ baseline_cli() {
     echo "$1"
     return
   fi
+  # Called in $(...), which `set -e` does not reach: every step stops the function on failure itself.
   local commit tree
-  commit=$(git rev-parse --verify "$1^{commit}")
+  commit=$(git rev-parse --verify "$1^{commit}") || return
   tree="target/ab/$commit"
   if [ ! -x "$tree/bin/wasmhttp" ]; then
-    rm -rf "$tree/src" && mkdir -p "$tree/src"
-    git archive "$commit" | tar -x -C "$tree/src"
-    (cd "$tree/src" && CARGO_TARGET_DIR=../../target cargo build --release --locked -q -p wasmhttp-cli) >&2
-    mkdir -p "$tree/bin" && cp target/ab/target/release/wasmhttp "$tree/bin/wasmhttp"
+    { rm -rf "$tree/src" && mkdir -p "$tree/src" && git archive "$commit" | tar -x -C "$tree/src" &&
+      (cd "$tree/src" && CARGO_TARGET_DIR=../../target cargo build --release --locked -q -p wasmhttp-cli) >&2 &&
+      mkdir -p "$tree/bin" && cp target/ab/target/release/wasmhttp "$tree/bin/wasmhttp"; } || return
   fi
   echo "$tree/bin/wasmhttp"
 }
