@@ -16,6 +16,7 @@ use wasmtime::{
 };
 
 mod compile_cpu;
+mod epoch_clock;
 mod flavour;
 mod on_thread;
 

@@ -10,9 +10,15 @@
 //! Charging happens only in a process whose global allocator is [`ChargingAllocator`] (the shim and the
 //! CLI install it); elsewhere every account reads zero. Which account is charged is set per thread by
 //! [`Account::charging`], for the duration of a poll of the service's tasks (see `metered.rs`).
+//!
+//! An account may be given a room ([`Account::set_room`]): when a publication takes its figure past it,
+//! the allocator calls the waker registered with [`on_room_exceeded`] (the engines advance their epoch,
+//! so that running guests check their limits at once rather than at the next tick). The allocator only
+//! notices; what is done about it is the caller's.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 
 /// How many accounts can be open (or closed with memory still allocated for them) at once; more are
@@ -29,6 +35,8 @@ const CLOSED: u8 = 2;
 #[repr(align(64))]
 struct Slot {
     bytes: AtomicU64,
+    /// The figure past which the waker is called; `u64::MAX` for none.
+    room: AtomicU64,
     state: AtomicU8,
 }
 
@@ -36,12 +44,13 @@ struct Slot {
 static SLOTS: [Slot; ACCOUNTS] = [const {
     Slot {
         bytes: AtomicU64::new(0),
+        room: AtomicU64::new(u64::MAX),
         state: AtomicU8::new(FREE),
     }
 }; ACCOUNTS];
 
-/// Set once an allocation went through [`ChargingAllocator`]: whether this process charges at all.
-static INSTALLED: AtomicBool = AtomicBool::new(false);
+/// Called when an account's figure passes its room; see [`on_room_exceeded`].
+static WAKER: OnceLock<fn()> = OnceLock::new();
 
 /// How far a thread's unpublished sum for the account it charges may grow before it is published.
 const PUBLISH_AT: u64 = 256 << 10;
@@ -71,10 +80,6 @@ impl ChargingAllocator {
     /// # Safety
     /// As [`GlobalAlloc::alloc`].
     unsafe fn alloc_for(&self, layout: Layout, account: u32, zeroed: bool) -> *mut u8 {
-        // A load first: the flag's cache line stays shared between the cores once it is set.
-        if !INSTALLED.load(Relaxed) {
-            INSTALLED.store(true, Relaxed);
-        }
         let Some((offset, outer)) = Self::outer(layout) else {
             return std::ptr::null_mut();
         };
@@ -147,13 +152,29 @@ fn publish_pending() {
     publish(other, pending);
 }
 
-/// Adds `delta` to `account`'s shared figure.
+/// Adds `delta` to `account`'s shared figure, and calls the waker if that takes it past its room.
 fn publish(account: u32, delta: i64) {
-    if account != 0 && delta != 0 {
-        SLOTS[account as usize]
-            .bytes
-            .fetch_add(delta as u64, Relaxed);
+    if account == 0 || delta == 0 {
+        return;
     }
+    let slot = &SLOTS[account as usize];
+    let before = slot.bytes.fetch_add(delta as u64, Relaxed);
+    if delta > 0 {
+        let room = slot.room.load(Relaxed);
+        if before <= room
+            && before.wrapping_add(delta as u64) > room
+            && let Some(wake) = WAKER.get()
+        {
+            wake();
+        }
+    }
+}
+
+/// Registers the function called when a publication takes an account's figure past its room. It runs
+/// inside the allocator: it must not allocate, nor wait for anything an allocation may hold. It bounds
+/// its own rate, since a guest can cross its room back and forth. The first registration stays.
+pub(crate) fn on_room_exceeded(wake: fn()) {
+    let _ = WAKER.set(wake);
 }
 
 // SAFETY: every block is the system allocator's, with the caller's part at a fixed offset of the
@@ -244,10 +265,11 @@ impl Account {
         }
     }
 
-    /// Whether this process's allocations are charged (its global allocator is [`ChargingAllocator`]);
-    /// when not, every account reads zero and checking one is wasted work.
-    pub(crate) fn charged_here() -> bool {
-        INSTALLED.load(Relaxed)
+    /// Sets the figure past which a publication calls the waker (see [`on_room_exceeded`]).
+    pub(crate) fn set_room(&self, room: u64) {
+        if self.0 != 0 {
+            SLOTS[self.0 as usize].room.store(room, Relaxed);
+        }
     }
 
     /// Bytes allocated for this account and not yet freed, with what this thread has not yet published.
@@ -277,7 +299,9 @@ impl Account {
 impl Drop for Account {
     fn drop(&mut self) {
         if self.0 != 0 {
-            SLOTS[self.0 as usize].state.store(CLOSED, Relaxed);
+            let slot = &SLOTS[self.0 as usize];
+            slot.room.store(u64::MAX, Relaxed);
+            slot.state.store(CLOSED, Relaxed);
         }
     }
 }

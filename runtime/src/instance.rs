@@ -2,7 +2,6 @@
 
 use crate::capabilities::Capabilities;
 use crate::cpu::CpuMeter;
-use crate::host_memory::Account;
 use crate::knobs::Limits;
 use crate::outbound::OutboundPolicy;
 use crate::output::GuestOutput;
@@ -10,7 +9,7 @@ use crate::stats::FailureCause;
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::ResourceTable;
-use wasmtime::{CallHook, ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::cli::StdinStream;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -39,8 +38,8 @@ pub(crate) struct InstanceGuard {
     deadlines: Vec<Instant>,
     /// Why a memory growth was refused, if one was.
     memory_denied: Option<FailureCause>,
-    /// Whether a host call already ended the instance for its host memory (wasmtime calls the hook again
-    /// as the trap unwinds through nested calls; it is one refusal).
+    /// Whether the instance was already ended for its host memory (a concurrent store may meet its
+    /// deadline again as the trap ends its other tasks; it is one refusal).
     host_memory_refused: bool,
     timed_out: bool,
 }
@@ -101,6 +100,7 @@ impl InstanceGuard {
     /// Called by wasmtime each epoch tick while guest code runs. The engine cannot interrupt one task of a
     /// store alone: a request past its deadline while guest code runs ends the whole instance.
     fn on_epoch(&mut self) -> wasmtime::Result<UpdateDeadline> {
+        self.check_host_memory()?;
         let now = Instant::now();
         let deadline = self.deadlines.iter().min().copied();
         if deadline.is_some_and(|d| now >= d) {
@@ -124,12 +124,14 @@ impl InstanceGuard {
         ))
     }
 
-    /// Called by wasmtime as each host call returns to the guest: host memory is allocated by host calls,
-    /// and the shim cannot refuse one of its own allocations, so the call that took the service past its
-    /// memory limit ends the instance instead (its resources and linear memory are freed with it). Like a
+    /// Ends the instance when the service's host memory does not fit its memory limit beside its
+    /// instances' linear memory. Host memory is allocated by host calls, and the shim cannot refuse one
+    /// of its own allocations: the instance running when it is over ends instead (its resources and
+    /// linear memory are freed with it). Checked at each epoch deadline, which the allocator brings
+    /// forward when the service's host memory passes its room (see `engine/epoch_clock.rs`). Like a
     /// growth, it is the guest's own fault when the host memory does not fit beside this instance alone,
     /// and an overload (503) when it is the other live instances that do not fit.
-    fn on_host_return(&mut self) -> wasmtime::Result<()> {
+    fn check_host_memory(&mut self) -> wasmtime::Result<()> {
         let Some(total) = self.memory_total else {
             return Ok(());
         };
@@ -205,7 +207,7 @@ impl InstanceGuard {
 impl Drop for InstanceGuard {
     fn drop(&mut self) {
         let stats = self.meter.stats();
-        stats.release_memory(self.held);
+        stats.release_memory(self.held, self.memory_total);
         stats.instance_finished();
     }
 }
@@ -289,12 +291,6 @@ pub(crate) fn new_store<T: Guarded>(engine: &wasmtime::Engine, data: T) -> Store
         .expect("the engine is configured to consume fuel");
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut ctx| ctx.data_mut().guard().on_epoch());
-    if Account::charged_here() {
-        store.call_hook(|mut ctx, hook| match hook {
-            CallHook::ReturningFromHost => ctx.data_mut().guard().on_host_return(),
-            _ => Ok(()),
-        });
-    }
     store
 }
 

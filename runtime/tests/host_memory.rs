@@ -85,6 +85,35 @@ async fn host_memory_held_for_a_guest_counts_against_its_memory_limit() {
     assert!(left <= 2 * MIB, "{left} bytes still charged");
 }
 
+/// The host memory check does not wait for the epoch clock: the allocator brings the guest's next check
+/// forward as the service passes its limit. With a clock that does not tick during the test, the request
+/// whose host calls pass the limit still ends with its instance, and the service goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passing_the_limit_in_host_memory_is_noticed_without_waiting_for_a_tick() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let runtime = Runtime::new(EngineConfig {
+        max_instances: 64,
+        epoch_tick: std::time::Duration::from_secs(3600),
+        ..EngineConfig::default()
+    })
+    .unwrap();
+    let served = serve_mem_hog(&runtime, Some(64 * MIB));
+    let reply = get_async(served.addr, "/?mib=48&late-fields=400").await;
+    assert_eq!(reply.status, 500, "{reply:?}");
+    assert!(reply.body.contains("memory limit"), "{reply:?}");
+    let stats = served.handle.stats();
+    assert_eq!(
+        (stats.failed_memory, stats.failed_overload),
+        (1, 0),
+        "{stats:?}"
+    );
+    assert_eq!(
+        get_async(served.addr, "/?mib=48").await.status,
+        200,
+        "still serving"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resources_a_guest_makes_the_host_hold_are_bounded_by_its_memory_limit() {
     let _turn = ONE_AT_A_TIME.lock().await;

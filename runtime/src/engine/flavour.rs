@@ -8,8 +8,8 @@ use crate::instance::InstanceState;
 use crate::precompiled::TrustedKey;
 use crate::source::Source;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, Module};
 
@@ -50,7 +50,7 @@ impl Flavour {
                 Ok(linker)
             }
         })?;
-        spawn_epoch_clock(engine.clone(), config.epoch_tick, stop)?;
+        super::epoch_clock::spawn(engine.clone(), config.epoch_tick, stop)?;
         Ok(Flavour {
             engine_hash: crate::precompiled::engine_hash(&engine),
             signers: config.precompiled_signers.clone(),
@@ -204,22 +204,4 @@ pub(super) fn compiling<T>(
     let compiled = compile()?;
     tracing::info!(name = source.name(), took = ?started.elapsed(), "compiled");
     Ok(compiled)
-}
-
-/// Advances the engine's epoch every `tick` until `stop` is set (when the last `Runtime` clone drops).
-fn spawn_epoch_clock(
-    engine: Engine,
-    tick: Duration,
-    stop: Arc<AtomicBool>,
-) -> Result<(), crate::Error> {
-    std::thread::Builder::new()
-        .name("wasmhttp-epoch".into())
-        .spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(tick);
-                engine.increment_epoch();
-            }
-        })
-        .map(drop)
-        .map_err(|e| crate::Error::Engine(format!("cannot start the epoch clock thread: {e}")))
 }

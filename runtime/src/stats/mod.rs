@@ -451,6 +451,7 @@ impl Stats {
             {
                 Ok(_) => {
                     self.memory_peak.fetch_max(next, Relaxed);
+                    self.refresh_host_room(total);
                     return true;
                 }
                 Err(seen) => current = seen,
@@ -494,8 +495,20 @@ impl Stats {
         self.memory_refusals.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn release_memory(&self, bytes: u64) {
+    /// Gives back `bytes` of linear memory charged against `total` (if any).
+    pub(crate) fn release_memory(&self, bytes: u64, total: Option<u64>) {
         self.memory_current.fetch_sub(bytes, Relaxed);
+        self.refresh_host_room(total);
+    }
+
+    /// Tells the allocator how much host memory fits beside the live instances' linear memory under
+    /// `total`, so that it brings the instances' next limit check forward when the service passes it.
+    /// Racing growths may leave a stale figure for a moment: then the regular epoch tick checks instead.
+    fn refresh_host_room(&self, total: Option<u64>) {
+        if let Some(total) = total {
+            let linear = self.memory_current.load(Relaxed);
+            self.host.set_room(total.saturating_sub(linear));
+        }
     }
 }
 

@@ -6,7 +6,7 @@ fn memory_total_is_never_exceeded() {
     assert!(stats.try_grow_memory(60, Some(100)));
     assert!(!stats.try_grow_memory(41, Some(100)));
     assert!(stats.try_grow_memory(40, Some(100)));
-    stats.release_memory(50);
+    stats.release_memory(50, Some(100));
     let snap = stats.snapshot();
     assert_eq!((snap.memory_current, snap.memory_peak), (50, 100));
 }
