@@ -11,8 +11,8 @@
 #             dropped)
 #   off2    — the same as off, a second time: off2/off is this machine's noise in the same run, the yardstick
 #             for enforce/off
-#   bare    — as off, and built without the charging allocator (`--no-default-features`, which also installs
-#             no host-call check): every per-request defence that can be switched off is off, so enforce/bare
+#   bare    — as off, and built without the charging allocator (`--no-default-features`, so its services
+#             are charged nothing): every per-request defence that can be switched off is off, so enforce/bare
 #             is the cost of them all together (the client pause, body pace and connection cap stay on)
 #   before  — with BASELINE=<commit> (aebc203 is the last commit before the isolation work): the shim built
 #             from that commit (in a worktree sharing this target directory; adds two release builds)

@@ -9,7 +9,7 @@
 //! ticks, so a guest crossing its room back and forth at most doubles the rate of its neighbours' checks.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::Duration;
 use wasmtime::Engine;
 
@@ -77,11 +77,14 @@ fn deregister(id: u64) {
 /// allocator: it neither allocates nor waits, and when the registry is busy (being changed, or by this
 /// very thread allocating under it) the regular tick does the work instead.
 fn tick_early() {
-    if let Ok(clocks) = CLOCKS.try_lock() {
-        for clock in clocks.iter() {
-            if !clock.ticked_early.swap(true, Relaxed) {
-                clock.engine.increment_epoch();
-            }
+    let clocks = match CLOCKS.try_lock() {
+        Ok(clocks) => clocks,
+        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        Err(TryLockError::WouldBlock) => return,
+    };
+    for clock in clocks.iter() {
+        if !clock.ticked_early.swap(true, Relaxed) {
+            clock.engine.increment_epoch();
         }
     }
 }
