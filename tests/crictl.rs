@@ -139,15 +139,7 @@ fn an_operator_runs_a_wasm_pod_with_crictl() {
         line.contains("Running") && line.contains("logger") && line.contains(&pod[..13]),
         "crictl ps: {line}"
     );
-    let started = Instant::now();
-    let logs = loop {
-        let logs = crictl.ok(&["logs", &logger]);
-        if logs.contains("stdout: GET /from-crictl") || started.elapsed() > Duration::from_secs(10)
-        {
-            break logs;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let logs = crictl.logs_holding(&logger, "logger stdout: GET /from-crictl");
     assert!(logs.contains("logger stdout: GET /from-crictl"), "{logs}");
 
     // stats: the shim's own accounting, as crictl shows it.

@@ -137,7 +137,7 @@ fn a_pod_made_by_the_sandbox_api_has_no_sandbox_container() {
     );
     let ps = crictl.ok(&["ps", "--id", &id]);
     assert!(ps.contains("Running"), "{ps}");
-    let logs = crictl.ok(&["logs", &id]);
+    let logs = crictl.logs_holding(&id, "logger stdout: GET /sandboxed");
     assert!(logs.contains("logger stdout: GET /sandboxed"), "{logs}");
     let stats = crictl.json(&["stats", "--id", &id]);
     assert!(

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// Where the flow's `ctr run --log-uri` writes.
+const LOG: &str = "/var/log/wasmhttp/logger.log";
+
 #[test]
 fn the_readme_seed_flow_runs_verbatim() {
     let readme = std::fs::read_to_string(wasmhttp_tests::workspace().join("README.md")).unwrap();
@@ -25,9 +28,13 @@ fn the_readme_seed_flow_runs_verbatim() {
     let path = wasmhttp_tests::path_with(binary("wasmhttp").parent().unwrap());
     let port = free_port().to_string();
     // The flow logs where a node's shim may write by default; an earlier run's log must not answer for it.
-    let _log = RemovedBeforeAndAfter::new("/var/log/wasmhttp/logger.log");
+    let _log = RemovedBeforeAndAfter::new(LOG);
     let mut transcript = String::new();
     for command in &commands {
+        if command.starts_with("cat ") {
+            // Serving does not wait for the log writer: the line is written just after the response.
+            log_holding(Path::new(LOG), &["logger stdout: GET /hello"]);
+        }
         let output = Command::new("bash")
             .args(["-euc", command])
             .current_dir(dir.path())

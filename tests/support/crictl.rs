@@ -4,6 +4,7 @@ use crate::containerd::Containerd;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// The cri-tools release whose `crictl` and `critest` the tests run (see [`crate::containerd_dist`]).
 pub const CRI_TOOLS: &str = "cri-tools-v1.36.0";
@@ -44,6 +45,19 @@ impl Crictl {
     pub fn ok(&self, args: &[&str]) -> String {
         let output = crate::succeed(&mut self.command(args));
         String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// `crictl logs ID` once it holds `line` (logs are copied after the response is sent), or after 10 s
+    /// whatever it holds then.
+    pub fn logs_holding(&self, id: &str, line: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let logs = self.ok(&["logs", id]);
+            if logs.contains(line) || started.elapsed() > Duration::from_secs(10) {
+                return logs;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Runs `crictl COMMAND -o json ARGS` and parses what it prints (crictl takes no flag after an argument).
