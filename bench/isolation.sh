@@ -21,6 +21,8 @@
 #      (bench/src/bin/seccomp-cost.rs), with and without the filter, in turns;
 #   4. the system calls per request of the enforce shim (strace -c), so that calls × cost per call is the
 #      filter's cost per request, beside the shim's CPU per request.
+#   5. how long the shims took to confine themselves, as each logs it ("shim confined … ms=" in containerd's
+#      log; before's starts count with enforce's: their lines read alike).
 # The kinds take turns, in an order rotated every round, so that a slow spell of the machine falls on all of
 # them alike; medians. Usage: bench/isolation.sh [RUNS]   (default 10; DURATION=4s per wrk run; results in
 # bench-out/isolation.txt)
@@ -198,6 +200,12 @@ done
   printf 'filter cost per request at the dearest call'"'"'s cost: %.2f us = %.2f%% of the shim'"'"'s CPU per request\n' \
     "$(echo "$per_request * $worst / 1000" | bc -l)" \
     "$(echo "100 * $per_request * $worst / 1000 / ${cpu_us[enforce]}" | bc -l)"
+  # 5: every start of the run (1 and 2, and the warm-ups) logged one line.
+  confine_ms() { grep "shim confined: seccomp $1" "$work/containerd.log" | sed -n 's/.*ms=\([0-9.]*\).*/\1/p'; }
+  for mode in enforce off; do
+    printf 'confining the shim, seccomp %s: median %.3f ms of %d starts\n' "$mode" \
+      "$(confine_ms "$mode" | median_of)" "$(confine_ms "$mode" | wc -l)"
+  done
 } | tee "$out/isolation.txt"
 for f in "$work"/start-* "$work"/rps-* "$work"/cpu-* "$work"/calls-*; do echo "$(basename "$f"): $(tr '\n' ' ' <"$f")"; done \
   >"$out/isolation-runs.txt"

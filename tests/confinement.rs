@@ -114,6 +114,9 @@ fn the_shim_server_keeps_seven_capabilities_and_its_kernel_refuses_calls_outside
             // No unix socket, so no way to containerd's API (its broker has that); IP sockets serve.
             ("socket(AF_UNIX)", nix::libc::SYS_socket, [1, 1, 0, 0, 0]),
             ("socket(AF_INET)", nix::libc::SYS_socket, [2, 1, 0, 0, 0]),
+            // Answered ENOSYS, so that glibc makes threads with clone, whose flags the filter checks
+            // (unfiltered, a NULL clone_args of size 0 is EINVAL).
+            ("clone3", nix::libc::SYS_clone3, [0; 5]),
         ],
     );
     for (name, result) in refused[..6].iter().chain(&refused[7..8]) {
@@ -121,6 +124,7 @@ fn the_shim_server_keeps_seven_capabilities_and_its_kernel_refuses_calls_outside
     }
     assert_eq!(refused[6].1, i64::from(pid), "an allowed call still works");
     assert!(refused[8].1 >= 0, "an IP socket: {:?}", refused[8]);
+    assert_eq!(refused[9].1, -i64::from(nix::libc::ENOSYS), "clone3");
     // The broker, which does hold containerd's API, is the server's child and runs no guest code.
     let brokers = containerd.broker_pids();
     assert_eq!(brokers.len(), 1, "one broker: {brokers:?}");

@@ -7,13 +7,14 @@
 //! set. The filter is installed for all threads at once and, like the bounding set, holds for the life of
 //! the process.
 
+mod filter;
 pub mod landlock;
 mod syscalls;
 
+use filter::program;
 pub use rustix::thread::CapabilitySet;
 use rustix::thread::CapabilitySets;
-use seccompiler::{SeccompAction, SeccompFilter, SeccompRule, TargetArch};
-use std::collections::BTreeMap;
+use seccompiler::SeccompAction;
 use std::fmt;
 
 /// What the seccomp filter does with a call outside the allowlist (`[security] seccomp`).
@@ -106,31 +107,15 @@ fn drop_capabilities(keep: CapabilitySet) -> std::io::Result<()> {
 }
 
 fn install_filters(mode: SeccompMode) -> Result<(), seccompiler::Error> {
-    if mode == SeccompMode::Enforce {
+    let (outside, first) = match mode {
+        SeccompMode::Log => (SeccompAction::Log, Vec::new()),
         // glibc creates threads with clone3 and falls back to clone only on ENOSYS; clone3's flags are in
-        // memory a filter cannot read, clone's are an argument the allowlist checks. Installed first: once
-        // the allowlist is in, no further filter can be (it allows neither `seccomp` nor that `prctl`).
-        let clone3 = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
-        let clone3 = program(
-            clone3,
-            SeccompAction::Allow,
-            SeccompAction::Errno(libc::ENOSYS as u32),
-        )?;
-        seccompiler::apply_filter_all_threads(&clone3)?;
-    }
-    let outside = match mode {
-        SeccompMode::Log => SeccompAction::Log,
-        _ => SeccompAction::Errno(libc::EPERM as u32),
+        // memory a filter cannot read, clone's are an argument the allowlist checks.
+        _ => (
+            SeccompAction::Errno(libc::EPERM as u32),
+            vec![(libc::SYS_clone3, SeccompAction::Errno(libc::ENOSYS as u32))],
+        ),
     };
-    let allowlist = program(syscalls::allowlist(), outside, SeccompAction::Allow)?;
+    let allowlist = program(syscalls::allowlist(), outside, SeccompAction::Allow, &first)?;
     seccompiler::apply_filter_all_threads(&allowlist)
-}
-
-fn program(
-    rules: BTreeMap<i64, Vec<SeccompRule>>,
-    mismatch: SeccompAction,
-    matched: SeccompAction,
-) -> Result<seccompiler::BpfProgram, seccompiler::Error> {
-    let arch = TargetArch::try_from(std::env::consts::ARCH)?;
-    Ok(SeccompFilter::new(rules, mismatch, matched, arch)?.try_into()?)
 }

@@ -33,7 +33,7 @@ const ANY_ARGUMENTS: &[(&str, &[libc::c_long])] = &[
         ],
     ),
     (
-        "threads and their synchronisation (clone3 is answered ENOSYS by a second filter: see the module above)",
+        "threads and their synchronisation (in `enforce`, clone3 is answered ENOSYS first: see `install_filters`)",
         &[
             libc::SYS_clone3,
             libc::SYS_futex,
@@ -209,7 +209,7 @@ const ANY_ARGUMENTS: &[(&str, &[libc::c_long])] = &[
 ];
 
 /// `prctl` options: naming threads and anonymous mappings, and reading what they are.
-const PRCTL_OPTIONS: &[libc::c_int] = &[
+pub(super) const PRCTL_OPTIONS: &[libc::c_int] = &[
     libc::PR_SET_NAME,
     libc::PR_GET_NAME,
     libc::PR_GET_DUMPABLE,
@@ -225,7 +225,7 @@ const PAGEMAP_SCAN: libc::c_ulong = 0xc060_6610;
 
 /// `ioctl` requests: non-blocking and close-on-exec flags, what tokio and std ask of a descriptor, and
 /// wasmtime's scan of dirty pages.
-const IOCTL_REQUESTS: &[libc::c_ulong] = &[
+pub(super) const IOCTL_REQUESTS: &[libc::c_ulong] = &[
     PAGEMAP_SCAN,
     libc::FIONBIO,
     libc::FIOCLEX,
@@ -237,7 +237,7 @@ const IOCTL_REQUESTS: &[libc::c_ulong] = &[
 /// Socket families: IP only (services, outbound requests, name lookups). No new unix socket: a confined
 /// process reaches nothing local by path (containerd's sockets above all); the sockets it serves on and the
 /// pairs it talks through are made before it is confined.
-const SOCKET_FAMILIES: &[libc::c_int] = &[libc::AF_INET, libc::AF_INET6];
+pub(super) const SOCKET_FAMILIES: &[libc::c_int] = &[libc::AF_INET, libc::AF_INET6];
 
 /// The allowlist as seccompiler rules: a call with no rules is allowed whatever its arguments; one with
 /// rules, when any rule matches.
