@@ -1,10 +1,10 @@
 //! `crictl`, the CRI client operators use on a node, pointed at a test's containerd.
 
-use crate::containerd::Containerd;
+use crate::containerd::{Containerd, text_holding};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The cri-tools release whose `crictl` and `critest` the tests run (see [`crate::containerd_dist`]).
 pub const CRI_TOOLS: &str = "cri-tools-v1.36.0";
@@ -50,14 +50,10 @@ impl Crictl {
     /// `crictl logs ID` once it holds `line` (logs are copied after the response is sent), or after 10 s
     /// whatever it holds then.
     pub fn logs_holding(&self, id: &str, line: &str) -> String {
-        let started = Instant::now();
-        loop {
-            let logs = self.ok(&["logs", id]);
-            if logs.contains(line) || started.elapsed() > Duration::from_secs(10) {
-                return logs;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        // Each reading starts a crictl process: less often than a file is read.
+        text_holding(&[line], Duration::from_millis(100), || {
+            self.ok(&["logs", id])
+        })
     }
 
     /// Runs `crictl COMMAND -o json ARGS` and parses what it prints (crictl takes no flag after an argument).

@@ -18,15 +18,23 @@ pub fn free_port() -> u16 {
 /// output reaches containerd's log through a writer thread of its own, so a response can come before its
 /// log lines are written.
 pub fn log_holding(path: &Path, lines: &[&str]) -> String {
+    text_holding(lines, Duration::from_millis(50), || {
+        std::fs::read_to_string(path).unwrap_or_default()
+    })
+}
+
+/// What `read` returns once it holds every one of `lines`, read again every `every`, or what it returns
+/// after 10 s.
+pub fn text_holding(lines: &[&str], every: Duration, mut read: impl FnMut() -> String) -> String {
     let started = Instant::now();
     loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let text = read();
         if lines.iter().all(|line| text.contains(line))
             || started.elapsed() > Duration::from_secs(10)
         {
             return text;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(every);
     }
 }
 
