@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 /// How many accounts can be open (or closed with memory still allocated for them) at once; more are
 /// charged to no one. Each service and each command run takes one.
 const ACCOUNTS: usize = 4096;
-/// Bytes in front of every allocation of at most this alignment (more aligned ones use their alignment).
+/// Bytes in front of every allocation of at most [`MALLOC_ALIGN`] (more aligned ones use their alignment).
 const HEADER: usize = 16;
 
 const FREE: u8 = 0;
@@ -67,20 +67,29 @@ thread_local! {
 
 /// A global allocator that charges every allocation to the account its thread is charging at the time,
 /// and credits it back when freed. Install it with `#[global_allocator]` to make [`Account`]s count.
+///
+/// It runs on every allocation of the process, so its common path is kept short: blocks of an alignment
+/// `malloc` already gives come from glibc's `malloc`, `calloc` and `realloc` directly (the layout checks of
+/// `std::alloc::System` cost as much again as the charge itself), and the account update inlined is a
+/// thread-local add. Everything else (larger alignments, publishing, another account) is out of line.
 pub struct ChargingAllocator;
 
-impl ChargingAllocator {
-    /// The bytes in front of an allocation of `layout`, and the layout asked of the system allocator.
-    fn outer(layout: Layout) -> Option<(usize, Layout)> {
-        let offset = layout.align().max(HEADER);
-        let size = layout.size().checked_add(offset)?;
-        Some((offset, Layout::from_size_align(size, offset).ok()?))
-    }
+/// The alignment glibc's `malloc` gives every block on this target.
+const MALLOC_ALIGN: usize = if cfg!(target_pointer_width = "64") {
+    16
+} else {
+    8
+};
 
+impl ChargingAllocator {
+    /// An allocation of an alignment above [`MALLOC_ALIGN`]: its header takes a whole alignment unit.
+    ///
     /// # Safety
     /// As [`GlobalAlloc::alloc`].
-    unsafe fn alloc_for(&self, layout: Layout, account: u32, zeroed: bool) -> *mut u8 {
-        let Some((offset, outer)) = Self::outer(layout) else {
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_aligned(&self, layout: Layout, account: u32, zeroed: bool) -> *mut u8 {
+        let Some(outer) = aligned_outer(layout) else {
             return std::ptr::null_mut();
         };
         // SAFETY: `outer` has a non-zero size; the header lies inside the block, before the caller's part.
@@ -93,12 +102,49 @@ impl ChargingAllocator {
             if base.is_null() {
                 return base;
             }
-            let ptr = base.add(offset);
+            let ptr = base.add(layout.align());
             ptr.cast::<u64>().sub(1).write(u64::from(account));
-            charge(account, layout.size(), 0);
+            charge(account, layout.size() as i64);
             ptr
         }
     }
+
+    /// # Safety
+    /// As [`GlobalAlloc::alloc`].
+    #[inline(always)]
+    unsafe fn alloc_for(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        let account = CHARGED.get();
+        if layout.align() > MALLOC_ALIGN {
+            // SAFETY: as the caller's.
+            return unsafe { self.alloc_aligned(layout, account, zeroed) };
+        }
+        // A layout's size is at most `isize::MAX`, so this does not overflow.
+        let size = layout.size() + HEADER;
+        // SAFETY: a non-zero size; `malloc` aligns the block to `MALLOC_ALIGN`, and `HEADER` is a multiple
+        // of it, so the caller's part is as aligned as it asked; the header lies before it, in the block.
+        unsafe {
+            let base = if zeroed {
+                libc::calloc(1, size)
+            } else {
+                libc::malloc(size)
+            }
+            .cast::<u8>();
+            if base.is_null() {
+                return base;
+            }
+            let ptr = base.add(HEADER);
+            ptr.cast::<u64>().sub(1).write(u64::from(account));
+            charge(account, layout.size() as i64);
+            ptr
+        }
+    }
+}
+
+/// The layout asked of the system allocator for an allocation of `layout`, aligned above [`MALLOC_ALIGN`]:
+/// one alignment unit in front of the caller's part, for the header.
+fn aligned_outer(layout: Layout) -> Option<Layout> {
+    let size = layout.size().checked_add(layout.align())?;
+    Layout::from_size_align(size, layout.align()).ok()
 }
 
 /// The account an allocation made by [`ChargingAllocator`] was charged to.
@@ -110,29 +156,44 @@ unsafe fn account_of(ptr: *mut u8) -> u32 {
     unsafe { ptr.cast::<u64>().sub(1).read() as u32 }
 }
 
-/// Moves `account` from `old` bytes to `new` bytes. Inside a charging poll, changes to the account being
-/// charged, and to one other, are summed on the thread and published when the poll ends (or the sum grows
-/// large): most of a request's allocations are freed within the same poll or the next, and one shared
-/// counter updated for each of them would bounce its cache line between the cores.
-fn charge(account: u32, new: usize, old: usize) {
+/// Adds `delta` bytes to `account`. Changes to the account the thread is charging are summed on the thread
+/// and published when the charging ends (or the sum grows large): most of a request's allocations are
+/// freed within the same poll or the next, and one shared counter updated for each of them would bounce
+/// its cache line between the cores. Outside a charging poll the thread's sum is for account 0, no one's,
+/// and is dropped when published.
+#[inline(always)]
+fn charge(account: u32, delta: i64) {
+    if CHARGED.get() == account {
+        let pending = PENDING.get() + delta;
+        if pending.unsigned_abs() < PUBLISH_AT {
+            PENDING.set(pending);
+        } else {
+            PENDING.set(0);
+            publish(account, pending);
+        }
+    } else {
+        charge_elsewhere(account, delta);
+    }
+}
+
+/// [`charge`] for an account other than the one the thread is charging: inside a charging poll, changes to
+/// one other account are summed on the thread too (a service's connections free what its instances
+/// allocated and the reverse, many times a request); outside one, nothing would publish them later.
+#[inline(never)]
+fn charge_elsewhere(account: u32, delta: i64) {
     if account == 0 {
         return;
     }
-    let delta = new as i64 - old as i64;
-    let charged = CHARGED.get();
-    if charged == account {
-        PENDING.set(batched(account, PENDING.get() + delta));
-    } else if charged != 0 {
-        let (other, pending) = OTHER.get();
-        if other == account {
-            OTHER.set((account, batched(account, pending + delta)));
-        } else {
-            publish(other, pending);
-            OTHER.set((account, batched(account, delta)));
-        }
-    } else {
-        // Outside a poll nothing would publish it later.
+    if CHARGED.get() == 0 {
         publish(account, delta);
+        return;
+    }
+    let (other, pending) = OTHER.get();
+    if other == account {
+        OTHER.set((account, batched(account, pending + delta)));
+    } else {
+        publish(other, pending);
+        OTHER.set((account, batched(account, delta)));
     }
 }
 
@@ -153,6 +214,7 @@ fn publish_pending() {
 }
 
 /// Adds `delta` to `account`'s shared figure, and calls the waker if that takes it past its room.
+#[inline(never)]
 fn publish(account: u32, delta: i64) {
     if account == 0 || delta == 0 {
         return;
@@ -177,55 +239,93 @@ pub(crate) fn on_room_exceeded(wake: fn()) {
     let _ = WAKER.set(wake);
 }
 
-// SAFETY: every block is the system allocator's, with the caller's part at a fixed offset of the
-// alignment the caller asked for; the offset is recomputed from the layout the caller passes back.
+// SAFETY: every block is glibc's (through `malloc`/`calloc`/`realloc` or `System`), with the caller's part
+// at a fixed offset that is a multiple of the alignment the caller asked for; the offset is recomputed
+// from the layout the caller passes back, and a block is freed the way it was allocated.
 unsafe impl GlobalAlloc for ChargingAllocator {
+    #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as the caller's.
-        unsafe { self.alloc_for(layout, CHARGED.get(), false) }
+        unsafe { self.alloc_for(layout, false) }
     }
 
+    #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as the caller's.
-        unsafe { self.alloc_for(layout, CHARGED.get(), true) }
+        unsafe { self.alloc_for(layout, true) }
     }
 
+    #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let Some((offset, outer)) = Self::outer(layout) else {
-            return; // never allocated by us
-        };
-        // SAFETY: `ptr` came from `alloc_for` with this layout, so its block starts `offset` before it.
+        // SAFETY: `ptr` came from `alloc_for` with this layout, so its header is in front of it and its
+        // block starts `HEADER` (or, above `MALLOC_ALIGN`, the alignment) before it.
         unsafe {
-            charge(account_of(ptr), 0, layout.size());
-            System.dealloc(ptr.sub(offset), outer);
+            charge(account_of(ptr), -(layout.size() as i64));
+            if layout.align() > MALLOC_ALIGN {
+                dealloc_aligned(ptr, layout);
+            } else {
+                libc::free(ptr.sub(HEADER).cast());
+            }
         }
     }
 
+    #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: `ptr` came from `alloc_for` with `layout`; the block keeps its account when it moves.
         unsafe {
             let account = account_of(ptr);
-            if layout.align() <= HEADER {
-                let (Some((offset, outer)), Some(new_outer)) = (
-                    Self::outer(layout),
-                    Self::outer(Layout::from_size_align_unchecked(new_size, layout.align())),
-                ) else {
-                    return std::ptr::null_mut();
-                };
-                let base = System.realloc(ptr.sub(offset), outer, new_outer.1.size());
-                if base.is_null() {
-                    return base;
-                }
-                charge(account, new_size, layout.size());
-                return base.add(offset);
+            if layout.align() > MALLOC_ALIGN {
+                return self.realloc_aligned(ptr, layout, new_size, account);
             }
+            // `new_size` rounded up to the alignment is at most `isize::MAX`: no overflow.
+            let base = libc::realloc(ptr.sub(HEADER).cast(), new_size + HEADER).cast::<u8>();
+            if base.is_null() {
+                return base;
+            }
+            charge(account, new_size as i64 - layout.size() as i64);
+            base.add(HEADER)
+        }
+    }
+}
+
+impl ChargingAllocator {
+    /// [`GlobalAlloc::realloc`] above [`MALLOC_ALIGN`]: a new block, the contents copied.
+    ///
+    /// # Safety
+    /// As [`GlobalAlloc::realloc`]; `account` is the block's.
+    #[cold]
+    #[inline(never)]
+    unsafe fn realloc_aligned(
+        &self,
+        ptr: *mut u8,
+        layout: Layout,
+        new_size: usize,
+        account: u32,
+    ) -> *mut u8 {
+        // SAFETY: as the caller's; the new layout is valid by `realloc`'s contract.
+        unsafe {
             let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
-            let moved = self.alloc_for(new_layout, account, false);
+            let moved = self.alloc_aligned(new_layout, account, false);
             if !moved.is_null() {
                 std::ptr::copy_nonoverlapping(ptr, moved, layout.size().min(new_size));
                 self.dealloc(ptr, layout);
             }
             moved
+        }
+    }
+}
+
+/// Frees a block allocated by [`ChargingAllocator::alloc_aligned`] (its account already credited).
+///
+/// # Safety
+/// `ptr` came from `alloc_aligned` with `layout`.
+#[cold]
+#[inline(never)]
+unsafe fn dealloc_aligned(ptr: *mut u8, layout: Layout) {
+    // SAFETY: the block starts one alignment unit before `ptr`, with the layout `aligned_outer` gave.
+    unsafe {
+        if let Some(outer) = aligned_outer(layout) {
+            System.dealloc(ptr.sub(layout.align()), outer);
         }
     }
 }
@@ -317,96 +417,5 @@ impl Drop for Charging {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[global_allocator]
-    static ALLOCATOR: ChargingAllocator = ChargingAllocator;
-
-    /// The reuse test takes every account for a moment; the others must not be left with account 0.
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-    #[test]
-    fn memory_is_charged_where_allocated_and_credited_where_freed() {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let account = Account::open();
-        let (small, large) = {
-            let _charging = account.charging();
-            (vec![0u8; 1000], vec![0u8; 1 << 20])
-        };
-        // The small one stayed in the thread's sum until the charging ended; both show now.
-        assert_eq!(account.bytes(), 1000 + (1 << 20));
-        // Freed on another thread, outside any charging: the account gets it back all the same.
-        std::thread::spawn(move || drop((small, large)))
-            .join()
-            .unwrap();
-        assert_eq!(account.bytes(), 0);
-    }
-
-    #[test]
-    fn frees_for_another_account_are_published_when_the_poll_ends() {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let (instances, clients) = (Account::open(), Account::open());
-        let shared = |account: &Account| SLOTS[account.0 as usize].bytes.load(Relaxed);
-        let held = {
-            let _charging = instances.charging();
-            vec![0u8; 1000]
-        };
-        assert_eq!(shared(&instances), 1000);
-        {
-            let _charging = clients.charging();
-            drop(held);
-            // Not yet in the shared figure, which other cores read, but this thread counts it already.
-            assert_eq!(shared(&instances), 1000);
-            assert_eq!(instances.bytes(), 0);
-        }
-        assert_eq!(shared(&instances), 0);
-        assert_eq!((instances.bytes(), clients.bytes()), (0, 0));
-    }
-
-    #[test]
-    fn growth_and_alignment_keep_the_account_exact() {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let account = Account::open();
-        {
-            let _charging = account.charging();
-            let mut grown: Vec<u64> = Vec::new();
-            for i in 0..100_000 {
-                grown.push(i);
-            }
-            let aligned = std::alloc::Layout::from_size_align(4096, 4096).unwrap();
-            // SAFETY: a non-zero layout, freed below with the same layout.
-            unsafe {
-                let page = std::alloc::alloc(aligned);
-                assert_eq!(page as usize % 4096, 0);
-                let page = std::alloc::realloc(page, aligned, 3 * 4096);
-                assert_eq!(page as usize % 4096, 0);
-                assert!(account.bytes() + PUBLISH_AT >= 800_000 + 3 * 4096);
-                std::alloc::dealloc(
-                    page,
-                    std::alloc::Layout::from_size_align(3 * 4096, 4096).unwrap(),
-                );
-            }
-            drop(grown);
-        }
-        assert_eq!(account.bytes(), 0);
-    }
-
-    #[test]
-    fn a_closed_account_is_reused_only_once_its_memory_is_freed() {
-        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-        let account = Account::open();
-        let number = account.0;
-        let held = {
-            let _charging = account.charging();
-            vec![1u8; 4096]
-        };
-        drop(account);
-        let others: Vec<Account> = (1..ACCOUNTS).map(|_| Account::open()).collect();
-        assert!(others.iter().all(|a| a.0 != number), "reused while held");
-        drop(held);
-        drop(others);
-        let again: Vec<Account> = (1..ACCOUNTS).map(|_| Account::open()).collect();
-        assert!(again.iter().any(|a| a.0 == number));
-    }
-}
+#[path = "host_memory_tests.rs"]
+mod tests;
