@@ -74,7 +74,7 @@ thread_local! {
 /// thread-local add. Everything else (larger alignments, publishing, another account) is out of line.
 pub struct ChargingAllocator;
 
-/// The alignment glibc's `malloc` gives every block on this target.
+/// An alignment glibc's `malloc` gives every block on this target (at least).
 const MALLOC_ALIGN: usize = if cfg!(target_pointer_width = "64") {
     16
 } else {
@@ -99,13 +99,7 @@ impl ChargingAllocator {
             } else {
                 System.alloc(outer)
             };
-            if base.is_null() {
-                return base;
-            }
-            let ptr = base.add(layout.align());
-            ptr.cast::<u64>().sub(1).write(u64::from(account));
-            charge(account, layout.size() as i64);
-            ptr
+            stamped(base, layout.align(), account, layout.size())
         }
     }
 
@@ -129,14 +123,52 @@ impl ChargingAllocator {
                 libc::malloc(size)
             }
             .cast::<u8>();
-            if base.is_null() {
-                return base;
-            }
-            let ptr = base.add(HEADER);
-            ptr.cast::<u64>().sub(1).write(u64::from(account));
-            charge(account, layout.size() as i64);
-            ptr
+            stamped(base, HEADER, account, layout.size())
         }
+    }
+
+    /// [`GlobalAlloc::realloc`] above [`MALLOC_ALIGN`]: a new block, the contents copied.
+    ///
+    /// # Safety
+    /// As [`GlobalAlloc::realloc`]; `account` is the block's.
+    #[cold]
+    #[inline(never)]
+    unsafe fn realloc_aligned(
+        &self,
+        ptr: *mut u8,
+        layout: Layout,
+        new_size: usize,
+        account: u32,
+    ) -> *mut u8 {
+        // SAFETY: as the caller's; the new layout is valid by `realloc`'s contract.
+        unsafe {
+            let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
+            let moved = self.alloc_aligned(new_layout, account, false);
+            if !moved.is_null() {
+                std::ptr::copy_nonoverlapping(ptr, moved, layout.size().min(new_size));
+                self.dealloc(ptr, layout);
+            }
+            moved
+        }
+    }
+}
+
+/// The caller's part of a fresh block `base` (null if it is): `offset` bytes in, its account in the 8
+/// bytes before it (where [`account_of`] reads it), and `size` bytes charged to that account.
+///
+/// # Safety
+/// `base` is null or a block of at least `offset + size` bytes, `offset` at least 8.
+#[inline(always)]
+unsafe fn stamped(base: *mut u8, offset: usize, account: u32, size: usize) -> *mut u8 {
+    if base.is_null() {
+        return base;
+    }
+    // SAFETY: as the caller's: the header lies inside the block, before the caller's part.
+    unsafe {
+        let ptr = base.add(offset);
+        ptr.cast::<u64>().sub(1).write(u64::from(account));
+        charge(account, size as i64);
+        ptr
     }
 }
 
@@ -284,33 +316,6 @@ unsafe impl GlobalAlloc for ChargingAllocator {
             }
             charge(account, new_size as i64 - layout.size() as i64);
             base.add(HEADER)
-        }
-    }
-}
-
-impl ChargingAllocator {
-    /// [`GlobalAlloc::realloc`] above [`MALLOC_ALIGN`]: a new block, the contents copied.
-    ///
-    /// # Safety
-    /// As [`GlobalAlloc::realloc`]; `account` is the block's.
-    #[cold]
-    #[inline(never)]
-    unsafe fn realloc_aligned(
-        &self,
-        ptr: *mut u8,
-        layout: Layout,
-        new_size: usize,
-        account: u32,
-    ) -> *mut u8 {
-        // SAFETY: as the caller's; the new layout is valid by `realloc`'s contract.
-        unsafe {
-            let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
-            let moved = self.alloc_aligned(new_layout, account, false);
-            if !moved.is_null() {
-                std::ptr::copy_nonoverlapping(ptr, moved, layout.size().min(new_size));
-                self.dealloc(ptr, layout);
-            }
-            moved
         }
     }
 }
