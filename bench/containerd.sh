@@ -37,9 +37,7 @@ PATH="$bin:${extra_path:+$extra_path:}$PATH" WASMHTTP_CACHE_DIR="$work/cache" co
 containerd_pid=$!
 for _ in $(seq 1 100); do ctr_ version >/dev/null 2>&1 && break; sleep 0.1; done
 
-# median_of: the median of the numbers on stdin, unrounded (ratios); median: the same to one decimal.
-median_of() { sort -g | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.10g\n", m}'; }
-median() { printf '%.1f' "$(median_of)"; }
+source "$(dirname "${BASH_SOURCE[0]}")/median.sh" # median_of, median
 # Times come from bash's own clock, `t0=${EPOCHREALTIME/./}` (microseconds): `$(date …)` forks and execs on
 # every reading (~1–2 ms here), which would be counted in every figure. `ms_since T0` prints the milliseconds since.
 ms_since() { local d=$((${EPOCHREALTIME/./} - $1)); printf '%d.%d\n' $((d / 1000)) $((d % 1000 / 100)); }

@@ -16,7 +16,7 @@ bash scripts/setup.sh containerd docker-registry skopeo curl bc python3 time
 bash examples/build.sh >/dev/null
 cargo build --release --locked -q -p containerd-shim-wasmhttp -p wasmhttp-cli -p wasmhttp-bench
 bin=$PWD/target/release
-source bench/lib.sh # baseline_cli; its median is replaced by containerd.sh's below
+source bench/lib.sh # baseline_cli
 declare -A exe=([wasmhttp]=$bin/wasmhttp)
 clis=(wasmhttp)
 if [ -n "${BASELINE:-}" ]; then

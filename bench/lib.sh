@@ -59,8 +59,10 @@ cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 # the server's PSS, reads its peak RSS, stops it; appends "NAME rps p50 p99 peak_rss_mib peak_pss_mib" to
 # $out/results, and "NAME cpu_us_per_request" (the server's CPU over the measured run) to $out/cpu. The
 # readiness wait allows $ready_tries × 50 ms (compiles of big guests take seconds); wrk asks for
-# $target_path (default /). With $pinned set, the server runs on the last core and `wrk -t1` on the first:
-# sharing both, their threads trade cores and one binary's runs spread too far to compare a few percent.
+# $target_path (default /). With $profile set, `perf record` samples the server over the measured run into
+# $out/NAME.perf, and the run's figures include the sampling's cost. With $pinned set, the server runs on
+# the last core and `wrk -t1` on the first: sharing both, their threads trade cores and one binary's runs
+# spread too far to compare a few percent.
 # A pinned server starts on its core, so that it sizes its thread pools for the one core it gets: pinned
 # after its start, two HTTP workers (or tokio's two runtime threads) took turns on one core, and every
 # figure timed inside a request (wasmhttp's instantiation) counted the other thread's turns.
@@ -89,10 +91,16 @@ run_wrk() {
       sleep 0.2
     done
   ) &
-  local sampler=$! ticks
+  local sampler=$! ticks profiler=""
+  if [ -n "${profile:-}" ]; then
+    perf record -q -F 1999 -o "$out/$name.perf" -p "$pid" >/dev/null 2>&1 &
+    profiler=$!
+    sleep 0.2 # perf attaches to every thread before the measured run starts
+  fi
   ticks=$(cpu_ticks "$pid")
   "${wrk[@]}" -c"$conns" -d"$duration" --latency "$url" >"$out/$name.wrk"
   ticks=$(($(cpu_ticks "$pid") - ticks))
+  if [ -n "$profiler" ]; then kill -INT "$profiler"; wait "$profiler" || true; fi
   awk -v n="$name" -v t="$ticks" -v hz="$(getconf CLK_TCK)" '/requests in/ && $1 > 0 {
     printf "%s %.2f\n", n, t * 1e6 / hz / $1 }' "$out/$name.wrk" >>"$out/cpu"
   local rss pss
@@ -107,12 +115,11 @@ run_wrk() {
   echo "$name $rps $p50 $p99 $rss $pss" >>"$out/results"
 }
 
-# median: the median of the numbers on stdin, one per line.
-median() { sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2}'; }
+source "$(dirname "${BASH_SOURCE[0]}")/median.sh"
 
 # round_median KIND GUEST [FILE]: the median req/s (or FILE's figure, default $out/results) of the rounds
 # recorded as "KIND/GUEST.N" (N = 1, 2, …).
-round_median() { awk -v p="$1/$2." 'index($1, p) == 1 {print $2}' "${3:-$out/results}" | median; }
+round_median() { awk -v p="$1/$2." 'index($1, p) == 1 {print $2}' "${3:-$out/results}" | median_of; }
 
 # paired_ratios KIND BASE GUEST [FILE]: each round's KIND req/s (or FILE's figure) divided by BASE's in the
 # same round, one per line. Two runs next to each other share this VM's drift over minutes, which the
@@ -125,7 +132,7 @@ paired_ratios() {
 }
 
 # paired_ratio KIND BASE GUEST [FILE]: the median of paired_ratios.
-paired_ratio() { paired_ratios "$@" | median; }
+paired_ratio() { paired_ratios "$@" | median_of; }
 
 # paired_spread KIND BASE GUEST [FILE]: the quartiles of paired_ratios ("Q1-Q3"): how far single rounds
 # differ, against which a median's distance from 1 is read.

@@ -49,13 +49,13 @@ for round in $(seq 1 "$rounds"); do
   done
 done
 
-median() { awk -v v="$1" '$1 ~ "^"v"/" {print $2}' "$out/results" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-base=$(median off)
+variant_median() { awk -v v="$1" '$1 ~ "^"v"/" {print $2}' "$out/results" | median_of; }
+base=$(variant_median off)
 {
   echo "hello (WASI 0.2), wasmhttp run, wrk -t2 -c50 -d$duration, $rounds rounds (median), $(nproc) cores shared with wrk and the collector"
   printf '%-10s %12s %14s %s\n' variant "median req/s" "vs off" "every round"
   for v in "${variants[@]}"; do
-    rps=$(median "$v")
+    rps=$(variant_median "$v")
     printf '%-10s %12s %14s %s\n' "$v" "$rps" "$(echo "$rps / $base" | bc -l | xargs printf '%.3fx')" \
       "$(awk -v v="$v" '$1 ~ "^"v"/" {printf "%s ", $2}' "$out/results")"
   done
