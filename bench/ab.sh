@@ -27,8 +27,6 @@ cargo build --release --locked -q -p wasmhttp-cli
 
 base_bin=$(baseline_cli "$baseline")
 
-limits=(--memory 128Mi --cpus 2 --max-concurrency 256 --queue-depth 1024 --request-timeout 5s
-  --fuel-per-request 100000000)
 rm -f "$out/results" "$out/cpu"
 for round in $(seq 1 "$rounds"); do
   for guest in hello hello-p3; do
@@ -40,7 +38,7 @@ for round in $(seq 1 "$rounds"); do
       rm -rf "$out/cache-$side"
       # `env` executes the server in its place, so the pid run_wrk measures is still the server's.
       run_wrk "$side/$guest.$round" 18195 50 env "${vars[@]}" "$bin" run "examples/wasm/$guest.wasm" \
-        --listen 127.0.0.1:18195 --cache-dir "$out/cache-$side" "${limits[@]}" "${args[@]}"
+        --listen 127.0.0.1:18195 --cache-dir "$out/cache-$side" "${http_limits[@]}" "${args[@]}"
     done
   done
 done

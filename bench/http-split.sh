@@ -18,38 +18,28 @@ bash examples/build.sh >/dev/null
 cargo build --release --locked -q -p wasmhttp-cli -p wasmhttp-bench
 install_wasmtime
 cache="$out/cache"; rm -rf "$cache"
-limits=(--memory 128Mi --cpus 2 --max-concurrency 256 --queue-depth 1024 --request-timeout 5s
-  --fuel-per-request 100000000)
 
-servers() { # runs every server once, through run_wrk
-  local guest wasm
-  for guest in hello hello-p3; do
-    wasm="examples/wasm/$guest.wasm"
-    run_wrk "wasmhttp/$guest" 18201 50 ./target/release/wasmhttp run "$wasm" --listen 127.0.0.1:18201 \
-      --cache-dir "$cache" "${limits[@]}"
-    run_wrk "wasmtime-serve/$guest" 18202 50 "$tools/bin/wasmtime" serve -Scli --addr 127.0.0.1:18202 "$wasm"
-  done
-  run_wrk native-hyper 18203 50 ./target/release/native-hello 127.0.0.1:18203
-}
 rm -f "$out/results" "$out/cpu" "$out"/*/*.perf "$out"/*.perf
-servers
+http_servers 18201
 mv "$out/cpu" "$out/cpu.plain"
-profile=1 servers
+profile=1 http_servers 18201
 
 # cpu NAME: its CPU per request (µs) in the run without perf.
 cpu() { awk -v n="$1" '$1 == n {print $2}' "$out/cpu.plain"; }
-# shares NAME: "kernel libc guest binary", the percentages of its samples under perf.
-shares() {
-  perf report -i "$out/$1.perf" --sort dso --stdio -q 2>/dev/null | awk '
+# The percentages of each server's samples under perf, "kernel libc guest binary": the C library counts
+# the vDSO with it; the guest's code is wasmhttp's mapped compile-cache file or wasmtime serve's JIT code.
+declare -A shares
+while read -r name _; do
+  shares[$name]=$(perf report -i "$out/$name.perf" --sort dso --stdio -q 2>/dev/null | awk '
     { pct = $1 + 0; $1 = ""; dso = substr($0, 2) }
     dso == "[kernel.kallsyms]" { k += pct; next }
     dso ~ /^(libc|libm|libgcc_s|ld-linux)/ || dso == "[vdso]" { c += pct; next }
     dso ~ /\.cwasm$/ || dso ~ /^\[JIT\]/ { g += pct; next }
     { b += pct }
-    END { printf "%.2f %.2f %.2f %.2f\n", k, c, g, b }'
-}
+    END { printf "%.2f %.2f %.2f %.2f\n", k, c, g, b }')
+done <"$out/cpu.plain"
 # part NAME SHARE_INDEX: µs per request of that share (1 kernel, 2 C library, 3 guest code, 4 binary).
-part() { echo "$(cpu "$1") * $(shares "$1" | cut -d' ' -f"$2") / 100" | bc -l; }
+part() { echo "$(cpu "$1") * $(echo "${shares[$1]}" | cut -d' ' -f"$2") / 100" | bc -l; }
 
 {
   echo "pinned: each server on core $(($(nproc) - 1)), wrk -t1 -c50 -d$duration on core 0; $(engines)"

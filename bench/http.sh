@@ -17,19 +17,11 @@ bash examples/build.sh >/dev/null
 cargo build --release --locked -q -p wasmhttp-cli -p wasmhttp-bench
 install_wasmtime
 cache="$out/cache"; rm -rf "$cache"
-limits=(--memory 128Mi --cpus 2 --max-concurrency 256 --queue-depth 1024 --request-timeout 5s
-  --fuel-per-request 100000000)
 
 rm -f "$out/results" "$out/cpu"
-for guest in hello hello-p3; do
-  wasm="examples/wasm/$guest.wasm"
-  run_wrk "wasmhttp/$guest" 18181 50 ./target/release/wasmhttp run "$wasm" --listen 127.0.0.1:18181 \
-    --cache-dir "$cache" "${limits[@]}"
-  run_wrk "wasmtime-serve/$guest" 18182 50 "$tools/bin/wasmtime" serve -Scli --addr 127.0.0.1:18182 "$wasm"
-done
+http_servers 18181
 run_wrk wasmhttp-nolimits/hello 18186 50 ./target/release/wasmhttp run examples/wasm/hello.wasm \
   --listen 127.0.0.1:18186 --cache-dir "$cache"
-run_wrk native-hyper 18183 50 ./target/release/native-hello 127.0.0.1:18183
 
 instantiate=$(grep -o "mean instantiation [0-9.]* µs" "$out/wasmhttp/hello.log" | awk '{print $3}')
 start_ms=$(./target/release/first-response 18184 10 -- ./target/release/wasmhttp run examples/wasm/hello.wasm \

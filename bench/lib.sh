@@ -23,6 +23,25 @@ install_wasmtime() {
   fi
 }
 
+# Every limit on, as the HTTP benchmarks run wasmhttp (http.sh, http-split.sh, ab.sh).
+http_limits=(--memory 128Mi --cpus 2 --max-concurrency 256 --queue-depth 1024 --request-timeout 5s
+  --fuel-per-request 100000000)
+
+# http_servers PORT: the servers the HTTP benchmarks compare, each measured by run_wrk: hello 0.2 and hello
+# 0.3 under wasmhttp (every limit on, compile cache $cache) on PORT and `wasmtime serve` on PORT+1, then
+# native hyper on PORT+2. Needs install_wasmtime first.
+http_servers() {
+  local guest wasm
+  for guest in hello hello-p3; do
+    wasm="examples/wasm/$guest.wasm"
+    run_wrk "wasmhttp/$guest" "$1" 50 ./target/release/wasmhttp run "$wasm" --listen "127.0.0.1:$1" \
+      --cache-dir "$cache" "${http_limits[@]}"
+    run_wrk "wasmtime-serve/$guest" $(($1 + 1)) 50 "$tools/bin/wasmtime" serve -Scli \
+      --addr "127.0.0.1:$(($1 + 1))" "$wasm"
+  done
+  run_wrk native-hyper $(($1 + 2)) 50 ./target/release/native-hello "127.0.0.1:$(($1 + 2))"
+}
+
 # baseline_cli BASELINE: the path of a `wasmhttp` CLI to compare this tree's with. BASELINE is a wasmhttp
 # binary, or a git revision, built once into target/ab/<commit> (a clean release build the first time).
 baseline_cli() {
@@ -93,14 +112,23 @@ run_wrk() {
   ) &
   local sampler=$! ticks profiler=""
   if [ -n "${profile:-}" ]; then
-    perf record -q -F 1999 -o "$out/$name.perf" -p "$pid" >/dev/null 2>&1 &
+    perf record -q -F 1999 -o "$out/$name.perf" -p "$pid" >"$out/$name.perf.log" 2>&1 &
     profiler=$!
     sleep 0.2 # perf attaches to every thread before the measured run starts
   fi
   ticks=$(cpu_ticks "$pid")
   "${wrk[@]}" -c"$conns" -d"$duration" --latency "$url" >"$out/$name.wrk"
   ticks=$(($(cpu_ticks "$pid") - ticks))
-  if [ -n "$profiler" ]; then kill -INT "$profiler"; wait "$profiler" || true; fi
+  if [ -n "$profiler" ]; then
+    kill -INT "$profiler" 2>/dev/null || true
+    wait "$profiler" || true
+    if [ ! -s "$out/$name.perf" ]; then
+      echo "perf record wrote no samples of $name: $(cat "$out/$name.perf.log")" >&2
+      kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+      wait "$sampler" 2>/dev/null || true
+      return 1
+    fi
+  fi
   awk -v n="$name" -v t="$ticks" -v hz="$(getconf CLK_TCK)" '/requests in/ && $1 > 0 {
     printf "%s %.2f\n", n, t * 1e6 / hz / $1 }' "$out/$name.wrk" >>"$out/cpu"
   local rss pss
