@@ -15,7 +15,7 @@
 #             are charged nothing): every per-request defence that can be switched off is off, so enforce/bare
 #             is the cost of them all together (the client pause, body pace and connection cap stay on)
 #   before  — with BASELINE=<commit> (aebc203 is the last commit before the isolation work): the shim built
-#             from that commit (in a worktree sharing this target directory; adds two release builds)
+#             from that commit (bench/lib.sh's baseline_build: a clean release build the first time)
 # and, the filter alone:
 #   3. each system call a served request makes, timed in a process confined as the shim is
 #      (bench/src/bin/seccomp-cost.rs), with and without the filter, in turns;
@@ -32,6 +32,7 @@ runs="${1:-10}"
 duration="${DURATION:-4s}"
 baseline="${BASELINE:-}"
 out=bench-out; mkdir -p "$out"
+source bench/lib.sh # baseline_build, cpu_ticks
 
 bash scripts/setup.sh containerd wrk bc git strace
 bash examples/build.sh >/dev/null
@@ -44,12 +45,9 @@ before_dir=$(mktemp -d /tmp/wasmhttp-before-XXXXXX)
 cargo build --release --locked -q -p containerd-shim-wasmhttp --no-default-features
 cp "$bin/containerd-shim-wasmhttp-v1" "$before_dir/containerd-shim-wasmhttpbare-v1"
 if [ -n "$baseline" ]; then
-  # Built first, so that target/release ends up holding this tree's binaries. containerd finds it as
-  # runtime io.containerd.wasmhttpbefore.v1.
-  git worktree add -q --detach "$before_dir/src" "$baseline"
-  (cd "$before_dir/src" && CARGO_TARGET_DIR="$bin/.." cargo build --release --locked -q -p containerd-shim-wasmhttp)
-  cp "$bin/containerd-shim-wasmhttp-v1" "$before_dir/containerd-shim-wasmhttpbefore-v1"
-  git worktree remove --force "$before_dir/src"
+  # containerd finds it as runtime io.containerd.wasmhttpbefore.v1.
+  before=$(baseline_build "$baseline" containerd-shim-wasmhttp containerd-shim-wasmhttp-v1)
+  cp "$before" "$before_dir/containerd-shim-wasmhttpbefore-v1"
   kinds=(before enforce bare off off2)
 fi
 cargo build --release --locked -q -p containerd-shim-wasmhttp -p wasmhttp-cli -p wasmhttp-bench
@@ -98,7 +96,6 @@ done
 # showed as two identical shims (off2/off) several percent apart; fresh shims spread that over the rounds.
 shim_core=$(($(nproc) - 1))
 wrk=(taskset -c 0 wrk -t1 -c50)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 start_pinned() { # KIND ID PORT: runs the service, pins its shim, warms it; sets $shim
   service "$@"
   ctr_ run -d "${args[@]}" >/dev/null

@@ -1,5 +1,5 @@
 # Shared by the HTTP benchmarks (sourced, not run): the wasmtime-cli baseline, the servers and limits they
-# compare, a baseline wasmhttp CLI built from a git revision, a readiness wait, one measured wrk run with the
+# compare, a baseline wasmhttp CLI or shim built from a git revision, a readiness wait, one measured wrk run with the
 # server's peak RSS and PSS, and the medians of rounds. Expects $out (output directory) to be set.
 
 # The baseline `wasmtime serve`: the newest wasmtime-cli published (wasmhttp may run a later patch release of
@@ -43,22 +43,29 @@ http_servers() {
 }
 
 # baseline_cli BASELINE: the path of a `wasmhttp` CLI to compare this tree's with. BASELINE is a wasmhttp
-# binary, or a git revision, built once into target/ab/<commit> (a clean release build the first time).
+# binary, or a git revision (baseline_build builds it).
 baseline_cli() {
   if [ -x "$1" ]; then
     echo "$1"
     return
   fi
+  baseline_build "$1" wasmhttp-cli wasmhttp
+}
+
+# baseline_build REVISION PACKAGE BINARY: the path of BINARY of PACKAGE as built from a git revision, built
+# once into target/ab/<commit>/bin (a clean release build the first time; every revision shares
+# target/ab/target).
+baseline_build() {
   # Called in $(...), which `set -e` does not reach: every step stops the function on failure itself.
   local commit tree
   commit=$(git rev-parse --verify "$1^{commit}") || return
   tree="target/ab/$commit"
-  if [ ! -x "$tree/bin/wasmhttp" ]; then
+  if [ ! -x "$tree/bin/$3" ]; then
     { rm -rf "$tree/src" && mkdir -p "$tree/src" && git archive "$commit" | tar -x -C "$tree/src" &&
-      (cd "$tree/src" && CARGO_TARGET_DIR=../../target cargo build --release --locked -q -p wasmhttp-cli) >&2 &&
-      mkdir -p "$tree/bin" && cp target/ab/target/release/wasmhttp "$tree/bin/wasmhttp"; } || return
+      (cd "$tree/src" && CARGO_TARGET_DIR=../../target cargo build --release --locked -q -p "$2") >&2 &&
+      mkdir -p "$tree/bin" && cp "target/ab/target/release/$3" "$tree/bin/$3"; } || return
   fi
-  echo "$tree/bin/wasmhttp"
+  echo "$tree/bin/$3"
 }
 
 # wait_for PORT [TRIES]: until GET / answers (any status), 50 ms apart.
