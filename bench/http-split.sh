@@ -3,7 +3,7 @@
 # serve` on hello 0.2 and hello 0.3, and native hyper), pinned as `pinned=1` pins them (bench/lib.sh). Each
 # server runs twice: once for its CPU per request, once under `perf record` for where its samples fall —
 # the kernel, the C library (with the vDSO), the guest's compiled code, and the server's own binary (the
-# engine, the HTTP stack, the runtime), and the binary's samples by crate (bench/perf-crates.awk). Then, for
+# engine, the HTTP stack, the runtime), and the binary's samples by crate (bench/perf-split.awk). Then, for
 # each of the benchmark's ratio targets, the CPU per request it allows a server saturating one core, against
 # what the same run measured and what would be left were the server's own crates free.
 # Usage: bench/http-split.sh [DURATION]   (default 6s per run; results also land in bench-out/http-split.txt)
@@ -27,24 +27,16 @@ profile=1 http_servers 18201
 
 # cpu NAME: its CPU per request (µs) in the run without perf.
 cpu() { awk -v n="$1" '$1 == n {print $2}' "$out/cpu.plain"; }
-# The percentages of each server's samples under perf, "kernel libc guest binary": the C library counts
-# the vDSO with it; the guest's code is wasmhttp's mapped compile-cache file or wasmtime serve's JIT code.
-declare -A shares crates
+# The percentages of each server's samples under perf, "kernel libc guest binary" and the binary's by crate
+# (bench/perf-split.awk).
+declare -A split
 while read -r name _; do
-  crates[$name]=$(perf report -i "$out/$name.perf" --sort dso,sym --stdio -q 2>/dev/null |
-    awk -f bench/perf-crates.awk)
-  shares[$name]=$(perf report -i "$out/$name.perf" --sort dso --stdio -q 2>/dev/null | awk '
-    { pct = $1 + 0; $1 = ""; dso = substr($0, 2) }
-    dso == "[kernel.kallsyms]" { k += pct; next }
-    dso ~ /^(libc|libm|libgcc_s|ld-linux)/ || dso == "[vdso]" { c += pct; next }
-    dso ~ /\.cwasm$/ || dso ~ /^\[JIT\]/ { g += pct; next }
-    { b += pct }
-    END { printf "%.2f %.2f %.2f %.2f\n", k, c, g, b }')
+  split[$name]=$(perf report -i "$out/$name.perf" --sort dso,sym --stdio -q 2>/dev/null |
+    awk -f bench/perf-split.awk)
 done <"$out/cpu.plain"
-# part NAME SHARE_INDEX: µs per request of that share (1 kernel, 2 C library, 3 guest code, 4 binary).
-part() { echo "$(cpu "$1") * $(echo "${shares[$1]}" | cut -d' ' -f"$2") / 100" | bc -l; }
-# crate NAME INDEX: µs per request in the binary's crates (1 wasmtime, 2 tokio, 3 hyper, 4 its own, 5 std, 6 other).
-crate() { echo "$(cpu "$1") * $(echo "${crates[$1]}" | cut -d' ' -f"$2") / 100" | bc -l; }
+# part NAME INDEX: µs per request of one part of the split: 1 kernel, 2 C library, 3 guest code, 4 binary;
+# then the binary's crates: 5 wasmtime, 6 tokio, 7 hyper, 8 the server's own, 9 std, 10 other.
+part() { echo "$(cpu "$1") * $(echo "${split[$1]}" | cut -d' ' -f"$2") / 100" | bc -l; }
 
 {
   echo "pinned: each server on core $(($(nproc) - 1)), wrk -t1 -c50 -d$duration on core 0; $(engines)"
@@ -56,11 +48,11 @@ crate() { echo "$(cpu "$1") * $(echo "${crates[$1]}" | cut -d' ' -f"$2") / 100" 
     echo
   done <"$out/cpu.plain"
   echo
-  echo "the binary's share by the crate a symbol is named for (bench/perf-crates.awk), µs per request:"
+  echo "the binary's share by the crate a symbol is named for, µs per request:"
   printf '%-24s %9s %9s %9s %9s %9s %9s\n' server wasmtime tokio hyper "own" std other
   while read -r name _; do
     printf '%-24s' "$name"
-    for i in 1 2 3 4 5 6; do printf ' %9.2f' "$(crate "$name" "$i")"; done
+    for i in 5 6 7 8 9 10; do printf ' %9.2f' "$(part "$name" "$i")"; done
     echo
   done <"$out/cpu.plain"
   echo
@@ -68,7 +60,7 @@ crate() { echo "$(cpu "$1") * $(echo "${crates[$1]}" | cut -d' ' -f"$2") / 100" 
   budget() { # LABEL SERVER BASE FACTOR
     printf '  %-31s ≤ %6.2f   %s: %6.2f  (its kernel and guest code alone: %.2f; without its own crates: %.2f)\n' \
       "$1" "$(echo "$(cpu "$3") / $4" | bc -l)" "$2" "$(cpu "$2")" \
-      "$(echo "$(part "$2" 1) + $(part "$2" 3)" | bc -l)" "$(echo "$(cpu "$2") - $(crate "$2" 4)" | bc -l)"
+      "$(echo "$(part "$2" 1) + $(part "$2" 3)" | bc -l)" "$(echo "$(cpu "$2") - $(part "$2" 8)" | bc -l)"
   }
   budget "hello 0.3 ≥ 2× wasmtime serve" wasmhttp/hello-p3 wasmtime-serve/hello-p3 2
   budget "hello 0.3 ≥ 0.6× native hyper" wasmhttp/hello-p3 native-hyper 0.6
