@@ -1,6 +1,6 @@
 # Shared by the HTTP benchmarks (sourced, not run): the wasmtime-cli baseline, the servers and limits they
-# compare, a baseline wasmhttp CLI or shim built from a git revision, a readiness wait, one measured wrk run with the
-# server's peak RSS and PSS, and the medians of rounds. Expects $out (output directory) to be set.
+# compare, a baseline wasmhttp CLI or shim built from a git revision, a readiness wait, one measured wrk run
+# with the server's peak RSS and PSS, and the medians of rounds. Expects $out (output directory) to be set.
 
 # The baseline `wasmtime serve`: the newest wasmtime-cli published (wasmhttp may run a later patch release of
 # the engine, which `engines` names).
